@@ -1,0 +1,237 @@
+"""kaggle_3m discovery, the patient-level split file, datasets and joint augmentation."""
+import json
+import random
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from .config import PreprocessConfig
+from .preprocess import normalize_slice, resize
+
+PathLike = Union[str, Path]
+_SLICE_RE = re.compile(r"^(?P<case>.+)_(?P<num>\d+)\.tif$")
+_INST_RE = re.compile(r"^TCGA_(?P<inst>[A-Z0-9]{2})_")
+
+
+@dataclass
+class Case:
+    """One patient's stack: slice images and masks in slice order."""
+
+    name: str
+    images: List[Path]
+    masks: List[Path]
+
+    @property
+    def institution(self) -> str:
+        return institution_of(self.name)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def institution_of(case_name: str) -> str:
+    """The TCIA institution code (CS, DU, EZ, FG, HT, ...) in a case name, or 'unknown'."""
+    m = _INST_RE.match(case_name)
+    return m.group("inst") if m else "unknown"
+
+
+def slice_number(path: PathLike) -> int:
+    """The slice number of ``<case>_<n>.tif`` (so ``_2`` sorts before ``_10``)."""
+    m = _SLICE_RE.match(Path(path).name)
+    if not m:
+        raise ValueError(f"Not a kaggle_3m slice file name (<case>_<n>.tif): {path}")
+    return int(m.group("num"))
+
+
+def read_case(folder: PathLike, require_masks: bool = True) -> Case:
+    """Read one case folder; images ordered by slice number, each with its ``_mask.tif``."""
+    folder = Path(folder)
+    images = sorted((p for p in folder.glob("*.tif") if _SLICE_RE.match(p.name) and not p.stem.endswith("_mask")),
+                    key=slice_number)
+    if not images:
+        raise FileNotFoundError(f"No slice images (<case>_<n>.tif) in case folder {folder}")
+    masks = [p.with_name(p.stem + "_mask.tif") for p in images]
+    if require_masks:
+        missing = [str(m) for m in masks if not m.exists()]
+        if missing:
+            raise FileNotFoundError(f"Missing mask for {len(missing)} slice(s), first: {missing[0]}")
+    return Case(folder.name, images, masks)
+
+
+def find_cases(root: PathLike, require_masks: bool = True) -> List[Case]:
+    """All case folders under a kaggle_3m root, sorted by name.
+
+    Raises FileNotFoundError naming the path when the root is missing or holds no case.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"Data folder not found: {root}")
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and any(p.glob("*.tif")))
+    if not folders:
+        raise FileNotFoundError(f"No case folders with .tif slices in {root} (expected the kaggle_3m layout)")
+    return [read_case(f, require_masks) for f in folders]
+
+
+def read_image(path: PathLike) -> np.ndarray:
+    """A slice image as uint8 HxWx3 in the file's channel order (pre-contrast, FLAIR, post-contrast)."""
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise OSError(f"Cannot read image file {path}")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)  # OpenCV decodes to BGR; undo it to keep file order
+
+
+def read_mask(path: PathLike) -> np.ndarray:
+    """A mask as uint8 HxW of 0/1 (files hold 0/255)."""
+    m = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if m is None:
+        raise OSError(f"Cannot read mask file {path}")
+    return (m > 127).astype(np.uint8)
+
+
+# ---------------------------------------------------------------- patient-level split
+
+def make_split(cases: Sequence[Union[Case, str]], val_fraction: float = 0.2, seed: int = 42) -> Dict:
+    """Split case names into train/val, stratified by institution, deterministic from ``seed``.
+
+    Each institution contributes round(n * val_fraction) validation cases (at least one when it
+    has two or more), so the validation set mirrors the scanners of the training set.
+    """
+    names = sorted(c.name if isinstance(c, Case) else str(c) for c in cases)
+    by_inst: Dict[str, List[str]] = defaultdict(list)
+    for n in names:
+        by_inst[institution_of(n)].append(n)
+    rng = random.Random(seed)
+    val: List[str] = []
+    for inst in sorted(by_inst):
+        group = by_inst[inst][:]
+        rng.shuffle(group)
+        k = int(round(len(group) * val_fraction))
+        if k == 0 and len(group) >= 2 and val_fraction > 0:
+            k = 1
+        val += group[:k]
+    val_set = set(val)
+    return {"seed": seed, "val_fraction": val_fraction, "stratified_by": "institution",
+            "train": [n for n in names if n not in val_set], "val": sorted(val_set)}
+
+
+def save_split(split: Dict, path: PathLike) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(split, indent=2) + "\n")
+
+
+def load_split(path: PathLike) -> Dict:
+    """Read a split file and check that no case is on both sides."""
+    split = json.loads(Path(path).read_text())
+    overlap = set(split["train"]) & set(split["val"])
+    if overlap:
+        raise ValueError(f"Split file {path} puts {sorted(overlap)} in both train and val")
+    return split
+
+
+def select_cases(cases: Sequence[Case], names: Sequence[str]) -> List[Case]:
+    """The cases named in a split, in the split's order; a name not found is an error."""
+    by_name = {c.name: c for c in cases}
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise KeyError(f"{len(missing)} case(s) of the split are not in the data folder, first: {missing[0]}")
+    return [by_name[n] for n in names]
+
+
+# ---------------------------------------------------------------- datasets
+
+def build_augment() -> v2.Compose:
+    """Joint image/mask augmentation suited to axial MRI: left-right flip, small affine, intensity jitter."""
+    return v2.Compose([
+        v2.RandomHorizontalFlip(),
+        v2.RandomApply([v2.RandomAffine(degrees=10, translate=(0.05, 0.05), scale=(0.9, 1.1))], p=0.7),
+        v2.RandomApply([v2.ColorJitter(brightness=0.2, contrast=0.2)], p=0.5),
+    ])
+
+
+class SliceDataset(Dataset):
+    """All slices of some cases, held in memory as uint8 (a few hundred MB for the whole set).
+
+    ``task="segmenter"`` yields (image, mask[1,H,W] float 0/1); ``task="classifier"`` yields
+    (image, label[1] float: mask not empty). Images go through the same normalisation as at
+    inference (:func:`brainseg.preprocess.normalize_slice`), after augmentation.
+    """
+
+    def __init__(self, cases: Sequence[Case], cfg: PreprocessConfig, task: str = "segmenter",
+                 augment: bool = False, progress: bool = False):
+        if task not in ("segmenter", "classifier"):
+            raise ValueError(f"task must be 'segmenter' or 'classifier', got {task!r}")
+        self.cfg, self.task = cfg, task
+        self.transform = build_augment() if augment else None
+        paths = [(c.name, i, m) for c in cases for i, m in zip(c.images, c.masks)]
+        if progress:
+            from tqdm import tqdm
+            paths = tqdm(paths, desc="loading slices", leave=False)
+        imgs, masks, self.index = [], [], []
+        for case, ip, mp in paths:
+            imgs.append(read_image(ip))
+            masks.append(read_mask(mp))
+            self.index.append((case, slice_number(ip)))
+        self.images = np.stack(imgs) if imgs else np.zeros((0, 256, 256, 3), np.uint8)
+        self.masks = np.stack(masks) if masks else np.zeros((0, 256, 256), np.uint8)
+        self.labels = self.masks.reshape(len(self.masks), -1).any(1).astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        img = tv_tensors.Image(torch.from_numpy(self.images[i]).permute(2, 0, 1))
+        mask = tv_tensors.Mask(torch.from_numpy(self.masks[i])[None])
+        if self.transform is not None:
+            img, mask = self.transform(img, mask)
+        x = normalize_slice(resize(img.as_subclass(torch.Tensor).float(), self.cfg.image_size), self.cfg.clip)
+        if self.task == "classifier":
+            return x, torch.tensor([float(mask.any())])
+        m = mask.as_subclass(torch.Tensor).float()
+        if m.shape[-1] != self.cfg.image_size:
+            m = (resize(m, self.cfg.image_size) > 0.5).float()
+        return x, m
+
+
+class BalancedSampler(Sampler[int]):
+    """Every tumour slice each epoch plus a fresh random draw of empty slices.
+
+    ``empty_fraction`` is the share of empty slices in an epoch (None keeps them all). Indices
+    are shuffled from ``seed + epoch`` and dealt out by rank, so DDP processes see disjoint
+    parts; call :meth:`set_epoch` before each epoch.
+    """
+
+    def __init__(self, labels: Sequence[int], empty_fraction: Optional[float] = None, seed: int = 0,
+                 rank: int = 0, world_size: int = 1):
+        self.labels = np.asarray(labels)
+        self.empty_fraction, self.seed, self.rank, self.world = empty_fraction, seed, rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _epoch_indices(self) -> np.ndarray:
+        rng = np.random.default_rng(self.seed + self.epoch)
+        pos, neg = np.flatnonzero(self.labels == 1), np.flatnonzero(self.labels == 0)
+        if self.empty_fraction is not None and len(pos) > 0:
+            f = min(max(self.empty_fraction, 0.0), 0.99)
+            n_neg = min(len(neg), int(round(len(pos) * f / (1 - f))))
+            neg = rng.choice(neg, size=n_neg, replace=False)
+        idx = np.concatenate([pos, neg])
+        rng.shuffle(idx)
+        n = len(idx) - len(idx) % self.world if len(idx) >= self.world else len(idx)
+        return idx[:n][self.rank::self.world]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._epoch_indices().tolist())
+
+    def __len__(self) -> int:
+        return len(self._epoch_indices())

@@ -1,0 +1,137 @@
+"""Train one epoch, validate, checkpoint and resume; no argument parsing here (see train.py)."""
+import math
+import os
+from contextlib import nullcontext
+from typing import Dict, Iterable, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from tqdm import tqdm
+
+from .metrics import CaseDiceAggregator, detection_metrics, expected_calibration_error
+
+
+# ---------------------------------------------------------------- distributed
+
+def setup_distributed() -> Dict[str, int]:
+    """Join the process group when launched by torchrun (NCCL on GPUs, gloo on the CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(local)
+        dist.init_process_group(backend=backend)
+    return {"rank": rank, "world_size": world, "local_rank": local}
+
+
+def cleanup_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+# ---------------------------------------------------------------- schedule
+
+def cosine_with_warmup(optimizer, warmup_steps: int, total_steps: int, min_ratio: float = 0.01):
+    """Linear warm-up, then cosine decay to ``min_ratio`` of the base learning rate."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(warmup_steps, 1)
+        t = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# ---------------------------------------------------------------- loops
+
+def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, optimizer, scheduler,
+                    device: torch.device, scaler: Optional[torch.amp.GradScaler] = None, max_steps: int = 0,
+                    desc: str = "train", show: bool = True) -> float:
+    """One pass over ``loader``; returns the mean training loss. AMP + channels_last on CUDA only."""
+    model.train()
+    cuda = device.type == "cuda"
+    total, n = 0.0, 0
+    bar = tqdm(loader, desc=desc, leave=False, disable=not show)
+    for step, (x, y) in enumerate(bar):
+        if max_steps and step >= max_steps:
+            break
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cuda", dtype=torch.float16) if cuda else nullcontext():
+            loss = loss_fn(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        scheduler.step()
+        total += loss.item() * len(x)
+        n += len(x)
+        bar.set_postfix(loss=f"{total / n:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+    return total / max(n, 1)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, dataset, device: torch.device, batch_size: int = 32) -> torch.Tensor:
+    """Logits for every item of ``dataset`` in order (no augmentation: pass an eval dataset)."""
+    model.eval()
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    out = []
+    for x, _ in loader:
+        x = x.to(device)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else nullcontext():
+            out.append(model(x).float().cpu())
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def validate_segmenter(model: nn.Module, dataset, device: torch.device, threshold: float = 0.5) -> Dict[str, float]:
+    """Per-case Dice etc. on the validation cases at the model's input size."""
+    logits = predict_logits(model, dataset, device)
+    agg = CaseDiceAggregator()
+    pred = (torch.sigmoid(logits[:, 0]) >= threshold).numpy()
+    for i, (case, _) in enumerate(dataset.index):
+        _, m = dataset[i]
+        agg.update(case, pred[i], m[0].numpy() > 0.5)
+    return agg.compute()
+
+
+def validate_classifier(model: nn.Module, dataset, device: torch.device, threshold: float = 0.5) -> Dict[str, float]:
+    """Slice-level AUROC, accuracy, sensitivity, specificity and ECE on the validation cases."""
+    logits = predict_logits(model, dataset, device)[:, 0].numpy()
+    probs = 1 / (1 + np.exp(-logits))
+    out = detection_metrics(probs, dataset.labels, threshold)
+    out["ece"] = expected_calibration_error(probs, dataset.labels)
+    return out
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def save_state(path: str, model: nn.Module, optimizer, scheduler, epoch: int, best: float, history: list) -> None:
+    """Training state for --resume (optimizer and schedule included); the model itself goes to Hub format."""
+    torch.save({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "epoch": epoch, "best": best, "history": history}, path)
+
+
+def load_state(path: str, model: nn.Module, optimizer, scheduler) -> Dict:
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    unwrap(model).load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return state

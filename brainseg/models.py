@@ -1,0 +1,200 @@
+"""ResUNet (timm encoder + residual decoder) and TumorClassifier (timm ResNet, one logit).
+
+Both carry their typed config and save/load in Hub format (``config.json`` +
+``model.safetensors``) through :class:`huggingface_hub.PyTorchModelHubMixin`. Loading is strict
+and safetensors-only: a checkpoint with missing or unexpected weights fails instead of leaving
+layers random, and no pickle is ever read.
+"""
+import os
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import List, Optional, Union
+
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin, hf_hub_download
+from safetensors.torch import load_file
+
+from .config import ClassifierConfig, SegmenterConfig
+
+_HUB_META = dict(library_name="brainseg", license="cc-by-nc-sa-4.0",
+                 repo_url="https://github.com/brainseg/brainseg", tags=["medical-imaging", "mri", "brain-tumor"])
+
+
+def create_encoder(name: str, pretrained: bool, **kwargs) -> nn.Module:
+    """timm.create_model with a clear message when ImageNet weights cannot be fetched."""
+    try:
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except Exception as e:  # noqa: BLE001 - timm raises many kinds for an unreachable Hub
+        if not pretrained:
+            raise
+        raise RuntimeError(
+            f"Could not get ImageNet weights for timm model '{name}' from the Hugging Face Hub "
+            f"({type(e).__name__}: {e}). The Hub is unreachable or the weights are not cached. "
+            f"Train from scratch instead: drop --pretrained (pretrained=False)."
+        ) from e
+
+
+class HubModel(nn.Module):
+    """Shared Hub behaviour: config handling and strict, safetensors-only loading."""
+
+    config_class = None
+
+    @classmethod
+    def _coerce_config(cls, config):
+        if config is None:
+            return cls.config_class()
+        if isinstance(config, dict):
+            fields = cls.config_class.__dataclass_fields__
+            return cls.config_class(**{k: v for k, v in config.items() if k in fields})
+        return config
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, revision: Optional[str], cache_dir, force_download: bool,
+                         local_files_only: bool, token, map_location: str = "cpu", strict: bool = True,
+                         config=None, **model_kwargs):
+        config = cls._coerce_config(config)
+        if os.path.isdir(model_id):
+            weights = Path(model_id) / "model.safetensors"
+            if not weights.exists():
+                raise FileNotFoundError(f"No model.safetensors in {model_id} (only safetensors weights are loaded)")
+        else:
+            weights = hf_hub_download(repo_id=model_id, filename="model.safetensors", revision=revision,
+                                      cache_dir=cache_dir, force_download=force_download, token=token,
+                                      local_files_only=local_files_only)
+        model = cls(replace(config, pretrained=False))  # weights come from the file, not ImageNet
+        model.config = config
+        model._hub_mixin_config = config
+        state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(weights)).items()}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if strict and (missing or unexpected):
+            raise RuntimeError(f"Checkpoint {model_id} does not match {cls.__name__}({config.encoder}): "
+                               f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                               f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+        return model.to(map_location).eval()
+
+
+# ---------------------------------------------------------------- ResUNet
+
+class ResidualBlock(nn.Module):
+    """conv-bn-relu-conv-bn plus a (projected) shortcut, then relu."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout))
+        self.skip = nn.Identity() if cin == cout else nn.Sequential(
+            nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.body(x) + self.skip(x))
+
+
+class ResidualDecoder(nn.Module):
+    """Upsample, concatenate the encoder skip, residual block; sized from the encoder's channels."""
+
+    def __init__(self, enc_channels: List[int], enc_reductions: List[int], dec_channels: List[int]):
+        super().__init__()
+        n = len(enc_channels)
+        if len(dec_channels) < n:
+            raise ValueError(f"decoder_channels needs {n} entries for this encoder, got {dec_channels}")
+        dec_channels = list(dec_channels[:n])
+        self.scales = [enc_reductions[i + 1] // enc_reductions[i] for i in range(n - 1)][::-1]
+        ins = [enc_channels[-1]] + dec_channels[:-1]
+        skips = enc_channels[-2::-1] + [0]
+        self.blocks = nn.ModuleList(ResidualBlock(i + s, o) for i, s, o in zip(ins, skips, dec_channels))
+        self.final_scale = enc_reductions[0]
+        self.out_channels = dec_channels[-1]
+
+    def forward(self, features: List[torch.Tensor]) -> torch.Tensor:
+        x = features[-1]
+        skips = features[-2::-1]
+        for block, skip in zip(self.blocks[:-1], skips):
+            x = F.interpolate(x, size=skip.shape[-2:], mode="nearest")
+            x = block(torch.cat([x, skip], 1))
+        if self.final_scale > 1:
+            x = F.interpolate(x, scale_factor=self.final_scale, mode="nearest")
+        return self.blocks[-1](x)
+
+
+class ResUNet(HubModel, PyTorchModelHubMixin, pipeline_tag="image-segmentation", **_HUB_META):
+    """U-Net with any timm CNN encoder and a residual decoder; 1-channel logits at input size.
+
+    Example:
+        >>> model = ResUNet.from_pretrained("models/segmenter")
+        >>> logits = model(torch.randn(1, 3, 256, 256))  # (1, 1, 256, 256)
+    """
+
+    config_class = SegmenterConfig
+
+    def __init__(self, config: SegmenterConfig = None):
+        super().__init__()
+        self.config = config = self._coerce_config(config)
+        self.encoder = create_encoder(config.encoder, config.pretrained, features_only=True,
+                                      in_chans=config.in_chans)
+        info = self.encoder.feature_info
+        self.decoder = ResidualDecoder(info.channels(), info.reduction(), config.decoder_channels)
+        self.head = nn.Conv2d(self.decoder.out_channels, 1, 1)
+        self.output_stride = info.reduction()[-1]
+
+    def check_input_shape(self, x: torch.Tensor) -> None:
+        h, w = x.shape[-2:]
+        s = self.output_stride
+        if x.ndim != 4 or x.shape[1] != self.config.in_chans or h % s or w % s:
+            raise ValueError(f"Wrong input shape {tuple(x.shape)}: expected (N, {self.config.in_chans}, H, W) with "
+                             f"H and W divisible by {s}. Consider resizing or padding to "
+                             f"{(h + s - 1) // s * s}x{(w + s - 1) // s * s}.")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input_shape(x)
+        return self.head(self.decoder(self.encoder(x)))
+
+
+# ---------------------------------------------------------------- classifier
+
+class TumorClassifier(HubModel, PyTorchModelHubMixin, pipeline_tag="image-classification", **_HUB_META):
+    """A timm ResNet with one logit: does this slice hold tumour?
+
+    ``predict_proba`` applies the calibrated temperature stored in the config.
+    """
+
+    config_class = ClassifierConfig
+
+    def __init__(self, config: ClassifierConfig = None):
+        super().__init__()
+        self.config = config = self._coerce_config(config)
+        self.backbone = create_encoder(config.encoder, config.pretrained, num_classes=1,
+                                       in_chans=config.in_chans, drop_rate=config.drop_rate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != self.config.in_chans:
+            raise ValueError(f"Wrong input shape {tuple(x.shape)}: expected (N, {self.config.in_chans}, H, W)")
+        return self.backbone(x)
+
+    @torch.no_grad()
+    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
+        """Calibrated tumour probability per slice, shape (N,)."""
+        return torch.sigmoid(self(x)[:, 0] / self.config.temperature)
+
+
+# ---------------------------------------------------------------- factories
+
+def resunet(encoder: str = "resnet34", **kwargs) -> ResUNet:
+    """A ResUNet; kwargs override :class:`SegmenterConfig` fields."""
+    return ResUNet(SegmenterConfig(encoder=encoder, **kwargs))
+
+
+def tumor_classifier(encoder: str = "resnet18", **kwargs) -> TumorClassifier:
+    """A TumorClassifier; kwargs override :class:`ClassifierConfig` fields."""
+    return TumorClassifier(ClassifierConfig(encoder=encoder, **kwargs))
+
+
+def build_model(task: str, config: Union[SegmenterConfig, ClassifierConfig]) -> Union[ResUNet, TumorClassifier]:
+    return {"segmenter": ResUNet, "classifier": TumorClassifier}[task](config)
+
+
+def config_dict(model: nn.Module) -> dict:
+    return asdict(model.config)

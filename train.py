@@ -1,0 +1,164 @@
+"""Train the ResUNet segmenter or the slice classifier on a kaggle_3m folder.
+
+    python train.py segmenter  --data ../shared/data/lgg/kaggle_3m --out runs/segmenter
+    python train.py classifier --data ../shared/data/lgg/kaggle_3m --out runs/classifier
+    torchrun --nproc_per_node=2 train.py segmenter ...     # DDP: NCCL on GPUs, gloo on the CPU
+
+The best epoch (by validation per-case Dice, or AUROC) is saved with ``save_pretrained`` into
+--out, beside metrics.json and curves.png; ``last_state.pt`` there lets --resume continue.
+"""
+import argparse
+import json
+import time
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader
+
+from brainseg import engine
+from brainseg.config import ClassifierConfig, SegmenterConfig, TrainConfig
+from brainseg.data import BalancedSampler, SliceDataset, find_cases, load_split, make_split, save_split, select_cases
+from brainseg.losses import BCEDiceLoss, WeightedBCELoss
+from brainseg.models import build_model
+from brainseg.viz import plot_curves
+
+# ---------------------------------------------------------------- arguments -> configs
+p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+p.add_argument("task", choices=["segmenter", "classifier"])
+p.add_argument("--data", required=True, help="kaggle_3m-layout folder")
+p.add_argument("--out", required=True)
+p.add_argument("--split", help="split JSON to read, or to write if missing (default: OUT/split.json)")
+p.add_argument("--val-fraction", type=float, default=TrainConfig.val_fraction)
+p.add_argument("--seed", type=int, default=TrainConfig.seed)
+p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+p.add_argument("--lr", type=float, default=TrainConfig.lr)
+p.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay)
+p.add_argument("--empty-fraction", type=float, default=None,
+               help="share of empty slices per epoch (undersampling); default 0.3 for the segmenter, all for the classifier")
+p.add_argument("--no-augment", action="store_true")
+p.add_argument("--workers", type=int, default=TrainConfig.workers)
+p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+p.add_argument("--max-steps", type=int, default=0, help="stop each epoch after N steps (smoke tests)")
+p.add_argument("--max-val-cases", type=int, default=0, help="validate on the first N validation cases only")
+p.add_argument("--resume", help="last_state.pt of an interrupted run")
+p.add_argument("--init-from", help="Hub-format checkpoint whose weights start this run (e.g. a smaller-size warm-up)")
+p.add_argument("--encoder", help="timm model name")
+p.add_argument("--image-size", type=int)
+p.add_argument("--pretrained", action="store_true", help="start from timm's ImageNet weights (needs the Hub)")
+args = p.parse_args()
+
+model_cfg = SegmenterConfig() if args.task == "segmenter" else ClassifierConfig()
+if args.encoder:
+    model_cfg.encoder = args.encoder
+if args.image_size:
+    model_cfg.image_size = args.image_size
+model_cfg.pretrained = args.pretrained
+empty_fraction = args.empty_fraction if args.empty_fraction is not None else (
+    TrainConfig.empty_fraction if args.task == "segmenter" else None)
+tcfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)})
+tcfg.empty_fraction, tcfg.augment = empty_fraction, not args.no_augment
+
+# ---------------------------------------------------------------- set-up
+dist_info = engine.setup_distributed()
+rank, world = dist_info["rank"], dist_info["world_size"]
+main = rank == 0
+device = torch.device(f"cuda:{dist_info['local_rank']}" if torch.cuda.is_available() else "cpu")
+if args.threads:
+    torch.set_num_threads(args.threads)
+torch.manual_seed(args.seed + rank)
+np.random.seed(args.seed + rank)
+out = Path(args.out)
+out.mkdir(parents=True, exist_ok=True)
+
+# ---------------------------------------------------------------- data: the split is by patient
+cases = find_cases(args.data)
+split_path = Path(args.split) if args.split else out / "split.json"
+if split_path.exists():
+    split = load_split(split_path)
+else:
+    split = make_split(cases, args.val_fraction, args.seed)
+    if main:
+        save_split(split, split_path)
+    engine.barrier()
+train_cases = select_cases(cases, split["train"])
+val_cases = select_cases(cases, split["val"])
+if args.max_val_cases:
+    val_cases = val_cases[:args.max_val_cases]
+train_ds = SliceDataset(train_cases, model_cfg, args.task, augment=tcfg.augment, progress=main)
+val_ds = SliceDataset(val_cases, model_cfg, args.task, augment=False, progress=main)
+sampler = BalancedSampler(train_ds.labels, empty_fraction, args.seed, rank, world)
+loader = DataLoader(train_ds, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
+                    pin_memory=device.type == "cuda", drop_last=len(sampler) > args.batch_size,
+                    persistent_workers=args.workers > 0)
+if main:
+    print(f"{args.task}: {len(train_cases)} train cases ({len(train_ds)} slices, {int(train_ds.labels.sum())} with tumour), "
+          f"{len(val_cases)} val cases ({len(val_ds)} slices); {len(sampler)} slices/epoch/process, "
+          f"{world} process(es) on {device}")
+
+# ---------------------------------------------------------------- model, loss, optimiser
+model = build_model(args.task, model_cfg)
+if args.init_from:
+    init = type(model).from_pretrained(args.init_from)
+    model.load_state_dict(init.state_dict())
+model.to(device)
+if device.type == "cuda":
+    model = model.to(memory_format=torch.channels_last)
+if world > 1:
+    model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+if args.task == "segmenter":
+    loss_fn = BCEDiceLoss()
+else:
+    n_pos = max(int(train_ds.labels.sum()), 1)
+    loss_fn = WeightedBCELoss(pos_weight=(len(train_ds) - n_pos) / n_pos)
+loss_fn.to(device)
+optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+steps_per_epoch = min(len(loader), args.max_steps) if args.max_steps else len(loader)
+total_steps = steps_per_epoch * args.epochs
+scheduler = engine.cosine_with_warmup(optimizer, int(tcfg.warmup_epochs * steps_per_epoch), total_steps)
+scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
+
+start_epoch, best, history = 0, -1.0, []
+if args.resume:
+    state = engine.load_state(args.resume, model, optimizer, scheduler)
+    start_epoch, best, history = state["epoch"] + 1, state["best"], state["history"]
+    if main:
+        print(f"resumed from {args.resume} at epoch {start_epoch}")
+
+# ---------------------------------------------------------------- loop
+key = "dice_per_case_mean" if args.task == "segmenter" else "auroc"
+validate = engine.validate_segmenter if args.task == "segmenter" else engine.validate_classifier
+t0 = time.time()
+for epoch in range(start_epoch, args.epochs):
+    sampler.set_epoch(epoch)
+    te = time.time()
+    train_loss = engine.train_one_epoch(model, loader, loss_fn, optimizer, scheduler, device, scaler,
+                                        args.max_steps, desc=f"epoch {epoch + 1}/{args.epochs}", show=main)
+    train_seconds = time.time() - te
+    if main:
+        val = validate(engine.unwrap(model), val_ds, device)
+        score = val[key] if np.isfinite(val[key]) else -train_loss
+        history.append({"epoch": epoch + 1, "train_loss": train_loss, "val": val, "train_seconds": train_seconds,
+                        "images_per_second": steps_per_epoch * args.batch_size * world / train_seconds})
+        improved = score > best
+        if improved:
+            best = score
+            engine.unwrap(model).save_pretrained(out)
+        engine.save_state(str(out / "last_state.pt"), model, optimizer, scheduler, epoch, best, history)
+        plot_curves(history, out / "curves.png", key)
+        best_entry = max(history, key=lambda h: h["val"][key] if np.isfinite(h["val"][key]) else -h["train_loss"])
+        (out / "metrics.json").write_text(json.dumps({
+            "task": args.task, "best_epoch": best_entry["epoch"], "val": best_entry["val"],
+            "val_cases": len(val_cases), "val_slices": len(val_ds), "train_cases": len(train_cases),
+            "split": str(split_path), "device": str(device), "world_size": world,
+            "train_seconds_total": time.time() - t0 + sum(h["train_seconds"] for h in history[:0]),
+            "model_config": asdict(model_cfg), "train_config": asdict(tcfg), "history": history}, indent=2) + "\n")
+        print(f"epoch {epoch + 1}: train loss {train_loss:.4f}, val " +
+              ", ".join(f"{k} {v:.4f}" for k, v in val.items() if isinstance(v, float)) +
+              f" ({train_seconds:.0f}s){' *' if improved else ''}", flush=True)
+    engine.barrier()
+
+engine.cleanup_distributed()
