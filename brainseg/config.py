@@ -28,13 +28,19 @@ class PreprocessConfig:
 
 @dataclass
 class SegmenterConfig(PreprocessConfig):
-    """ResUNet: a timm encoder (``features_only``), a residual decoder, a 1-channel head."""
+    """ResUNet: a timm encoder (``features_only``), a residual decoder, a 1-channel head.
+
+    Post-processing, chosen on validation cases: ``threshold`` on the pixel probability,
+    connected components under ``min_component_px`` (at 256x256) dropped, and the mask emptied
+    when the classifier's probability is below ``gate_threshold`` (0 turns the gate off).
+    """
 
     encoder: str = "resnet34"
     decoder_channels: List[int] = field(default_factory=lambda: [256, 128, 64, 32, 16])
     pretrained: bool = False
     threshold: float = 0.5
     min_component_px: int = 0
+    gate_threshold: float = 0.0
     tta_flip: bool = False
 
 

@@ -1,0 +1,80 @@
+"""Shared fixtures: a synthetic kaggle_3m tree (ellipse 'tumours') and tiny-model checkpoints."""
+import os
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+torch.set_num_threads(1)
+
+from brainseg.config import ClassifierConfig, SegmenterConfig  # noqa: E402
+from brainseg.models import ResUNet, TumorClassifier  # noqa: E402
+
+SHARED_DATA = ROOT.parent / "shared" / "data" / "lgg" / "kaggle_3m"
+TINY_ENCODER = "test_resnet"
+
+
+def make_slice(rng: np.random.Generator, size: int = 64, tumor: bool = True):
+    """A 3-channel 'brain' disc with an optional bright ellipse in FLAIR; returns (image RGB uint8, mask 0/255)."""
+    img = np.zeros((size, size, 3), np.uint8)
+    c = size // 2
+    cv2.circle(img, (c, c), int(size * 0.42), (60, 90, 70), -1)
+    img = np.clip(img.astype(np.int16) + rng.integers(-8, 9, img.shape), 0, 255).astype(np.uint8)
+    img[img.sum(-1) < 40] = 0
+    mask = np.zeros((size, size), np.uint8)
+    if tumor:
+        cx, cy = rng.integers(int(size * 0.3), int(size * 0.7), 2)
+        ax = (int(rng.integers(size // 12, size // 6)), int(rng.integers(size // 12, size // 6)))
+        cv2.ellipse(mask, (int(cx), int(cy)), ax, float(rng.integers(0, 180)), 0, 360, 255, -1)
+        img[mask > 0, 1] = 220  # FLAIR hyperintensity
+        img[mask > 0, 0] = 110
+    return img, mask
+
+
+def write_case(root: Path, name: str, n_slices: int, rng: np.random.Generator, size: int = 64,
+               tumor_slices=None) -> Path:
+    """Write one case folder in the kaggle_3m layout (image TIFFs in file order, BGR-swapped for OpenCV)."""
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    tumor_slices = set(range(n_slices // 3, 2 * n_slices // 3 + 1)) if tumor_slices is None else set(tumor_slices)
+    for i in range(1, n_slices + 1):
+        img, mask = make_slice(rng, size, tumor=i in tumor_slices)
+        cv2.imwrite(str(folder / f"{name}_{i}.tif"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(folder / f"{name}_{i}_mask.tif"), mask)
+    return folder
+
+
+SYNTH_CASES = ["TCGA_CS_0001_20000101", "TCGA_CS_0002_20000101", "TCGA_DU_0003_20000101",
+               "TCGA_DU_0004_20000101", "TCGA_HT_0005_20000101", "TCGA_HT_0006_20000101"]
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> Path:
+    """Six synthetic cases of 12 slices (64x64) over three institutions."""
+    root = tmp_path_factory.mktemp("kaggle_3m")
+    rng = np.random.default_rng(0)
+    for name in SYNTH_CASES:
+        write_case(root, name, 12, rng)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory):
+    """Untrained tiny segmenter and classifier saved in Hub format: {'segmenter': dir, 'classifier': dir}."""
+    d = tmp_path_factory.mktemp("ckpt")
+    torch.manual_seed(0)
+    ResUNet(SegmenterConfig(encoder=TINY_ENCODER, image_size=64)).save_pretrained(d / "segmenter")
+    TumorClassifier(ClassifierConfig(encoder=TINY_ENCODER, image_size=64)).save_pretrained(d / "classifier")
+    return {"segmenter": d / "segmenter", "classifier": d / "classifier"}
+
+
+def needs_shared_data():
+    return pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"needs the dev data at {SHARED_DATA}")
