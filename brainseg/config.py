@@ -31,7 +31,7 @@ class SegmenterConfig(PreprocessConfig):
     """ResUNet: a timm encoder (``features_only``), a residual decoder, a 1-channel head.
 
     Post-processing, chosen on validation cases: ``threshold`` on the pixel probability,
-    connected components under ``min_component_px`` (at 256x256) dropped, and the mask emptied
+    connected components under ``min_component_px`` (counted at the model's input size) dropped, and the mask emptied
     when the classifier's probability is below ``gate_threshold`` (0 turns the gate off).
     """
 

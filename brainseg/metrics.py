@@ -100,16 +100,19 @@ class CaseDiceAggregator:
         if pred.ndim == 2:
             pred, target = pred[None], target[None]
         for p, g in zip(pred, target):
-            i, ps, gs = int((p & g).sum()), int(p.sum()), int(g.sum())
-            self.inter[case] = self.inter.get(case, 0) + i
-            self.psum[case] = self.psum.get(case, 0) + ps
-            self.gsum[case] = self.gsum.get(case, 0) + gs
-            self.union[case] = self.union.get(case, 0) + ps + gs - i
-            if gs > 0:
-                self.tumor_slice_dice.append(2 * i / (ps + gs))
-            elif ps > 0:
-                self.false_positive_slices += 1
-            self.slices += 1
+            self.update_counts(case, int((p & g).sum()), int(p.sum()), int(g.sum()))
+
+    def update_counts(self, case: str, inter: int, pred_px: int, gt_px: int) -> None:
+        """One slice given as its counts: |P∩G|, |P| and |G| (what :meth:`update` computes)."""
+        self.inter[case] = self.inter.get(case, 0) + inter
+        self.psum[case] = self.psum.get(case, 0) + pred_px
+        self.gsum[case] = self.gsum.get(case, 0) + gt_px
+        self.union[case] = self.union.get(case, 0) + pred_px + gt_px - inter
+        if gt_px > 0:
+            self.tumor_slice_dice.append(2 * inter / (pred_px + gt_px))
+        elif pred_px > 0:
+            self.false_positive_slices += 1
+        self.slices += 1
 
     def per_case(self) -> Dict[str, Dict[str, float]]:
         out = {}

@@ -10,9 +10,9 @@ SPLIT=splits/lgg_dev_seed42.json
 # Classifier: resnet18 at 128x128, all slices, class-weighted BCE.
 $PY train.py classifier --data "$DATA" --split $SPLIT --out "$RUNS/classifier" \
     --encoder resnet18 --image-size 128 --epochs 10 --batch-size 32 --lr 1e-3 --workers 1
-# Segmenter, stage 1: resnet34 ResUNet at 128x128 (4x cheaper per step), 20% empty slices per epoch.
+# Segmenter, stage 1: resnet18 ResUNet at 128x128 (4x cheaper per step), 20% empty slices per epoch.
 $PY train.py segmenter --data "$DATA" --split $SPLIT --out "$RUNS/segmenter_128" \
-    --encoder resnet34 --image-size 128 --epochs 16 --batch-size 16 --lr 1e-3 --empty-fraction 0.2 --workers 1
+    --encoder resnet18 --image-size 128 --epochs 20 --batch-size 16 --lr 1e-3 --empty-fraction 0.2 --workers 1
 # Segmenter, stage 2: the same weights fine-tuned at full 256x256 resolution.
 $PY train.py segmenter --data "$DATA" --split $SPLIT --out "$RUNS/segmenter" --init-from "$RUNS/segmenter_128" \
-    --encoder resnet34 --image-size 256 --epochs 3 --batch-size 16 --lr 3e-4 --empty-fraction 0.2 --workers 1
+    --encoder resnet18 --image-size 256 --epochs 5 --batch-size 16 --lr 3e-4 --empty-fraction 0.2 --workers 1

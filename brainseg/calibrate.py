@@ -1,0 +1,182 @@
+"""Choose the decision rules on the validation cases and write the shippable checkpoints.
+
+    python -m brainseg.calibrate --data DIR --split splits/lgg_dev_seed42.json \
+        --segmenter runs/segmenter --classifier runs/classifier \
+        --out-segmenter models/segmenter --out-classifier models/classifier --fp16
+
+- Classifier: temperature scaling (the NLL-optimal temperature on the validation slices), so the
+  confidence the app shows means what it says; then the decision threshold with the best
+  Youden's J (sensitivity + specificity - 1) on the calibrated probabilities.
+- Segmenter: a grid over the pixel threshold, the minimum component size, the classifier gate
+  and flip TTA, scored by per-case Dice on the validation cases. TTA is kept only when it gains
+  at least ``--tta-min-gain`` Dice, since it doubles the segmenter's CPU cost.
+Only the split's validation cases are used; the chosen values go into each ``config.json``.
+"""
+import argparse
+import itertools
+import json
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from .data import find_cases, load_split, read_image, read_mask, select_cases
+from .inference import remove_small_components
+from .metrics import CaseDiceAggregator, detection_metrics, expected_calibration_error
+from .models import ResUNet, TumorClassifier
+from .preprocess import preprocess
+
+THRESHOLDS = [0.3, 0.4, 0.5, 0.6, 0.7]
+MIN_COMPONENTS = [0, 10, 25, 50, 100, 200]
+GATES = [0.0, 0.05, 0.1, 0.2, 0.3, 0.5]
+
+
+def nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
+    z = logits / temperature
+    return float(np.mean(np.logaddexp(0, z) - labels * z))
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature minimising the validation NLL (log-spaced grid, then a finer one around the best)."""
+    grid = np.exp(np.linspace(np.log(0.05), np.log(20), 241))
+    best = grid[np.argmin([nll(logits, labels, t) for t in grid])]
+    fine = np.linspace(best / 1.05, best * 1.05, 101)
+    return float(fine[np.argmin([nll(logits, labels, t) for t in fine])])
+
+
+def youden_threshold(probs: np.ndarray, labels: np.ndarray) -> float:
+    """The probability threshold with the highest sensitivity + specificity - 1 (ties: closest to 0.5)."""
+    cands = np.unique(np.round(probs, 4))
+    best, best_t = -1.0, 0.5
+    for t in sorted(cands, key=lambda c: abs(c - 0.5)):
+        m = detection_metrics(probs, labels, t)
+        j = m["sensitivity"] + m["specificity"] - 1
+        if j > best + 1e-9:
+            best, best_t = j, float(t)
+    return best_t
+
+
+@torch.no_grad()
+def forward_batches(fn, xs: Sequence[torch.Tensor], batch_size: int = 32) -> torch.Tensor:
+    return torch.cat([fn(torch.stack(xs[i:i + batch_size])) for i in range(0, len(xs), batch_size)])
+
+
+def slice_counts(probs: np.ndarray, masks: np.ndarray, thr: float, min_px: int) -> np.ndarray:
+    """Per slice (|P∩G|, |P|, |G|) after thresholding and dropping small components; (N, 3)."""
+    out = np.zeros((len(probs), 3), np.int64)
+    for i, (p, m) in enumerate(zip(probs, masks)):
+        pred = remove_small_components((p >= thr).astype(np.uint8), min_px).astype(bool)
+        out[i] = (pred & m).sum(), pred.sum(), m.sum()
+    return out
+
+
+def score_counts(counts: np.ndarray, cases: List[str], det: np.ndarray, gate: float) -> Dict[str, float]:
+    """Per-case metrics of the counts, with slices whose detection probability is under ``gate`` emptied."""
+    agg = CaseDiceAggregator()
+    for (inter, ps, gs), c, d in zip(counts, cases, det):
+        gated = gate > 0 and d < gate
+        agg.update_counts(c, 0 if gated else int(inter), 0 if gated else int(ps), int(gs))
+    return agg.compute()
+
+
+def save_checkpoint(model, out: Path, fp16: bool) -> None:
+    """save_pretrained, with weights stored as fp16 when asked (loading restores fp32)."""
+    model.save_pretrained(out)
+    if fp16:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+        save_file({k: v.contiguous() for k, v in state.items()}, str(out / "model.safetensors"))
+
+
+def main(argv=None) -> Dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--split", required=True)
+    ap.add_argument("--segmenter", required=True)
+    ap.add_argument("--classifier", required=True)
+    ap.add_argument("--out-segmenter", required=True)
+    ap.add_argument("--out-classifier", required=True)
+    ap.add_argument("--fp16", action="store_true", help="store weights as fp16 (half the size)")
+    ap.add_argument("--tta-min-gain", type=float, default=0.005)
+    args = ap.parse_args(argv)
+
+    seg = ResUNet.from_pretrained(args.segmenter)
+    clf = TumorClassifier.from_pretrained(args.classifier)
+    val_cases = select_cases(find_cases(args.data), load_split(args.split)["val"])
+    images, masks, names = [], [], []
+    for c in val_cases:
+        for ip, mp in zip(c.images, c.masks):
+            images.append(read_image(ip))
+            masks.append(read_mask(mp))
+            names.append(c.name)
+    masks_np = np.stack(masks)
+    labels = masks_np.reshape(len(masks_np), -1).any(1).astype(np.int64)
+    print(f"calibrating on {len(val_cases)} validation cases, {len(images)} slices ({labels.sum()} with tumour)")
+
+    # classifier: temperature, then threshold
+    logits = forward_batches(clf, [preprocess(im, clf.config) for im in images])[:, 0].numpy()
+    raw = 1 / (1 + np.exp(-logits))
+    t = fit_temperature(logits, labels)
+    cal = 1 / (1 + np.exp(-logits / t))
+    det_thr = youden_threshold(cal, labels)
+    clf_report = {"temperature": t, "threshold": det_thr,
+                  "ece_before": expected_calibration_error(raw, labels),
+                  "ece_after": expected_calibration_error(cal, labels),
+                  "nll_before": nll(logits, labels, 1.0), "nll_after": nll(logits, labels, t),
+                  "at_threshold": detection_metrics(cal, labels, det_thr),
+                  "at_0.5": detection_metrics(cal, labels, 0.5)}
+    print("classifier:", json.dumps(clf_report, indent=1))
+
+    # segmenter: probability maps once (plain and flipped), then a grid over the rules
+    xs = [preprocess(im, seg.config) for im in images]
+    size = masks_np.shape[1:]
+
+    def probs_of(fn):
+        p = forward_batches(lambda x: torch.sigmoid(fn(x)), xs, 16)
+        return torch.nn.functional.interpolate(p, size=size, mode="bilinear", align_corners=False)[:, 0].numpy()
+
+    plain = probs_of(seg)
+    flipped = probs_of(lambda x: seg(x.flip(-1)).flip(-1))
+    grid = []
+    scale = (size[0] * size[1]) / float(seg.config.image_size ** 2)
+    masks_bool = masks_np.astype(bool)
+    for tta, thr, min_px in itertools.product([False, True], THRESHOLDS, MIN_COMPONENTS):
+        counts = slice_counts(0.5 * (plain + flipped) if tta else plain, masks_bool, thr, int(round(min_px * scale)))
+        for gate in GATES:
+            grid.append({"tta_flip": tta, "threshold": thr, "min_component_px": min_px, "gate_threshold": gate,
+                         **score_counts(counts, names, cal, gate)})
+    key = "dice_per_case_mean"
+    best_plain = max((g for g in grid if not g["tta_flip"]), key=lambda g: g[key])
+    best_tta = max((g for g in grid if g["tta_flip"]), key=lambda g: g[key])
+    chosen = best_tta if best_tta[key] >= best_plain[key] + args.tta_min_gain else best_plain
+    default = next(g for g in grid if not g["tta_flip"] and g["threshold"] == 0.5
+                   and g["min_component_px"] == 0 and g["gate_threshold"] == 0.0)
+    seg_report = {"chosen": chosen, "best_without_tta": best_plain, "best_with_tta": best_tta,
+                  "defaults": default, "grid_size": len(grid)}
+    print("segmenter:", json.dumps(seg_report, indent=1))
+
+    # write the shippable checkpoints
+    clf.config.temperature, clf.config.threshold = t, det_thr
+    for k in ("tta_flip", "threshold", "min_component_px", "gate_threshold"):
+        setattr(seg.config, k, chosen[k])
+    for model, src, out, report in ((seg, args.segmenter, args.out_segmenter, seg_report),
+                                    (clf, args.classifier, args.out_classifier, clf_report)):
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(model, out, args.fp16)
+        for extra in ("curves.png",):
+            if (Path(src) / extra).exists():
+                shutil.copy(Path(src) / extra, out / extra)
+        metrics = json.loads((Path(src) / "metrics.json").read_text())
+        metrics["calibration"] = report
+        metrics["model_config"] = asdict(model.config)
+        metrics["weights_dtype"] = "float16" if args.fp16 else "float32"
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return {"classifier": clf_report, "segmenter": seg_report}
+
+
+if __name__ == "__main__":
+    main()
