@@ -131,7 +131,6 @@ if args.resume:
 # ---------------------------------------------------------------- loop
 key = "dice_per_case_mean" if args.task == "segmenter" else "auroc"
 validate = engine.validate_segmenter if args.task == "segmenter" else engine.validate_classifier
-t0 = time.time()
 for epoch in range(start_epoch, args.epochs):
     sampler.set_epoch(epoch)
     te = time.time()
@@ -154,7 +153,7 @@ for epoch in range(start_epoch, args.epochs):
             "task": args.task, "best_epoch": best_entry["epoch"], "val": best_entry["val"],
             "val_cases": len(val_cases), "val_slices": len(val_ds), "train_cases": len(train_cases),
             "split": str(split_path), "device": str(device), "world_size": world,
-            "train_seconds_total": time.time() - t0 + sum(h["train_seconds"] for h in history[:0]),
+            "train_seconds_total": sum(h["train_seconds"] for h in history),
             "model_config": asdict(model_cfg), "train_config": asdict(tcfg), "history": history}, indent=2) + "\n")
         print(f"epoch {epoch + 1}: train loss {train_loss:.4f}, val " +
               ", ".join(f"{k} {v:.4f}" for k, v in val.items() if isinstance(v, float)) +

@@ -1,0 +1,331 @@
+"""brainseg.hub: model sources, the pull path through a real (offline) Hub cache, and model cards."""
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from huggingface_hub import ModelCard, constants, metadata_load
+from huggingface_hub.errors import EntryNotFoundError
+
+from brainseg import hub
+from brainseg.config import SegmenterConfig
+from brainseg.hub import (NOT_MEASURED, PLACEHOLDER_REPOS, ModelSource, build_model_card, fill_repo_ids,
+                          is_brainseg_card, load_model, parse_source, resolve_source, write_model_card)
+from brainseg.inference import Predictor
+from brainseg.models import ResUNet, TumorClassifier
+
+COMMIT_A = "a" * 40
+COMMIT_B = "0123456789abcdef0123456789abcdef01234567"
+
+
+# ---------------------------------------------------------------- sources
+
+def test_parse_source_folder(tmp_path):
+    src = parse_source(str(tmp_path))
+    assert src == ModelSource(str(tmp_path), None, True)
+
+
+def test_parse_source_folder_that_looks_like_a_repo_id(tmp_path, monkeypatch):
+    (tmp_path / "user" / "repo").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert parse_source("user/repo").local
+
+
+@pytest.mark.parametrize("spec, repo, rev", [("user/repo", "user/repo", None),
+                                              ("user/repo@main", "user/repo", "main"),
+                                              (f"org-x/brain.seg_1@{COMMIT_B}", "org-x/brain.seg_1", COMMIT_B)])
+def test_parse_source_hub(spec, repo, rev):
+    src = parse_source(spec)
+    assert (src.location, src.revision, src.local) == (repo, rev, False)
+    assert str(src) == spec
+
+
+@pytest.mark.parametrize("spec", ["", "just-a-name", "a/b/c", "/repo", "user/", "@rev", "user/@rev"])
+def test_parse_source_garbage(spec):
+    with pytest.raises(ValueError, match="neither an existing folder nor a Hub repo id"):
+        parse_source(spec)
+
+
+def test_resolve_source_argument_then_env(monkeypatch):
+    monkeypatch.setenv("BRAINSEG_SEGMENTER", "env/seg@v1")
+    assert str(resolve_source("segmenter")) == "env/seg@v1"
+    assert str(resolve_source("segmenter", "arg/seg")) == "arg/seg"
+
+
+# ---------------------------------------------------------------- the pull path, for real, offline
+
+def cache_repo(cache: Path, repo_id: str, files: dict, commit: str, ref: str = "main") -> str:
+    """Lay ``files`` ({name: path}) out as the Hub cache does: blobs, snapshots/<commit>, refs/<ref>."""
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    for name, src in files.items():
+        data = Path(src).read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = repo / "snapshots" / commit / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(Path("..") / ".." / "blobs" / blob.name)
+    if ref:
+        (repo / "refs").mkdir(exist_ok=True)
+        (repo / "refs" / ref).write_text(commit)
+    return commit
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """An empty Hub cache, offline: huggingface_hub reads its constants at import, so patch them too."""
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+def hub_files(folder: Path) -> dict:
+    return {n: folder / n for n in ("config.json", "model.safetensors", "README.md")}
+
+
+@pytest.fixture
+def cached_models(hub_cache, tiny_checkpoints, tmp_path):
+    """user/seg: COMMIT_A = the tiny segmenter, main = COMMIT_B = changed weights; user/clf: the classifier."""
+    changed = tmp_path / "seg_v2"
+    model = ResUNet.from_pretrained(tiny_checkpoints["segmenter"])
+    with torch.no_grad():
+        model.head.bias += 1.0
+    model.save_pretrained(changed)
+    cache_repo(hub_cache, "user/seg", hub_files(tiny_checkpoints["segmenter"]), COMMIT_A, ref=None)
+    cache_repo(hub_cache, "user/seg", hub_files(changed), COMMIT_B)
+    cache_repo(hub_cache, "user/clf", hub_files(tiny_checkpoints["classifier"]), COMMIT_A)
+    return {"v1": tiny_checkpoints["segmenter"], "v2": changed, "classifier": tiny_checkpoints["classifier"]}
+
+
+def outputs(model, seed=0):
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        return model.eval()(x)
+
+
+def test_load_model_by_repo_id_offline(cached_models):
+    model, src = load_model("segmenter", "user/seg")
+    assert (src.location, src.revision, src.local) == ("user/seg", None, False)
+    assert torch.equal(outputs(model), outputs(ResUNet.from_pretrained(cached_models["v2"])))  # main -> COMMIT_B
+    clf, _ = load_model("classifier", "user/clf")
+    assert torch.equal(outputs(clf), outputs(TumorClassifier.from_pretrained(cached_models["classifier"])))
+
+
+def test_from_pretrained_at_a_pinned_commit(cached_models):
+    pinned = ResUNet.from_pretrained("user/seg", revision=COMMIT_A)
+    assert isinstance(pinned.config, SegmenterConfig) and pinned.config.encoder == "test_resnet"
+    assert torch.equal(outputs(pinned), outputs(ResUNet.from_pretrained(cached_models["v1"])))
+    assert not torch.equal(outputs(pinned), outputs(ResUNet.from_pretrained("user/seg")))
+
+
+def test_predictor_from_repo_ids(cached_models):
+    image = np.random.default_rng(0).integers(0, 255, (70, 90, 3), dtype=np.uint8)
+    from_hub = Predictor.from_sources(f"user/seg@{COMMIT_A}", "user/clf")
+    local = Predictor.from_sources(str(cached_models["v1"]), str(cached_models["classifier"]))
+    assert str(from_hub.sources["segmenter"]) == f"user/seg@{COMMIT_A}"
+    a, b = from_hub.predict(image), local.predict(image)
+    assert a.tumor_probability == b.tumor_probability and np.array_equal(a.mask, b.mask)
+    assert a.mask.shape == (70, 90)
+
+
+def test_cached_repo_with_only_pytorch_bin_is_refused(hub_cache, tiny_checkpoints, tmp_path):
+    model = ResUNet.from_pretrained(tiny_checkpoints["segmenter"])
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+    cache_repo(hub_cache, "user/pickled", {"config.json": tiny_checkpoints["segmenter"] / "config.json",
+                                           "pytorch_model.bin": tmp_path / "pytorch_model.bin"}, COMMIT_A)
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        load_model("segmenter", "user/pickled")
+    with pytest.raises(EntryNotFoundError):
+        ResUNet.from_pretrained("user/pickled")
+
+
+def test_repo_missing_from_cache_offline_says_so(hub_cache):
+    with pytest.raises(FileNotFoundError, match="HF_HUB_OFFLINE"):
+        load_model("classifier", "user/not-cached")
+
+
+# ---------------------------------------------------------------- model cards
+
+EVAL = {"cases": 17, "slices": 639, "seconds_per_slice": 0.041, "ece": 0.021, "tumor_slices": 221,  # as evaluate writes
+        "seg": {"dice_per_case_mean": 0.8912, "dice_per_case_median": 0.9134, "dice_tumor_slices_mean": 0.8456,
+                "iou_per_case_mean": 0.8123, "false_positive_slices": 7, "pixel_threshold": 0.5},
+        "det": {"auroc": 0.991, "accuracy": 0.962, "sensitivity": 0.951, "specificity": 0.968, "threshold": 0.42},
+        "per_case": {"TCGA_HT_0004_20000101": {"dice": 0.9, "iou": 0.8, "slices": 20}}, "sources": {}}
+CLF_CALIBRATION = {"temperature": 1.7, "threshold": 0.42, "ece_before": 0.08, "ece_after": 0.019,  # as calibrate writes
+                   "at_threshold": {"auroc": 0.99, "accuracy": 0.96, "threshold": 0.42},
+                   "at_0.5": {"auroc": 0.99, "accuracy": 0.95, "threshold": 0.5}}
+SEG_CALIBRATION = {"chosen": {"tta_flip": False, "threshold": 0.4, "min_component_px": 25, "gate_threshold": 0.1,
+                              "dice_per_case_mean": 0.89},
+                   "defaults": {"tta_flip": False, "threshold": 0.5, "min_component_px": 0, "gate_threshold": 0.0,
+                                "dice_per_case_mean": 0.86}, "grid_size": 360}
+
+
+def train_metrics(task: str, split_file: str = "splits/none.json") -> dict:
+    val = ({"dice_per_case_mean": 0.87, "dice_per_case_median": 0.9, "dice_tumor_slices_mean": 0.8,
+            "iou_per_case_mean": 0.79, "false_positive_slices": 12} if task == "segmenter" else
+           {"auroc": 0.97, "accuracy": 0.93, "sensitivity": 0.9, "specificity": 0.95, "threshold": 0.5, "ece": 0.08})
+    return {"task": task, "best_epoch": 9, "val": val, "val_cases": 17, "val_slices": 639, "train_cases": 71,
+            "split": split_file, "device": "cpu",
+            "train_config": {"task": task, "data": "../shared/data/lgg/kaggle_3m", "out": f"runs/{task}",
+                             "split": split_file, "seed": 42, "epochs": 12, "batch_size": 16, "lr": 0.001,
+                             "weight_decay": 0.0001, "empty_fraction": 0.2, "augment": True},
+            "model_config": {"encoder": "test_resnet", "image_size": 64, "pretrained": False}, "history": []}
+
+
+@pytest.fixture
+def model_dir(tiny_checkpoints, tmp_path):
+    def make(kind):
+        d = tmp_path / kind
+        shutil.copytree(tiny_checkpoints[kind], d)
+        return d
+    return make
+
+
+def index_metrics(meta: dict) -> dict:
+    """{metric type or name: value} from a parsed model-index."""
+    out = {}
+    for result in meta["model-index"][0]["results"]:
+        for m in result["metrics"]:
+            out[m["name"]] = m["value"]
+    return out
+
+
+def test_segmenter_card_metadata_and_values(model_dir, tmp_path):
+    d = model_dir("segmenter")
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"seed": 42, "stratified_by": "institution",
+                                 "train": ["TCGA_CS_0001_20000101", "TCGA_DU_0002_20000101", "TCGA_DU_0003_2000"],
+                                 "val": ["TCGA_HT_0004_20000101"]}))
+    (d / "metrics.json").write_text(json.dumps(train_metrics("segmenter", str(split))))
+    path = write_model_card(d, "segmenter", eval_metrics=EVAL, train_command="bash scripts/train_models.sh")
+    assert path == d / "README.md"
+
+    card = ModelCard.load(path)
+    meta = metadata_load(path)
+    assert meta["license"] == "cc-by-nc-sa-4.0" == card.data.license
+    assert meta["library_name"] == "brainseg"
+    assert meta["pipeline_tag"] == "image-segmentation"
+    assert meta["datasets"] == ["mateuszbuda/lgg-mri-segmentation"]
+    assert {"medical-imaging", "mri", "brain-tumor", "segmentation", "lgg", "pytorch", "timm"} <= set(meta["tags"])
+    values = index_metrics(meta)
+    assert values == pytest.approx({"Dice per case, mean (final evaluation)": 0.8912,
+                                    "Dice per case, median (final evaluation)": 0.9134,
+                                    "Dice on tumour slices, mean (final evaluation)": 0.8456,
+                                    "IoU per case, mean (final evaluation)": 0.8123}, abs=1e-4)
+    results = card.data.eval_results
+    assert {r.dataset_type for r in results} == {"mateuszbuda/lgg-mri-segmentation"}
+    assert {r.metric_type for r in results} == {"dice", "iou"}
+
+    text = path.read_text()
+    assert "not a medical device" in text.lower()
+    assert "10.1016/j.compbiomed.2019.05.002" in text and "Neuro-Oncology" in text and "TCGA-LGG" in text
+    assert "**71 training cases** and **17 validation cases**" in text and "seed 42" in text
+    assert "CS 1/0, DU 2/0, HT 0/1" in text
+    assert "| Dice per case, mean | 0.891 | 0.870 |" in text  # final evaluation beside training-time validation
+    assert "17 cases, 639 slices" in text and "0.041 s per slice" in text
+    assert 'ResUNet.from_pretrained("USER/brainseg-segmenter")' in text and "Predictor.from_sources(" in text
+    assert "bash scripts/train_models.sh" in text
+    assert "| Input size | 64 x 64" in text and "pre-contrast, FLAIR, post-contrast" in text
+    assert "2D" in text and "skull not stripped" in text
+    assert is_brainseg_card(text) and NOT_MEASURED not in text
+
+
+def test_classifier_card_with_calibration(model_dir):
+    d = model_dir("classifier")
+    (d / "metrics.json").write_text(json.dumps({**train_metrics("classifier"), "calibration": CLF_CALIBRATION}))
+    (d / "eval_val.json").write_text(json.dumps(EVAL))  # found in the folder
+    text = write_model_card(d, "classifier").read_text()
+    meta = metadata_load(d / "README.md")
+    assert meta["pipeline_tag"] == "image-classification" and "image-classification" in meta["tags"]
+    values = {m["type"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
+    assert values == pytest.approx({"roc_auc": 0.991, "accuracy": 0.962, "recall": 0.951, "specificity": 0.968,
+                                    "ece": 0.021})
+    assert "### Calibration on the validation cases" in text and "| ece_before | 0.0800 |" in text
+    assert "| at_threshold | 0.9900 | 0.9600 | 0.4200 |" in text and "temperature-calibrated" in text
+    assert "| AUROC | 0.991 | 0.970 |" in text and "| Expected calibration error (10 bins) | 0.021 | 0.080 |" in text
+    assert "python train.py classifier" in text  # rebuilt from metrics.json when no command is given
+
+
+def test_classifier_ece_falls_back_to_the_calibration_report(model_dir):
+    d = model_dir("classifier")
+    ev = {k: v for k, v in EVAL.items() if k != "ece"}
+    card = build_model_card(d, "classifier", metrics={"calibration": CLF_CALIBRATION}, eval_metrics=ev)
+    assert {r.metric_type: r.metric_value for r in card.data.eval_results}["ece"] == 0.019
+
+
+def test_segmenter_card_shows_the_chosen_rules(model_dir):
+    d = model_dir("segmenter")
+    card = build_model_card(d, "segmenter", metrics={**train_metrics("segmenter"), "calibration": SEG_CALIBRATION})
+    assert "### Decision rules chosen on the validation cases" in card.text
+    assert "| chosen | no | 0.4000 | 25 | 0.1000 | 0.8900 |" in card.text and "| grid_size | 360 |" in card.text
+
+
+def test_card_without_metrics_says_not_measured(model_dir):
+    d = model_dir("segmenter")
+    text = write_model_card(d, "segmenter").read_text()
+    meta = metadata_load(d / "README.md")
+    assert "model-index" not in meta and meta["license"] == "cc-by-nc-sa-4.0"
+    assert "not a medical device" in text.lower()
+    assert f"| Dice per case, mean | {NOT_MEASURED} |" in text
+    assert "No metrics were measured" in text and f"Split: {NOT_MEASURED}" in text
+
+
+def test_card_shows_only_values_that_exist(model_dir):
+    d = model_dir("segmenter")
+    ev = {"cases": 17, "slices": 639, "seg": {"dice_per_case_mean": 0.88, "dice_tumor_slices_mean": float("nan")}}
+    card = build_model_card(d, "segmenter", eval_metrics=ev)
+    values = {m.metric_name: m.metric_value for m in card.data.eval_results}
+    assert values == {"Dice per case, mean (final evaluation)": 0.88}  # NaN and missing values are not invented
+    assert f"| IoU per case, mean | {NOT_MEASURED} |" in card.text
+    assert "| Dice on tumour slices, mean | undefined on these cases |" in card.text
+
+
+def test_card_replaces_the_mixin_default_and_survives_save_pretrained(model_dir):
+    d = model_dir("classifier")
+    assert not is_brainseg_card((d / "README.md").read_text())  # the mixin's default card
+    write_model_card(d, "classifier")
+    TumorClassifier.from_pretrained(d).save_pretrained(d)  # the mixin does not overwrite a README
+    assert is_brainseg_card((d / "README.md").read_text())
+
+
+def test_card_repo_ids_and_placeholders(model_dir):
+    d = model_dir("segmenter")
+    card = str(build_model_card(d, "segmenter", repo_ids={"segmenter": "alice/seg", "classifier": "alice/clf"}))
+    assert 'ResUNet.from_pretrained("alice/seg")' in card and "alice/clf" in card
+    placeholder_card = str(build_model_card(d, "segmenter"))
+    filled = fill_repo_ids(placeholder_card, {"segmenter": "alice/seg", "classifier": "alice/clf"})
+    assert PLACEHOLDER_REPOS["segmenter"] not in filled and 'Predictor.from_sources("alice/seg", "alice/clf")' in filled
+
+
+def test_card_weights_summary_reads_the_header_only(model_dir):
+    d = model_dir("segmenter")
+    n = sum(p.numel() for p in ResUNet.from_pretrained(d).state_dict().values() if p.is_floating_point())
+    summary = hub._weights_summary(d / "model.safetensors")
+    assert summary.startswith(f"{n / 1e6:.2f} M parameters, stored as float32")
+
+
+def test_card_rejects_unknown_kind_and_missing_config(model_dir, tmp_path):
+    with pytest.raises(ValueError, match="segmenter"):
+        build_model_card(model_dir("segmenter"), "detector")
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        build_model_card(tmp_path, "segmenter")
+
+
+def test_card_command_line(model_dir, tmp_path, capsys):
+    d = model_dir("segmenter")
+    script = tmp_path / "train.sh"
+    script.write_text("#!/usr/bin/env bash\nset -euo pipefail\n# stage 1\n$PY train.py segmenter --epochs 2\n")
+    assert hub.main(["card", str(d), "--train-command", "python train.py segmenter --epochs 1",
+                     "--train-script", str(script)]) == 0
+    text = (d / "README.md").read_text()
+    assert "wrote" in capsys.readouterr().out and is_brainseg_card(text)
+    assert (f"python train.py segmenter --epochs 1\n# {script}\n# stage 1\n$PY train.py segmenter --epochs 2\n```"
+            in text) and "set -euo" not in text
+    assert hub.infer_kind(d) == "segmenter" and hub.infer_kind(model_dir("classifier")) == "classifier"
