@@ -46,6 +46,8 @@ p.add_argument("--max-steps", type=int, default=0, help="stop each epoch after N
 p.add_argument("--max-val-cases", type=int, default=0, help="validate on the first N validation cases only")
 p.add_argument("--resume", help="last_state.pt of an interrupted run")
 p.add_argument("--init-from", help="Hub-format checkpoint whose weights start this run (e.g. a smaller-size warm-up)")
+p.add_argument("--init-encoder-from", help="classifier only: a segmenter checkpoint with the same timm encoder "
+               "whose weights start the backbone (features learnt from tumour masks)")
 p.add_argument("--encoder", help="timm model name")
 p.add_argument("--image-size", type=int)
 p.add_argument("--pretrained", action="store_true", help="start from timm's ImageNet weights (needs the Hub)")
@@ -104,6 +106,15 @@ model = build_model(args.task, model_cfg)
 if args.init_from:
     init = type(model).from_pretrained(args.init_from)
     model.load_state_dict(init.state_dict())
+if args.init_encoder_from:
+    if args.task != "classifier":
+        raise SystemExit("--init-encoder-from is for the classifier; use --init-from for the segmenter")
+    from brainseg.models import ResUNet
+    encoder = ResUNet.from_pretrained(args.init_encoder_from).encoder
+    missing, unexpected = model.backbone.load_state_dict(encoder.state_dict(), strict=False)
+    if unexpected or any(not k.startswith(model.backbone.default_cfg.get("classifier", "fc")) for k in missing):
+        raise SystemExit(f"Encoder of {args.init_encoder_from} does not fit {model_cfg.encoder}: "
+                         f"missing {missing[:3]}, unexpected {unexpected[:3]}")
 model.to(device)
 if device.type == "cuda":
     model = model.to(memory_format=torch.channels_last)
