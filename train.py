@@ -79,13 +79,13 @@ out.mkdir(parents=True, exist_ok=True)
 # ---------------------------------------------------------------- data: the split is by patient
 cases = find_cases(args.data)
 split_path = Path(args.split) if args.split else out / "split.json"
-if split_path.exists():
-    split = load_split(split_path)
-else:
-    split = make_split(cases, args.val_fraction, args.seed)
-    if main:
-        save_split(split, split_path)
-    engine.barrier()
+split_exists = split_path.exists()
+engine.barrier()  # every rank has looked before rank 0 may write, so all take the same branch
+split = load_split(split_path) if split_exists else make_split(cases, args.val_fraction, args.seed)
+if main and not split_exists:
+    save_split(split, split_path)
+if main and split_path.resolve() != (out / "split.json").resolve():
+    save_split(split, out / "split.json")  # the checkpoint folder says which cases it never saw
 train_cases = select_cases(cases, split["train"])
 val_cases = select_cases(cases, split["val"])
 if args.max_val_cases:

@@ -68,6 +68,12 @@ class HubModel(nn.Module):
         model.config = config
         model._hub_mixin_config = config
         state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(weights)).items()}
+        own = model.state_dict()
+        wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
+                 if k in own and v.shape != own[k].shape]
+        if wrong:
+            raise RuntimeError(f"Checkpoint {model_id} does not match {cls.__name__}({config.encoder}): "
+                               f"shape mismatch for {wrong[:3]}")
         missing, unexpected = model.load_state_dict(state, strict=False)
         if strict and (missing or unexpected):
             raise RuntimeError(f"Checkpoint {model_id} does not match {cls.__name__}({config.encoder}): "

@@ -1,0 +1,203 @@
+"""Training throughput and inference latency of the models on the current device.
+
+    python -m brainseg.bench                                  # resnet18 and resnet34 ResUNets at 256
+    python -m brainseg.bench --encoders resnet34 --train-steps 3 --json bench.json
+    python -m brainseg.bench --shipped                        # also time models/segmenter, models/classifier
+
+For each segmenter encoder: training images/s (ResUNet forward + backward + AdamW step at batch
+16), inference latency per slice (p50 at batch 1) and throughput at batch 16; then the same
+inference figures for the classifier (resnet18 at 128 by default). Weights are untrained: the
+time does not depend on them. On CUDA the forward runs in fp16 autocast with channels_last, as
+in training; on the CPU in fp32. Figures on a loaded machine are slower: run it alone.
+"""
+import argparse
+import json
+import platform
+import statistics
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from .config import ClassifierConfig, SegmenterConfig
+from .losses import BCEDiceLoss
+from .models import ResUNet, TumorClassifier
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _autocast(device: torch.device):
+    return torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else nullcontext()
+
+
+def _prepare(model: nn.Module, device: torch.device) -> nn.Module:
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
+
+
+def _input(batch: int, size: int, device: torch.device) -> torch.Tensor:
+    x = torch.randn(batch, 3, size, size, device=device)
+    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
+
+
+def _timed(fn: Callable[[], None], runs: int, device: torch.device) -> List[float]:
+    times = []
+    for _ in range(runs):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def train_throughput(model: nn.Module, size: int, device: torch.device, batch: int = 16, steps: int = 3,
+                     warmup: int = 1) -> float:
+    """Images/s of forward + BCE-Dice loss + backward + AdamW step on random data."""
+    model = _prepare(model, device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    loss_fn = BCEDiceLoss()
+    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
+    x = _input(batch, size, device)
+    y = (torch.rand(batch, 1, size, size, device=device) > 0.9).float()
+
+    def step():
+        with _autocast(device):
+            loss = loss_fn(model(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            opt.step()
+
+    _timed(step, warmup, device)
+    return batch * steps / sum(_timed(step, steps, device))
+
+
+@torch.no_grad()
+def inference_timing(model: nn.Module, size: int, device: torch.device, runs: int = 20, batch: int = 16,
+                     batch_runs: int = 3, warmup: int = 3) -> Dict[str, float]:
+    """Latency per slice at batch 1 (p50 and p90 over ``runs``) and slices/s at ``batch``."""
+    model = _prepare(model, device).eval()
+    x1, xb = _input(1, size, device), _input(batch, size, device)
+
+    def one():
+        with _autocast(device):
+            model(x1)
+
+    def many():
+        with _autocast(device):
+            model(xb)
+
+    _timed(one, warmup, device)
+    lat = sorted(_timed(one, runs, device))
+    _timed(many, 1, device)
+    tb = _timed(many, batch_runs, device)
+    return {"latency_ms_p50": 1000 * statistics.median(lat),
+            "latency_ms_p90": 1000 * lat[min(len(lat) - 1, int(0.9 * len(lat)))],
+            f"throughput_batch{batch}": batch * batch_runs / sum(tb)}
+
+
+def n_params(model: nn.Module) -> float:
+    return sum(p.numel() for p in model.parameters()) / 1e6
+
+
+def bench_segmenter(encoder: str, size: int, device: torch.device, train_steps: int, runs: int) -> Dict:
+    model = ResUNet(SegmenterConfig(encoder=encoder, image_size=size))
+    row = {"model": "segmenter", "encoder": encoder, "size": size, "params_M": n_params(model)}
+    if train_steps > 0:
+        row["train_images_per_s"] = train_throughput(model, size, device, steps=train_steps)
+    row.update(inference_timing(model, size, device, runs=runs))
+    return row
+
+
+def bench_classifier(encoder: str, size: int, device: torch.device, runs: int) -> Dict:
+    model = TumorClassifier(ClassifierConfig(encoder=encoder, image_size=size))
+    row = {"model": "classifier", "encoder": encoder, "size": size, "params_M": n_params(model)}
+    row.update(inference_timing(model, size, device, runs=runs))
+    return row
+
+
+def bench_shipped(device: torch.device, runs: int) -> List[Dict]:
+    """Inference timing of the shipped models (models/segmenter, models/classifier) when present."""
+    from .hub import DEFAULT_MODELS, load_model
+
+    rows = []
+    for kind, folder in DEFAULT_MODELS.items():
+        if not (folder / "config.json").exists():
+            print(f"(no shipped {kind} in {folder}: skipped)")
+            continue
+        model, src = load_model(kind, str(folder))
+        size = model.config.image_size
+        row = {"model": f"shipped {kind}", "encoder": model.config.encoder, "size": size,
+               "params_M": n_params(model), "source": str(src)}
+        row.update(inference_timing(model, size, device, runs=runs))
+        rows.append(row)
+    return rows
+
+
+def format_rows(rows: Sequence[Dict]) -> str:
+    head = f"{'model':<20} {'encoder':<16} {'size':>4} {'params M':>8} {'train img/s':>11} " \
+           f"{'p50 ms (b=1)':>12} {'slices/s (b=16)':>15}"
+    lines = [head]
+    for r in rows:
+        train = f"{r['train_images_per_s']:.1f}" if "train_images_per_s" in r else "-"
+        lines.append(f"{r['model']:<20} {r['encoder']:<16} {r['size']:>4} {r['params_M']:>8.1f} {train:>11} "
+                     f"{r['latency_ms_p50']:>12.1f} {r['throughput_batch16']:>15.1f}")
+    return "\n".join(lines)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}), {torch.get_num_threads()} torch threads"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict:
+    p = argparse.ArgumentParser(prog="python -m brainseg.bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--encoders", nargs="+", default=["resnet18", "resnet34"], help="segmenter encoders (timm names)")
+    p.add_argument("--size", type=int, default=256, help="segmenter input size")
+    p.add_argument("--classifier-encoder", default="resnet18")
+    p.add_argument("--classifier-size", type=int, default=128)
+    p.add_argument("--train-steps", type=int, default=3, help="timed training steps at batch 16 (0: skip)")
+    p.add_argument("--runs", type=int, default=20, help="timed batch-1 inference runs")
+    p.add_argument("--shipped", action="store_true", help="also time the shipped models in models/")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--json", dest="json_out", help="write the figures here as JSON")
+    args = p.parse_args(argv)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    print(f"device: {device_name(device)}; torch {torch.__version__}", flush=True)
+    rows = []
+    for enc in args.encoders:
+        print(f"timing segmenter {enc} at {args.size}...", flush=True)
+        rows.append(bench_segmenter(enc, args.size, device, args.train_steps, args.runs))
+    print(f"timing classifier {args.classifier_encoder} at {args.classifier_size}...", flush=True)
+    rows.append(bench_classifier(args.classifier_encoder, args.classifier_size, device, args.runs))
+    if args.shipped:
+        rows += bench_shipped(device, args.runs)
+    print()
+    print(format_rows(rows))
+    result = {"device": device_name(device), "torch": torch.__version__, "rows": rows}
+    if args.json_out:
+        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+"""Evaluate a segmenter and a classifier on a kaggle_3m-layout folder: a table and a JSON file.
+
+    python -m brainseg.evaluate ../shared/data/lgg/kaggle_3m --split splits/lgg_dev_seed42.json --json eval.json
+    python -m brainseg.evaluate DATA --segmenter runs/segmenter --classifier user/brainseg-classifier@v1
+
+Conventions (see :mod:`brainseg.metrics`):
+
+- Masks are compared at each slice's original resolution: the :class:`~brainseg.inference.Predictor`
+  maps its mask back to the input's size, exactly as the app does, so the figures describe what a
+  user gets, post-processing from the segmenter's config included (small components dropped,
+  the classifier gate).
+- Per-case Dice is computed over the whole stack of a case's slices, 2|P∩G| / (|P|+|G|) with the
+  sums taken over every slice, then averaged over cases (the metric of the dataset's papers).
+  A case where both the prediction and the ground truth are empty scores 1 (nothing to find,
+  nothing found); a case where exactly one is empty scores 0. IoU follows the same rules.
+- ``dice_tumor_slices_mean`` is the mean Dice of single slices whose ground truth holds tumour;
+  ``false_positive_slices`` counts slices with an empty ground truth and a non-empty prediction.
+- Detection is per slice: positive = the ground-truth mask is not empty; the score is the
+  classifier's calibrated probability, thresholded at the classifier config's ``threshold``.
+- ``seconds_per_slice`` is the wall time of :meth:`Predictor.predict_batch` (both models, pre- and
+  post-processing) divided by the number of slices; reading the files is not counted.
+"""
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
+
+import numpy as np
+
+from .data import Case, find_cases, load_split, read_image, read_mask, select_cases, slice_number
+from .metrics import CaseDiceAggregator, detection_metrics, expected_calibration_error
+
+PathLike = Union[str, Path]
+
+
+def select_eval_cases(data_dir: PathLike, split: Optional[Union[PathLike, Dict]] = None) -> List[Case]:
+    """Every case under ``data_dir`` (sorted), or only the split's ``"val"`` cases.
+
+    Args:
+        data_dir: a folder in the kaggle_3m layout.
+        split: None, a split JSON path (see :func:`brainseg.data.load_split`) or an already loaded split dict.
+    Raises:
+        FileNotFoundError naming the path when the folder is missing or holds no case;
+        KeyError when the split names a case the folder lacks.
+    """
+    cases = find_cases(data_dir)
+    if split is None:
+        return cases
+    if not isinstance(split, dict):
+        split = load_split(split)
+    return select_cases(cases, split["val"])
+
+
+def evaluate(data_dir: PathLike, predictor, split: Optional[Union[PathLike, Dict]] = None,
+             threshold: Optional[float] = None, batch_size: int = 16, keep_slices: bool = False,
+             progress: bool = False) -> Dict:
+    """Segmentation and detection metrics of ``predictor`` on the cases of a kaggle_3m folder.
+
+    Args:
+        data_dir: a folder in the kaggle_3m layout (case folders of ``<case>_<n>.tif`` + ``_mask.tif``).
+        predictor: a :class:`brainseg.inference.Predictor` (e.g. ``Predictor.from_sources(seg, clf)``).
+        split: None for every case, else a split file path or dict whose ``"val"`` cases are evaluated.
+        threshold: pixel probability threshold; None uses the segmenter config's.
+        batch_size: slices per forward pass.
+        keep_slices: also return ``"slices_detail"``: per-slice case, slice number, probability and
+            label (what a calibration step needs).
+        progress: show a tqdm bar over cases.
+    Returns:
+        ``{"cases", "slices", "seg": {...}, "det": {...}, "seconds_per_slice", "per_case", "ece",
+        "sources"}``. Per-case Dice is over the whole stack; empty-vs-empty counts 1 (see module doc).
+        Undefined values (AUROC with one class present, sensitivity without tumour slices) are NaN.
+
+    Example:
+        >>> from brainseg.inference import Predictor
+        >>> p = Predictor.from_sources("runs/segmenter", "runs/classifier")
+        >>> r = evaluate("../shared/data/lgg/kaggle_3m", p, split="splits/lgg_dev_seed42.json")
+        >>> r["seg"]["dice_per_case_mean"], r["det"]["auroc"]
+    """
+    cases = select_eval_cases(data_dir, split)
+    agg = CaseDiceAggregator()
+    probs: List[float] = []
+    labels: List[int] = []
+    detail: List[Dict] = []
+    seconds = 0.0
+    if progress:
+        from tqdm import tqdm
+        cases_iter = tqdm(cases, desc="evaluating", unit="case")
+    else:
+        cases_iter = cases
+    for case in cases_iter:
+        images = [read_image(p) for p in case.images]
+        truths = [read_mask(p) for p in case.masks]
+        t0 = time.perf_counter()
+        preds = predictor.predict_batch(images, threshold=threshold, batch_size=batch_size)
+        seconds += time.perf_counter() - t0
+        agg.update(case.name, np.stack([p.mask for p in preds]), np.stack(truths))
+        for path, pred, truth in zip(case.images, preds, truths):
+            probs.append(pred.tumor_probability)
+            labels.append(int(truth.any()))
+            if keep_slices:
+                detail.append({"case": case.name, "slice": slice_number(path), "probability": pred.tumor_probability,
+                               "label": labels[-1], "pred_px": pred.tumor_area_px, "true_px": int(truth.sum())})
+
+    # Detection threshold: the classifier's own; without one the Predictor scores by the max pixel probability.
+    if predictor.classifier is not None:
+        det_threshold = predictor.classifier.config.threshold
+    else:
+        det_threshold = predictor.seg_cfg.threshold if threshold is None else float(threshold)
+    seg = agg.compute()
+    seg["pixel_threshold"] = float(predictor.seg_cfg.threshold if threshold is None else threshold)
+    n_slices = {c.name: len(c) for c in cases}
+    per_case = {name: dict(v, slices=n_slices[name]) for name, v in agg.per_case().items()}
+    result = {
+        "cases": len(cases),
+        "slices": len(labels),
+        "seg": seg,
+        "det": detection_metrics(probs, labels, det_threshold),
+        "seconds_per_slice": seconds / max(len(labels), 1),
+        "ece": expected_calibration_error(probs, labels),
+        "tumor_slices": int(sum(labels)),
+        "per_case": per_case,
+        "sources": {k: str(v) for k, v in getattr(predictor, "sources", {}).items()},
+        "data_dir": str(data_dir),
+        "split": None if split is None or isinstance(split, dict) else str(split),
+    }
+    if keep_slices:
+        result["slices_detail"] = detail
+    return result
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return "n/a" if not math.isfinite(v) else f"{v:.4f}"
+    return str(v)
+
+
+def format_table(result: Dict) -> str:
+    """The result as a plain-text table: per-case Dice, then the summary figures."""
+    lines = [f"{'case':<28} {'slices':>6} {'dice':>7} {'iou':>7} {'true px':>9} {'pred px':>9}"]
+    for name, v in result["per_case"].items():
+        lines.append(f"{name:<28} {v['slices']:>6} {v['dice']:>7.4f} {v['iou']:>7.4f} "
+                     f"{v['gt_voxels']:>9} {v['pred_voxels']:>9}")
+    lines.append("")
+    lines.append(f"{result['cases']} cases, {result['slices']} slices ({result['tumor_slices']} with tumour)")
+    lines.append("segmentation (masks at original resolution)")
+    for k in ("dice_per_case_mean", "dice_per_case_median", "dice_tumor_slices_mean", "iou_per_case_mean",
+              "false_positive_slices", "pixel_threshold"):
+        lines.append(f"  {k:<26} {_fmt(result['seg'][k])}")
+    lines.append("detection (per slice)")
+    for k in ("auroc", "accuracy", "sensitivity", "specificity", "threshold"):
+        lines.append(f"  {k:<26} {_fmt(result['det'][k])}")
+    lines.append(f"  {'ece':<26} {_fmt(result['ece'])}")
+    lines.append(f"seconds per slice            {result['seconds_per_slice']:.4f}")
+    for k, v in result["sources"].items():
+        lines.append(f"{k:<28} {v}")
+    return "\n".join(lines)
+
+
+def to_json(result: Dict) -> str:
+    """JSON text of a result; NaN (an undefined metric) is written as null so any parser reads it."""
+    def clean(o):
+        if isinstance(o, float) and not math.isfinite(o):
+            return None
+        if isinstance(o, dict):
+            return {k: clean(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [clean(v) for v in o]
+        if isinstance(o, np.generic):
+            return clean(o.item())
+        return o
+    return json.dumps(clean(result), indent=2, allow_nan=False) + "\n"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict:
+    p = argparse.ArgumentParser(prog="python -m brainseg.evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("data_dir", help="kaggle_3m-layout folder")
+    p.add_argument("--segmenter", help="model folder or Hub repo id 'user/repo[@rev]' (default: the shipped model)")
+    p.add_argument("--classifier", help="model folder or Hub repo id 'user/repo[@rev]' (default: the shipped model)")
+    p.add_argument("--split", help="split JSON: evaluate only its 'val' cases")
+    p.add_argument("--json", dest="json_out", help="write the metrics here as JSON")
+    p.add_argument("--threshold", type=float, help="pixel probability threshold (default: the segmenter config's)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args(argv)
+
+    from .inference import Predictor
+
+    try:
+        select_eval_cases(args.data_dir, args.split)  # fail on a bad folder before loading models
+        predictor = Predictor.from_sources(args.segmenter, args.classifier, device=args.device)
+        result = evaluate(args.data_dir, predictor, split=args.split, threshold=args.threshold,
+                          batch_size=args.batch_size, progress=sys.stderr.isatty())
+    except (FileNotFoundError, KeyError, ValueError, OSError) as e:
+        p.error(str(e.args[0]) if e.args else str(e))  # exit status 2, the message (naming the path) on stderr
+    print(format_table(result))
+    if args.json_out:
+        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_out).write_text(to_json(result))
+        print(f"wrote {args.json_out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
