@@ -1,0 +1,191 @@
+"""Predict tumour masks for a slice, a case or a whole kaggle_3m folder: masks in the kaggle_3m naming and a CSV.
+
+    python -m brainseg.predict TCGA_CS_4941_19960909_12.tif --out preds
+    python -m brainseg.predict ../shared/data/lgg/kaggle_3m/TCGA_CS_4941_19960909 --out preds --figures
+    python -m brainseg.predict ../shared/data/lgg/kaggle_3m --out preds --segmenter user/brainseg-segmenter@v1
+    python -m brainseg.predict case.zip --out preds          # also a multi-page TIFF or a NIfTI volume
+
+INPUT is one slice file (its ``<stem>_mask.tif`` beside it is used as ground truth when present),
+a case folder, a folder of case folders (the kaggle_3m layout), a zip of a case folder, a
+multi-page TIFF or a NIfTI file. For each case it writes, under ``--out`` only:
+
+    OUT/<case>/<case>_<n>_mask.tif    predicted mask of slice n, uint8 0/255 (the kaggle_3m naming)
+    OUT/<case>/<case>_summary.json    the case summary (volume, largest slice, per-slice figures, Dice)
+    OUT/<case>/<case>_masks.nii.gz    for NIfTI input: the masks on the input's own voxel grid
+    OUT/<case>/<case>_probability.png, <case>_overlays.png   with --figures
+    OUT/predictions.csv               case, slice, tumor_probability, tumor_detected, tumor_area_px, dice
+
+``dice`` is filled where ground-truth masks exist: the CSV holds each slice's Dice, the JSON the
+per-case Dice over the whole stack (as ``brainseg.evaluate`` computes it). Bad input stops with a
+message and exit status 2; in a folder of cases, a bad case is skipped with a message and the exit
+status is 1.
+"""
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import cv2
+
+from .cases import (IMAGE_EXTS, CaseInput, analyze_case, case_montage, file_ext, load_case, parse_slice_name,
+                    plot_probabilities, safe_name, summarize, write_mask_nifti)
+
+CSV_FIELDS = ["case", "slice", "tumor_probability", "tumor_detected", "tumor_area_px", "dice"]
+
+
+def _has_slices(folder: Path) -> bool:
+    """Whether a folder holds numbered slice images (masks alone do not count)."""
+    for p in folder.iterdir():
+        if p.is_file() and file_ext(p.name) in IMAGE_EXTS:
+            _, num, is_mask = parse_slice_name(p.name)
+            if num is not None and not is_mask:
+                return True
+    return False
+
+
+def discover(input_path: Path, out: Path) -> List[object]:
+    """What to predict: [a file], [a case folder], the case folders of a kaggle_3m folder, or [[image, mask]]."""
+    if not input_path.exists():
+        raise FileNotFoundError(f"Input not found: {input_path}")
+    if input_path.is_file():
+        if parse_slice_name(input_path.name)[2]:
+            raise ValueError(f"{input_path.name} is a mask; give the slice image")
+        truth = input_path.with_name(input_path.name[: -len(file_ext(input_path.name))] + "_mask.tif")
+        if file_ext(input_path.name) in IMAGE_EXTS and truth.is_file():
+            return [[input_path, truth]]
+        return [input_path]
+    if _has_slices(input_path):
+        return [input_path]
+    out_r = out.resolve()
+    folders = sorted(p for p in input_path.iterdir() if p.is_dir() and p.resolve() != out_r and _has_slices(p))
+    if not folders:
+        raise ValueError(f"No slice images (<case>_<n>.tif or .png) in {input_path} nor in its sub-folders "
+                         f"(expected a case folder or the kaggle_3m layout)")
+    return folders
+
+
+def inside(root: Path, path: Path) -> Path:
+    """``path`` resolved (symbolic links followed), or a ValueError when it lies outside ``root``."""
+    resolved = path.resolve()
+    if not resolved.is_relative_to(root.resolve()):
+        raise ValueError(f"Refusing to write {path}: it resolves to {resolved}, outside the output folder {root}")
+    return resolved
+
+
+def write_case(case: CaseInput, result, out: Path, used: set, figures: bool = False) -> Tuple[Path, dict]:
+    """Write one case's masks (kaggle_3m naming), summary JSON and optional figures under ``out``; returns (folder, summary)."""
+    name = safe_name(case.name)
+    base, k = name, 2
+    while name in used:  # two inputs with the same (sanitised) case name must not overwrite each other
+        name, k = f"{base}_{k}", k + 1
+    used.add(name)
+    folder = inside(out, out / name)
+    if folder.is_dir() and _has_slices(folder):  # e.g. --out is the kaggle_3m folder itself: its masks are the truth
+        raise ValueError(f"Refusing to write into {folder}: it holds slice images (an input case folder?) and its "
+                         f"_mask files would be overwritten; choose another --out")
+    folder.mkdir(parents=True, exist_ok=True)
+    inside(out, folder)  # again, now that it exists: a symbolic link planted at out/<case> is caught
+    for n, mask in zip(result.slice_numbers, result.masks):
+        target = inside(out, folder / f"{name}_{n}_mask.tif")
+        if not cv2.imwrite(str(target), mask * 255):
+            raise OSError(f"Could not write {target}")
+    summary = summarize(result)
+    summary["case"] = name
+    inside(out, folder / f"{name}_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if case.source_kind == "nifti":
+        write_mask_nifti(result, case, inside(out, folder / f"{name}_masks.nii.gz"))
+    if figures:
+        plot_probabilities(result, inside(out, folder / f"{name}_probability.png"))
+        cv2.imwrite(str(inside(out, folder / f"{name}_overlays.png")),
+                    cv2.cvtColor(case_montage(case, result), cv2.COLOR_RGB2BGR))
+    return folder, summary
+
+
+def csv_rows(summary: dict) -> List[dict]:
+    return [{"case": summary["case"], "slice": s["slice"], "tumor_probability": f"{s['tumor_probability']:.6f}",
+             "tumor_detected": int(s["tumor_detected"]), "tumor_area_px": s["tumor_area_px"],
+             "dice": "" if s["dice"] is None else f"{s['dice']:.6f}"} for s in summary["per_slice"]]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m brainseg.predict", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("input", help="slice file, case folder, kaggle_3m folder, zip, multi-page TIFF or NIfTI")
+    p.add_argument("--out", required=True, help="output folder (created); nothing is written outside it")
+    p.add_argument("--segmenter", help="model folder or Hub repo id 'user/repo[@rev]' (default: the shipped model)")
+    p.add_argument("--classifier", help="model folder or Hub repo id 'user/repo[@rev]' (default: the shipped model)")
+    p.add_argument("--threshold", type=float, help="pixel probability threshold (default: the segmenter config's)")
+    p.add_argument("--spacing", type=float, nargs=3, metavar=("ROW", "COL", "SLICE"),
+                   help="voxel size in mm, for volumes in mL when the input does not carry it")
+    p.add_argument("--figures", action="store_true", help="also write the probability plot and the overlay montage")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args(argv)
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        p.error(f"--threshold must lie in [0, 1], got {args.threshold}")
+
+    out = Path(args.out)
+    try:
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {out} exists and is not a folder")
+        sources = discover(Path(args.input), out)
+        for src in sources:  # the common slip: --out naming the folder that holds the case folders
+            folder = Path(src[0] if isinstance(src, list) else src).resolve()
+            folder = folder if folder.is_dir() else folder.parent
+            if folder.parent == out.resolve() and _has_slices(folder):
+                raise ValueError(f"--out {out} holds the input case folder {folder.name}: its _mask files would be "
+                                 f"overwritten; choose another --out")
+        first = load_case(sources[0]) if len(sources) == 1 else None  # bad single input fails before the models load
+        from .inference import Predictor  # torch loads only once the input has passed its checks
+
+        predictor = Predictor.from_sources(args.segmenter, args.classifier, device=args.device)
+    except (FileNotFoundError, ValueError, OSError, RuntimeError) as e:  # RuntimeError: a checkpoint that does not fit
+        p.error(str(e))
+
+    out.mkdir(parents=True, exist_ok=True)
+    rows, used, failed, dices = [], set(), [], []
+    for src in sources:
+        label = Path(src[0] if isinstance(src, list) else src).name
+        try:
+            case = first if first is not None else load_case(src)
+            if args.spacing:
+                case.spacing = tuple(args.spacing)
+            result = analyze_case(predictor, case, args.threshold, args.batch_size)
+            folder, summary = write_case(case, result, out, used, args.figures)
+        except (ValueError, OSError) as e:
+            if len(sources) == 1:
+                p.error(str(e))
+            print(f"skipped {label}: {e}", file=sys.stderr)
+            failed.append(label)
+            continue
+        rows += csv_rows(summary)
+        if summary["dice"] is not None:
+            dices.append(summary["dice"])
+        vol = f"{summary['tumor_volume_voxels']} voxels" + (
+            f" ({summary['tumor_volume_ml']:.2f} mL)" if summary["tumor_volume_ml"] is not None else "")
+        n = summary["slices"]
+        print(f"{summary['case']}: {n} slice{'s' if n != 1 else ''}, {summary['tumor_slices']} with tumour, {vol}"
+              + (f", largest on slice {summary['largest_area_slice']}" if summary["largest_area_slice"] is not None else "")
+              + (f", Dice {summary['dice']:.4f}" if summary["dice"] is not None else "") + f" -> {folder}")
+
+    if not rows:
+        print("nothing predicted", file=sys.stderr)
+        return 1
+    csv_path = inside(out, out / "predictions.csv")
+    with open(csv_path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    print(f"wrote {csv_path} ({len(rows)} slices, {len(sources) - len(failed)} case(s))")
+    if dices:
+        print(f"mean per-case Dice over {len(dices)} case(s) with ground truth: {sum(dices) / len(dices):.4f}")
+    if failed:
+        print(f"{len(failed)} input(s) skipped: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
