@@ -195,7 +195,8 @@ def analyse(predictor: Predictor, data: bytes, threshold: Optional[float] = None
     if image.multipage:
         result["tiff_multipage"] = True
     verdict, sign = ("Tumour detected", "≥") if pred.tumor_detected else ("No tumour detected", "<")
-    notes = [f"{verdict}: probability {pred.tumor_probability:.2f} {sign} threshold {result['detection_threshold']:.2f}",
+    det_thr = result["detection_threshold"]
+    notes = [f"{verdict}: probability {pred.tumor_probability:.2f} {sign} threshold {det_thr:.2f}",
              f"Area {area:,} px, {pct:.1f} % of the brain ({brain:,} px); pixel threshold {thr:.2f}"]
     if image.channels_replicated:
         notes.append("FLAIR alone: its channel was replicated to the three input channels.")
@@ -280,7 +281,8 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
                                           elem_id="confidence")
                     overlay_img = gr.Image(label="Overlay on FLAIR", type="numpy", format="png", interactive=False,
                                            height=400, buttons=["download", "fullscreen"], elem_id="overlay")
-                    gr.Markdown("Red: predicted tumour. Green outline: the ground truth, for examples with a known mask.")
+                    gr.Markdown("Red: predicted tumour. Green outline: the ground truth, for examples with a "
+                                "known mask.")
                     with gr.Row():
                         area = gr.Textbox(label="Result", lines=4, interactive=False, elem_id="area")
                         mask_file = gr.File(label="Mask (PNG, 0/255, input size)", interactive=False, height=100,
@@ -308,7 +310,8 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
                 cache = mask_file.GRADIO_CACHE
                 mask_path = write_to_cache(a.mask_png, cache, "mask.png")
                 # Encoded here with OpenCV's fast PNG setting: quicker than Gradio's own numpy -> PIL -> PNG.
-                overlay_path = write_to_cache(cv2.imencode(".png", a.overlay[..., ::-1])[1].tobytes(), cache, "overlay.png")
+                overlay_png = cv2.imencode(".png", a.overlay[..., ::-1])[1].tobytes()
+                overlay_path = write_to_cache(overlay_png, cache, "overlay.png")
                 p = a.prediction.tumor_probability
                 r = a.result
                 log.info("predicted %s %s in %.0f ms", "x".join(map(str, r["input_shape"])), r["input_dtype"],
