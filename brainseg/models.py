@@ -6,7 +6,7 @@ and safetensors-only: a checkpoint with missing or unexpected weights fails inst
 layers random, and no pickle is ever read.
 """
 import os
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import List, Optional, Union
 
@@ -200,7 +200,3 @@ def tumor_classifier(encoder: str = "resnet18", **kwargs) -> TumorClassifier:
 
 def build_model(task: str, config: Union[SegmenterConfig, ClassifierConfig]) -> Union[ResUNet, TumorClassifier]:
     return {"segmenter": ResUNet, "classifier": TumorClassifier}[task](config)
-
-
-def config_dict(model: nn.Module) -> dict:
-    return asdict(model.config)
