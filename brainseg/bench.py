@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from .config import ClassifierConfig, SegmenterConfig
+from .engine import backward_step
 from .losses import BCEDiceLoss
 from .models import ResUNet, TumorClassifier
 
@@ -70,14 +71,7 @@ def train_throughput(model: nn.Module, size: int, device: torch.device, batch: i
     def step():
         with _autocast(device):
             loss = loss_fn(model(x).float(), y)
-        opt.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-        else:
-            loss.backward()
-            opt.step()
+        backward_step(loss, opt, scaler)
 
     _timed(step, warmup, device)
     return batch * steps / sum(_timed(step, steps, device))

@@ -55,6 +55,18 @@ def cosine_with_warmup(optimizer, warmup_steps: int, total_steps: int, min_ratio
 
 # ---------------------------------------------------------------- loops
 
+def backward_step(loss: torch.Tensor, optimizer, scaler: Optional[torch.amp.GradScaler] = None) -> None:
+    """Zero the gradients, backpropagate ``loss`` and step, through the AMP scaler when there is one."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+
+
 def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, optimizer, scheduler,
                     device: torch.device, scaler: Optional[torch.amp.GradScaler] = None, max_steps: int = 0,
                     desc: str = "train", show: bool = True) -> float:
@@ -71,14 +83,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, opti
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cuda", dtype=torch.float16) if cuda else nullcontext():
             loss = loss_fn(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        backward_step(loss, optimizer, scaler)
         scheduler.step()
         total += loss.item() * len(x)
         n += len(x)
@@ -87,34 +92,37 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, opti
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, dataset, device: torch.device, batch_size: int = 32) -> torch.Tensor:
-    """Logits for every item of ``dataset`` in order (no augmentation: pass an eval dataset)."""
+def predict_logits(model: nn.Module, dataset, device: torch.device, batch_size: int = 32):
+    """(logits, targets) for every item of ``dataset`` in order (no augmentation: pass an eval dataset)."""
     model.eval()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
-    out = []
-    for x, _ in loader:
+    out, targets = [], []
+    for x, y in loader:
+        targets.append(y)
         x = x.to(device)
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else nullcontext():
             out.append(model(x).float().cpu())
-    return torch.cat(out) if out else torch.zeros(0)
+    if not out:
+        return torch.zeros(0), torch.zeros(0)
+    return torch.cat(out), torch.cat(targets)
 
 
 def validate_segmenter(model: nn.Module, dataset, device: torch.device, threshold: float = 0.5) -> Dict[str, float]:
     """Per-case Dice etc. on the validation cases at the model's input size."""
-    logits = predict_logits(model, dataset, device)
+    logits, masks = predict_logits(model, dataset, device)
     agg = CaseDiceAggregator()
     pred = (torch.sigmoid(logits[:, 0]) >= threshold).numpy()
+    truth = (masks[:, 0] > 0.5).numpy() if len(masks) else masks
     for i, (case, _) in enumerate(dataset.index):
-        _, m = dataset[i]
-        agg.update(case, pred[i], m[0].numpy() > 0.5)
+        agg.update(case, pred[i], truth[i])
     return agg.compute()
 
 
 def validate_classifier(model: nn.Module, dataset, device: torch.device, threshold: float = 0.5) -> Dict[str, float]:
     """Slice-level AUROC, accuracy, sensitivity, specificity and ECE on the validation cases."""
-    logits = predict_logits(model, dataset, device)[:, 0].numpy()
+    logits = predict_logits(model, dataset, device)[0][:, 0].numpy()
     probs = 1 / (1 + np.exp(-logits))
     out = detection_metrics(probs, dataset.labels, threshold)
     out["ece"] = expected_calibration_error(probs, dataset.labels)
