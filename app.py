@@ -121,7 +121,8 @@ def describe_models(predictor: Predictor) -> Dict[str, dict]:
             sha.update(name.encode())
             sha.update(t.detach().cpu().contiguous().numpy().tobytes())
         out[kind] = {"source": source, "revision": revision, "weights_sha256": sha.hexdigest()[:12],
-                     "encoder": getattr(model.config, "encoder", None)}
+                     "encoder": getattr(model.config, "encoder", None),
+                     "precision": getattr(predictor, "precision", "fp32") if kind == "segmenter" else "fp32"}
     return out
 
 
@@ -189,7 +190,7 @@ def analyse(predictor: Predictor, data: bytes, threshold: Optional[float] = None
         "input_dtype": str(image.array.dtype),
         "channels_replicated": image.channels_replicated,
         "threshold": thr,
-        "detection_threshold": clf.config.threshold if clf is not None else thr,
+        "detection_threshold": predictor.detection_threshold if clf is not None else thr,
         "models": models if models is not None else describe_models(predictor),
     }
     if image.multipage:

@@ -621,7 +621,8 @@ def predict_slices(predictor, slices: Sequence[np.ndarray], threshold: Optional[
                    batch_size: int = 16) -> list:
     """``predictor.predict_batch``, skipping the segmenter where the classifier gate would empty the mask anyway.
 
-    With a gate on (the segmenter config's ``gate_threshold`` > 0 and a classifier present) a
+    Only without fusion: a fused detection needs the segmenter on every slice. With a gate on
+    (the segmenter config's ``gate_threshold`` > 0 and a classifier present) a
     slice whose tumour probability is under the gate gets an empty mask from ``predict_batch``
     whatever the segmenter says; so the classifier runs on every slice first and the segmenter
     only on the slices that pass. The masks are the same as ``predict_batch``'s on every slice;
@@ -630,7 +631,7 @@ def predict_slices(predictor, slices: Sequence[np.ndarray], threshold: Optional[
     from .inference import Prediction, as_three_channels
 
     gate = float(getattr(predictor.seg_cfg, "gate_threshold", 0.0) or 0.0)
-    if predictor.classifier is None or gate <= 0 or not len(slices):
+    if predictor.classifier is None or predictor.fused or gate <= 0 or not len(slices):
         return predictor.predict_batch(slices, threshold=threshold, batch_size=batch_size)
     in_chans = predictor.seg_cfg.in_chans
     probs = np.concatenate([predictor.classify([as_three_channels(np.asarray(s), in_chans)[0]
@@ -638,7 +639,7 @@ def predict_slices(predictor, slices: Sequence[np.ndarray], threshold: Optional[
                             for i in range(0, len(slices), batch_size)])
     keep = [i for i, pr in enumerate(probs) if pr >= gate]
     kept = iter(predictor.predict_batch([slices[i] for i in keep], threshold=threshold, batch_size=batch_size))
-    det_thr = predictor.classifier.config.threshold
+    det_thr = predictor.detection_threshold
     out, keep = [], set(keep)
     for i, s in enumerate(slices):
         if i in keep:
@@ -677,7 +678,7 @@ def analyze_case(predictor, case_input: CaseInput, threshold: Optional[float] = 
         ml = volume * float(np.prod(case_input.spacing)) / 1000.0
     cfg = predictor.seg_cfg
     thr = float(cfg.threshold if threshold is None else threshold)
-    det_thr = float(predictor.classifier.config.threshold) if predictor.classifier is not None else thr
+    det_thr = predictor.detection_threshold if predictor.classifier is not None else thr
     dice = slice_dice = truth_areas = None
     if case_input.masks is not None:
         truth = np.stack(case_input.masks)

@@ -32,7 +32,7 @@ class SegmenterConfig(PreprocessConfig):
 
     Post-processing, chosen on validation cases: ``threshold`` on the pixel probability,
     connected components under ``min_component_px`` (counted at the model's input size) dropped, and the mask emptied
-    when the classifier's probability is below ``gate_threshold`` (0 turns the gate off).
+    when the slice's detection probability is below ``gate_threshold`` (0 turns the gate off).
     """
 
     encoder: str = "resnet34"
@@ -49,7 +49,13 @@ class ClassifierConfig(PreprocessConfig):
     """Slice-level tumour classifier: a timm ResNet with one logit.
 
     ``temperature`` divides the logit before the sigmoid (set by calibration on validation
-    cases), so the probability the app shows means what it says.
+    cases), so the probability the app shows means what it says; ``threshold`` applies to it.
+
+    Beside the segmenter, detection is a logistic fusion of the two models' evidence, fitted
+    on the validation cases: ``sigmoid(w0 * classifier_logit + w1 * segmenter_evidence + b)``
+    with ``fusion_weights = [w0, w1, b]`` and the segmenter evidence the logit of the mean of
+    its ``fusion_top_k`` highest pixel probabilities (at its input size); ``fusion_threshold``
+    is then the decision threshold. ``fusion_weights=None`` keeps the classifier alone.
     """
 
     image_size: int = 128
@@ -58,6 +64,9 @@ class ClassifierConfig(PreprocessConfig):
     threshold: float = 0.5
     temperature: float = 1.0
     drop_rate: float = 0.0
+    fusion_weights: Optional[List[float]] = None
+    fusion_top_k: int = 50
+    fusion_threshold: float = 0.5
 
 
 @dataclass

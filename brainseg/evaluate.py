@@ -16,7 +16,8 @@ Conventions (see :mod:`brainseg.metrics`):
 - ``dice_tumor_slices_mean`` is the mean Dice of single slices whose ground truth holds tumour;
   ``false_positive_slices`` counts slices with an empty ground truth and a non-empty prediction.
 - Detection is per slice: positive = the ground-truth mask is not empty; the score is the
-  classifier's calibrated probability, thresholded at the classifier config's ``threshold``.
+  Predictor's tumour probability (the fusion of both models when the classifier config holds
+  fusion weights, else the classifier's calibrated probability) at its detection threshold.
 - ``seconds_per_slice`` is the wall time of :meth:`Predictor.predict_batch` (both models, pre- and
   post-processing) divided by the number of slices; reading the files is not counted.
 """
@@ -104,9 +105,9 @@ def evaluate(data_dir: PathLike, predictor, split: Optional[Union[PathLike, Dict
                 detail.append({"case": case.name, "slice": slice_number(path), "probability": pred.tumor_probability,
                                "label": labels[-1], "pred_px": pred.tumor_area_px, "true_px": int(truth.sum())})
 
-    # Detection threshold: the classifier's own; without one the Predictor scores by the max pixel probability.
+    # Detection threshold: the Predictor's (fused or classifier); without a classifier it scores by the max pixel probability.
     if predictor.classifier is not None:
-        det_threshold = predictor.classifier.config.threshold
+        det_threshold = predictor.detection_threshold
     else:
         det_threshold = predictor.seg_cfg.threshold if threshold is None else float(threshold)
     seg = agg.compute()
@@ -123,6 +124,7 @@ def evaluate(data_dir: PathLike, predictor, split: Optional[Union[PathLike, Dict
         "tumor_slices": int(sum(labels)),
         "per_case": per_case,
         "sources": {k: str(v) for k, v in getattr(predictor, "sources", {}).items()},
+        "precision": getattr(predictor, "precision", "fp32"),
         "data_dir": str(data_dir),
         "split": None if split is None or isinstance(split, dict) else str(split),
     }
@@ -185,13 +187,16 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     p.add_argument("--threshold", type=float, help="pixel probability threshold (default: the segmenter config's)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+                   help="segmenter arithmetic (default: $BRAINSEG_PRECISION, else auto: bf16 where the hardware has it)")
     args = p.parse_args(argv)
 
     from .inference import Predictor
 
     try:
         select_eval_cases(args.data_dir, args.split)  # fail on a bad folder before loading models
-        predictor = Predictor.from_sources(args.segmenter, args.classifier, device=args.device)
+        predictor = Predictor.from_sources(args.segmenter, args.classifier, device=args.device,
+                                           precision=args.precision)
         result = evaluate(args.data_dir, predictor, split=args.split, threshold=args.threshold,
                           batch_size=args.batch_size, progress=sys.stderr.isatty())
     except (FileNotFoundError, KeyError, ValueError, OSError) as e:

@@ -212,10 +212,17 @@ def _metric_columns(kind: str, metrics: Optional[dict], eval_metrics: Optional[d
                 block["ece"] = calibration[after[0]] if after else None
         cases, slices = _count(eval_metrics.get("cases")), _count(eval_metrics.get("slices"))
         where = (f"{_fmt(cases)} cases, {_fmt(slices)} slices" if cases is not None else "cases not recorded")
+        fused = kind == "classifier" and bool((calibration or {}).get("fusion"))
         how = (f"`python -m brainseg.evaluate`, saved as `{eval_name}`: {where}; the full inference pipeline "
                f"(preprocessing, thresholds and post-processing from this config"
-               + (", calibrated probabilities at the stored threshold" if kind == "classifier" else "") + ").")
+               + ((", this model's logit fused with the segmenter's evidence, at the fused threshold" if fused
+                   else ", calibrated probabilities at the stored threshold") if kind == "classifier" else "") + ").")
         cols.append(("Final evaluation", how, {m.key: block.get(m.key) for m in spec["metrics"]}))
+        if fused and isinstance(calibration.get("at_threshold"), dict):
+            alone = dict(calibration["at_threshold"], ece=calibration.get("ece_after"))
+            cols.append(("Classifier alone", "the same validation slices, this model's temperature-calibrated "
+                         f"probability at its own threshold ({_fmt(alone.get('threshold'), 3)}), no fusion "
+                         "(from the calibration report).", {m.key: alone.get(m.key) for m in spec["metrics"]}))
     val = (metrics or {}).get("val")
     if val:
         epochs = ((metrics.get("train_config") or {}).get("epochs"))
@@ -270,12 +277,19 @@ def _config_rows(kind: str, cfg: dict, weights: Optional[str]) -> List[Tuple[str
         rows += [("Pixel threshold", _fmt(cfg.get("threshold"))),
                  ("Small components dropped", f"under {cfg.get('min_component_px', 0)} px at {s} x {s}"
                   if cfg.get("min_component_px") else "off"),
-                 ("Classifier gate", f"mask emptied when the classifier's tumour probability is below {_fmt(gate)}"
+                 ("Detection gate", f"mask emptied when the slice's detection probability is below {_fmt(gate)}"
                   if gate > 0 else "off"),
                  ("Flip test-time augmentation", "on" if cfg.get("tta_flip") else "off")]
     else:
         rows += [("Decision threshold", f"{_fmt(cfg.get('threshold'))} on the calibrated probability"),
                  ("Temperature", f"{_fmt(cfg.get('temperature'))}: probability = sigmoid(logit / temperature)")]
+        w = cfg.get("fusion_weights")
+        if w:
+            rows += [("Detection with the segmenter",
+                      f"probability = sigmoid({_fmt(w[0])} x logit + {_fmt(w[1])} x evidence + ({_fmt(w[2])})), "
+                      f"evidence = logit of the mean of the segmenter's {cfg.get('fusion_top_k')} highest pixel "
+                      "probabilities; fitted on the validation cases (what `Predictor` and the app report)"),
+                     ("Fused decision threshold", _fmt(cfg.get("fusion_threshold")))]
     return rows
 
 
@@ -410,11 +424,15 @@ def build_model_card(model_dir: Union[str, Path], kind: str, metrics: Optional[d
     if kind == "segmenter":
         L.append(f"`{cls}` outlines lower-grade glioma (the FLAIR abnormality) on single axial brain MRI slices "
                  f"({order}). It is one half of brainseg; the other half, the slice classifier "
-                 f"[`{repos[other]}`](https://huggingface.co/{repos[other]}), gives the detection probability.")
+                 f"[`{repos[other]}`](https://huggingface.co/{repos[other]}), gives the detection probability "
+                 "(fused with this model's evidence when the classifier's config holds fusion weights).")
     else:
         L.append(f"`{cls}` answers one question per axial brain MRI slice ({order}): does it show lower-grade "
                  f"glioma? It gives {calibrated} probability. It is one half of brainseg; the other half, "
-                 f"the segmenter [`{repos[other]}`](https://huggingface.co/{repos[other]}), outlines the tumour.")
+                 f"the segmenter [`{repos[other]}`](https://huggingface.co/{repos[other]}), outlines the tumour."
+                 + (" Used together, brainseg's detection probability fuses this model's logit with the "
+                    "segmenter's evidence (weights in the Configuration table), which detects better than "
+                    "either alone (Evaluation)." if cfg.get("fusion_weights") else ""))
     L += ["", "> **This is NOT a medical device.** It is a research and teaching model, not cleared or approved by "
           "any regulator. It must not be used for diagnosis, treatment or any other clinical decision.", "",
           "## Intended use", "",

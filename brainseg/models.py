@@ -181,6 +181,11 @@ class TumorClassifier(HubModel, PyTorchModelHubMixin, pipeline_tag="image-classi
         return self.backbone(x)
 
     @torch.no_grad()
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw tumour logit per slice, shape (N,)."""
+        return self(x)[:, 0]
+
+    @torch.no_grad()
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
         """Calibrated tumour probability per slice, shape (N,)."""
         return torch.sigmoid(self(x)[:, 0] / self.config.temperature)

@@ -1,0 +1,142 @@
+"""brainseg.calibrate and fused detection: the fit recovers known weights, the Predictor applies the
+stored fusion exactly, and the calibration CLI writes it into the checkpoints it ships."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from brainseg.calibrate import fit_fusion, fit_temperature, leave_one_case_out, main as calibrate_main
+from brainseg.data import find_cases, make_split, read_image, save_split
+from brainseg.inference import Predictor, fuse_detection, segmenter_evidence
+from brainseg.models import ResUNet, TumorClassifier
+from brainseg.preprocess import preprocess
+
+
+def test_fit_fusion_recovers_known_weights():
+    rng = np.random.default_rng(0)
+    logits, evidence = rng.normal(size=20000), rng.normal(size=20000)
+    true = [1.5, -0.7, 0.3]
+    p = 1 / (1 + np.exp(-(true[0] * logits + true[1] * evidence + true[2])))
+    labels = (rng.random(20000) < p).astype(np.int64)
+    assert fit_fusion(logits, evidence, labels) == pytest.approx(true, abs=0.08)
+
+
+def test_fit_fusion_ignores_useless_evidence():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=5000)
+    labels = (rng.random(5000) < 1 / (1 + np.exp(-2 * logits))).astype(np.int64)
+    w = fit_fusion(logits, rng.normal(size=5000), labels)
+    assert abs(w[1]) < 0.1 and w[0] == pytest.approx(2.0, abs=0.15)
+
+
+def test_leave_one_case_out_never_sees_the_held_case():
+    rng = np.random.default_rng(2)
+    cases = np.repeat(["a", "b", "c"], 200)
+    logits, evidence = rng.normal(size=600), rng.normal(size=600)
+    labels = (logits > 0).astype(np.int64)
+    labels[cases == "c"] = 1 - labels[cases == "c"]  # case c contradicts the others
+    loco = leave_one_case_out(logits, evidence, labels, cases)
+    held_c = loco[cases == "c"]
+    # fitted without c, the held-out probabilities follow a and b, so they are wrong on c
+    assert np.mean((held_c > 0.5) == labels[cases == "c"]) < 0.1
+
+
+def test_segmenter_evidence_is_the_logit_of_the_top_k_mean():
+    probs = torch.zeros(2, 8, 8)
+    probs[0, :2, :2] = 0.9  # 4 pixels at 0.9
+    ev = segmenter_evidence(probs, top_k=4)
+    assert ev[0].item() == pytest.approx(np.log(0.9 / 0.1), abs=1e-4)
+    assert ev[1].item() == pytest.approx(np.log(1e-4 / (1 - 1e-4)), abs=1e-3)  # clamped, finite
+    assert segmenter_evidence(probs, top_k=1000).shape == (2,)  # k larger than the image
+
+
+def test_temperature_fit_undoes_a_known_scaling():
+    rng = np.random.default_rng(3)
+    z = rng.normal(scale=2.0, size=20000)
+    labels = (rng.random(20000) < 1 / (1 + np.exp(-z))).astype(np.int64)
+    assert fit_temperature(z * 3.0, labels) == pytest.approx(3.0, rel=0.05)
+
+
+def _fused_predictor(tiny_checkpoints, weights):
+    seg = ResUNet.from_pretrained(tiny_checkpoints["segmenter"])
+    clf = TumorClassifier.from_pretrained(tiny_checkpoints["classifier"])
+    clf.config.fusion_weights, clf.config.fusion_threshold, clf.config.fusion_top_k = weights, 0.37, 20
+    return Predictor(seg, clf, precision="fp32")
+
+
+def test_predictor_applies_the_stored_fusion(tiny_checkpoints, synth_root):
+    images = [read_image(p) for p in find_cases(synth_root)[0].images[:5]]
+    pred = _fused_predictor(tiny_checkpoints, [0.8, 0.5, -0.2])
+    assert pred.fused and pred.detection_threshold == 0.37
+    x_seg = torch.stack([preprocess(im, pred.seg_cfg) for im in images])
+    x_clf = torch.stack([preprocess(im, pred.classifier.config) for im in images])
+    with torch.no_grad():
+        ev = segmenter_evidence(torch.sigmoid(pred.segmenter(x_seg))[:, 0], 20)
+        expected = torch.sigmoid(0.8 * pred.classifier(x_clf)[:, 0] + 0.5 * ev - 0.2).numpy()
+    got = [p.tumor_probability for p in pred.predict_batch(images)]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert [p.tumor_detected for p in pred.predict_batch(images)] == list(expected >= 0.37)
+
+
+def test_without_fusion_weights_the_classifier_alone_decides(tiny_checkpoints, synth_root):
+    images = [read_image(p) for p in find_cases(synth_root)[0].images[:3]]
+    pred = _fused_predictor(tiny_checkpoints, None)
+    assert not pred.fused and pred.detection_threshold == pred.classifier.config.threshold
+    np.testing.assert_allclose([p.tumor_probability for p in pred.predict_batch(images)], pred.classify(images),
+                               rtol=1e-6)
+
+
+def test_fuse_detection_matches_the_formula():
+    out = fuse_detection(torch.tensor([0.0, 2.0]), torch.tensor([1.0, -1.0]), [1.0, 2.0, -0.5])
+    np.testing.assert_allclose(out.numpy(), 1 / (1 + np.exp(-np.array([1.5, -0.5]))), rtol=1e-6)
+
+
+def test_calibrate_cli_writes_fusion_and_rules_from_validation_cases(tiny_checkpoints, synth_root, tmp_path):
+    split = make_split(find_cases(synth_root), 0.34, seed=0)
+    save_split(split, tmp_path / "split.json")
+    out_seg, out_clf = tmp_path / "seg", tmp_path / "clf"
+    report = calibrate_main(["--data", str(synth_root), "--split", str(tmp_path / "split.json"),
+                             "--segmenter", str(tiny_checkpoints["segmenter"]),
+                             "--classifier", str(tiny_checkpoints["classifier"]),
+                             "--out-segmenter", str(out_seg), "--out-classifier", str(out_clf), "--fp16"])
+    clf_cfg = json.loads((out_clf / "config.json").read_text())
+    seg_cfg = json.loads((out_seg / "config.json").read_text())
+    fusion = report["classifier"]["fusion"]
+    assert clf_cfg["fusion_weights"] == pytest.approx(fusion["weights"])
+    assert clf_cfg["fusion_threshold"] == fusion["threshold"]
+    assert clf_cfg["temperature"] == report["classifier"]["temperature"]
+    for k in ("threshold", "min_component_px", "gate_threshold", "tta_flip"):
+        assert seg_cfg[k] == report["segmenter"]["chosen"][k]
+    assert {"leave_one_case_out_auroc", "auroc_segmenter_evidence_alone", "ece", "at_threshold"} <= set(fusion)
+    metrics = json.loads((out_clf / "metrics.json").read_text())
+    assert metrics["calibration"]["fusion"]["weights"] == pytest.approx(fusion["weights"])
+    assert metrics["weights_dtype"] == "float16"
+    reloaded = Predictor.from_sources(str(out_seg), str(out_clf))
+    assert reloaded.fused and reloaded.detection_threshold == fusion["threshold"]
+
+
+def test_precision_is_resolved_and_checked(monkeypatch, tiny_checkpoints):
+    from brainseg.inference import resolve_precision
+
+    cpu = torch.device("cpu")
+    assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("BF16", cpu) == "bf16"
+    monkeypatch.setenv("BRAINSEG_PRECISION", "fp32")
+    assert resolve_precision(None, cpu) == "fp32"
+    monkeypatch.setattr("brainseg.inference.cpu_has_native_bf16", lambda: False)
+    assert resolve_precision("auto", cpu) == "fp32"
+    monkeypatch.setattr("brainseg.inference.cpu_has_native_bf16", lambda: True)
+    assert resolve_precision("auto", cpu) == "bf16"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        resolve_precision("fp8", cpu)
+
+
+def test_bf16_masks_agree_with_fp32(tiny_checkpoints, synth_root):
+    images = [read_image(p) for p in find_cases(synth_root)[1].images]
+    preds = {}
+    for precision in ("fp32", "bf16"):
+        p = Predictor.from_sources(str(tiny_checkpoints["segmenter"]), str(tiny_checkpoints["classifier"]),
+                                   precision=precision)
+        assert p.precision == precision
+        preds[precision] = p.segment_probs(images)
+    assert (preds["fp32"] - preds["bf16"]).abs().max().item() < 0.02
