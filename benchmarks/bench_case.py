@@ -180,7 +180,8 @@ def main(argv=None) -> dict:
     zip_path, source = build_case_zip(work, args.slices)
     predictor, models = load_predictor(args.models)
     print(f"case: {args.slices} slices ({source}), zip {zip_path.stat().st_size / 2**20:.1f} MiB")
-    print(f"models: {models}")
+    print(f"models: {models}; segmenter precision {predictor.precision}, detection "
+          f"{'fused (segmenter on every slice)' if predictor.fused else 'classifier'}")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads "
           f"{torch.get_num_threads()}, load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
@@ -199,13 +200,16 @@ def main(argv=None) -> dict:
            "segmenter_s": statistics.median(t_seg), "classifier_s": statistics.median(t_clf),
            "segmenter_cpu_s_per_slice": statistics.median(cpu_seg) / args.slices,
            "classifier_cpu_s_per_slice": statistics.median(cpu_clf) / args.slices,
-           "gate_threshold": float(predictor.seg_cfg.gate_threshold),
+           "gate_threshold": float(predictor.seg_cfg.gate_threshold), "precision": predictor.precision,
+           "fused_detection": predictor.fused,
            "python_end_to_end_s": statistics.median(t_py), "python_runs_s": t_py,
            "python_cpu_s": statistics.median(cpu_py), "load_average": os.getloadavg()[0]}
+    skip = ("off" if res["gate_threshold"] <= 0 else "fused detection, the segmenter runs on every slice"
+            if predictor.fused else "the segmenter skips slices under it")
     print(f"read + check zip      {res['load_s']:.3f} s (median of {args.repeats})")
     print(f"inference, 40 slices  {res['inference_s']:.3f} s ({1000 * res['inference_s'] / args.slices:.0f} ms a slice)")
     print(f"  of which segmenter  {res['segmenter_s']:.3f} s, classifier {res['classifier_s']:.3f} s (all slices; "
-          f"gate {res['gate_threshold']:g}: {'the segmenter skips slices under it' if res['gate_threshold'] > 0 else 'off'})")
+          f"gate {res['gate_threshold']:g}: {skip})")
     print(f"  CPU a slice         segmenter {res['segmenter_cpu_s_per_slice']:.3f} s, classifier "
           f"{res['classifier_cpu_s_per_slice']:.3f} s (preprocessing included)")
     print(f"predict_case_files    {res['python_end_to_end_s']:.3f} s end to end (runs: "

@@ -8,7 +8,10 @@ For each segmenter encoder: training images/s (ResUNet forward + backward + Adam
 16), inference latency per slice (p50 at batch 1) and throughput at batch 16; then the same
 inference figures for the classifier (resnet18 at 128 by default). Weights are untrained: the
 time does not depend on them. On CUDA the forward runs in fp16 autocast with channels_last, as
-in training; on the CPU in fp32. Figures on a loaded machine are slower: run it alone.
+in training. On the CPU, inference runs channels-last as the Predictor does, in fp32, and the
+shipped segmenter also in bf16 autocast where the CPU has native bf16 (the Predictor's default
+there); training steps run in plain fp32 as train.py does. Figures on a loaded machine are
+slower: run it alone.
 """
 import argparse
 import json
@@ -24,6 +27,7 @@ import torch.nn as nn
 
 from .config import ClassifierConfig, SegmenterConfig
 from .engine import backward_step
+from .inference import resolve_precision
 from .losses import BCEDiceLoss
 from .models import ResUNet, TumorClassifier
 
@@ -33,18 +37,20 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _autocast(device: torch.device):
-    return torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else nullcontext()
+def _autocast(device: torch.device, precision: str = "fp32"):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
 
 
-def _prepare(model: nn.Module, device: torch.device) -> nn.Module:
+def _prepare(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
     model = model.to(device)
-    return model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
+    return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
-def _input(batch: int, size: int, device: torch.device) -> torch.Tensor:
+def _input(batch: int, size: int, device: torch.device, channels_last: bool) -> torch.Tensor:
     x = torch.randn(batch, 3, size, size, device=device)
-    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 def _timed(fn: Callable[[], None], runs: int, device: torch.device) -> List[float]:
@@ -61,11 +67,12 @@ def _timed(fn: Callable[[], None], runs: int, device: torch.device) -> List[floa
 def train_throughput(model: nn.Module, size: int, device: torch.device, batch: int = 16, steps: int = 3,
                      warmup: int = 1) -> float:
     """Images/s of forward + BCE-Dice loss + backward + AdamW step on random data."""
-    model = _prepare(model, device).train()
+    cuda = device.type == "cuda"
+    model = _prepare(model, device, channels_last=cuda).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     loss_fn = BCEDiceLoss()
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
-    x = _input(batch, size, device)
+    x = _input(batch, size, device, channels_last=cuda)
     y = (torch.rand(batch, 1, size, size, device=device) > 0.9).float()
 
     def step():
@@ -79,17 +86,17 @@ def train_throughput(model: nn.Module, size: int, device: torch.device, batch: i
 
 @torch.no_grad()
 def inference_timing(model: nn.Module, size: int, device: torch.device, runs: int = 20, batch: int = 16,
-                     batch_runs: int = 3, warmup: int = 3) -> Dict[str, float]:
+                     batch_runs: int = 3, warmup: int = 3, precision: str = "fp32") -> Dict[str, float]:
     """Latency per slice at batch 1 (p50 and p90 over ``runs``) and slices/s at ``batch``."""
-    model = _prepare(model, device).eval()
-    x1, xb = _input(1, size, device), _input(batch, size, device)
+    model = _prepare(model, device, channels_last=True).eval()
+    x1, xb = _input(1, size, device, True), _input(batch, size, device, True)
 
     def one():
-        with _autocast(device):
+        with _autocast(device, precision):
             model(x1)
 
     def many():
-        with _autocast(device):
+        with _autocast(device, precision):
             model(xb)
 
     _timed(one, warmup, device)
@@ -132,20 +139,23 @@ def bench_shipped(device: torch.device, runs: int) -> List[Dict]:
             continue
         model, src = load_model(kind, str(folder))
         size = model.config.image_size
-        row = {"model": f"shipped {kind}", "encoder": model.config.encoder, "size": size,
-               "params_M": n_params(model), "source": str(src)}
-        row.update(inference_timing(model, size, device, runs=runs))
-        rows.append(row)
+        fast = resolve_precision("auto", device) if device.type == "cpu" else "fp32"
+        for precision in ["fp32"] + ([fast] if kind == "segmenter" and fast != "fp32" else []):
+            row = {"model": f"shipped {kind}", "encoder": model.config.encoder, "size": size,
+                   "params_M": n_params(model), "source": str(src), "precision": precision}
+            row.update(inference_timing(model, size, device, runs=runs, precision=precision))
+            rows.append(row)
     return rows
 
 
 def format_rows(rows: Sequence[Dict]) -> str:
-    head = f"{'model':<20} {'encoder':<16} {'size':>4} {'params M':>8} {'train img/s':>11} " \
+    head = f"{'model':<20} {'encoder':<16} {'size':>4} {'params M':>8} {'precision':>9} {'train img/s':>11} " \
            f"{'p50 ms (b=1)':>12} {'slices/s (b=16)':>15}"
     lines = [head]
     for r in rows:
         train = f"{r['train_images_per_s']:.1f}" if "train_images_per_s" in r else "-"
-        lines.append(f"{r['model']:<20} {r['encoder']:<16} {r['size']:>4} {r['params_M']:>8.1f} {train:>11} "
+        lines.append(f"{r['model']:<20} {r['encoder']:<16} {r['size']:>4} {r['params_M']:>8.1f} "
+                     f"{r.get('precision', 'fp32'):>9} {train:>11} "
                      f"{r['latency_ms_p50']:>12.1f} {r['throughput_batch16']:>15.1f}")
     return "\n".join(lines)
 

@@ -1,0 +1,29 @@
+"""brainseg.bench runs end to end on tiny models and reports every figure it promises."""
+import json
+
+from brainseg import bench
+from brainseg.config import SegmenterConfig
+from brainseg.models import ResUNet
+
+from conftest import TINY_ENCODER
+
+
+def test_bench_cli_on_tiny_models(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    result = bench.main(["--encoders", TINY_ENCODER, "--size", "64", "--classifier-encoder", TINY_ENCODER,
+                         "--classifier-size", "64", "--train-steps", "1", "--runs", "2", "--json", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert rows == json.loads(json.dumps(result["rows"]))
+    seg, clf = rows
+    assert seg["model"] == "segmenter" and seg["train_images_per_s"] > 0
+    for r in rows:
+        assert r["latency_ms_p50"] > 0 and r["throughput_batch16"] > 0 and r["params_M"] > 0
+    assert "p50 ms (b=1)" in capsys.readouterr().out
+
+
+def test_bf16_timing_runs_on_the_cpu():
+    import torch
+
+    model = ResUNet(SegmenterConfig(encoder=TINY_ENCODER, image_size=64))
+    r = bench.inference_timing(model, 64, torch.device("cpu"), runs=2, batch_runs=1, warmup=1, precision="bf16")
+    assert r["latency_ms_p50"] > 0
