@@ -469,6 +469,7 @@ def build_model_card(model_dir: Union[str, Path], kind: str, metrics: Optional[d
         L.append(f"- **{title}**: {how}")
     if columns:
         tuned = (", the thresholds and the post-processing" if kind == "segmenter"
+                 else ", the thresholds, the temperature and the fusion weights" if cfg.get("fusion_weights")
                  else ", the threshold and the temperature")
         L.append("- The same validation cases chose the best epoch" + (tuned if eval_metrics else "")
                  + ", so expect somewhat lower numbers on new patients.")
@@ -477,7 +478,9 @@ def build_model_card(model_dir: Union[str, Path], kind: str, metrics: Optional[d
                  "prediction scores 1); tumour-slice Dice averages over slices that contain tumour.")
     speed = _number((eval_metrics or {}).get("seconds_per_slice"))
     if speed is not None:
-        L.append(f"- Speed: {speed:.3f} s per slice, as `brainseg.evaluate` measured it on its machine.")
+        prec = (eval_metrics or {}).get("precision")
+        L.append(f"- Speed: {speed:.3f} s per slice, as `brainseg.evaluate` measured it on its machine"
+                 + (f" (segmenter in {prec})." if prec else "."))
     if calibration:
         L += ["", "### Calibration on the validation cases" if kind == "classifier"
               else "### Decision rules chosen on the validation cases", ""]

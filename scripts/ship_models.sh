@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Calibrate on the validation cases, write models/ (fp16 weights), evaluate, and generate the model cards.
+# Calibrate on the validation cases (temperature, fused detection, post-processing), write models/ (fp16 weights),
+# evaluate, and generate the model cards.
 # Usage: bash scripts/ship_models.sh [DATA_DIR] [RUNS_DIR]
 set -euo pipefail
 DATA=${1:-../shared/data/lgg/kaggle_3m}
@@ -7,7 +8,7 @@ RUNS=${2:-runs}
 PY=${PYTHON:-python}
 SPLIT=splits/lgg_dev_seed42.json
 
-$PY -m brainseg.calibrate --data "$DATA" --split $SPLIT --segmenter "$RUNS/segmenter" --classifier "$RUNS/classifier" \
+$PY -m brainseg.calibrate --data "$DATA" --split $SPLIT --segmenter "$RUNS/segmenter_s3" --classifier "$RUNS/classifier" \
     --out-segmenter models/segmenter --out-classifier models/classifier --fp16 | tee models/calibration.log
 $PY -m brainseg.evaluate "$DATA" --split $SPLIT --segmenter models/segmenter --classifier models/classifier \
     --json models/segmenter/eval_val.json

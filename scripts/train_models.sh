@@ -13,6 +13,9 @@ $PY train.py segmenter --data "$DATA" --split $SPLIT --out "$RUNS/segmenter_128"
 # Segmenter, stage 2: the same weights fine-tuned at the full 256x256 resolution.
 $PY train.py segmenter --data "$DATA" --split $SPLIT --out "$RUNS/segmenter" --init-from "$RUNS/segmenter_128" \
     --encoder resnet18 --image-size 256 --epochs 5 --batch-size 16 --lr 3e-4 --empty-fraction 0.2 --workers 1
+# Segmenter, stage 3 (session 2): 9 more epochs at 256x256 from stage 2, lower peak rate; the best epoch is shipped.
+$PY train.py segmenter --data "$DATA" --split $SPLIT --out "$RUNS/segmenter_s3" --init-from "$RUNS/segmenter" \
+    --encoder resnet18 --image-size 256 --epochs 9 --batch-size 16 --lr 2e-4 --empty-fraction 0.2 --workers 1
 # Classifier: resnet18 at 128x128 from scratch, all slices, class-weighted BCE.
 $PY train.py classifier --data "$DATA" --split $SPLIT --out "$RUNS/classifier" \
     --encoder resnet18 --image-size 128 --epochs 10 --batch-size 32 --lr 1e-3 --workers 1
