@@ -252,6 +252,7 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
     truth = truth_by_content(examples)
     models = describe_models(predictor)
     about_models = models_text(models)
+    log.info("models: %s", about_models.replace("\n", "; "))
     default_threshold = float(predictor.seg_cfg.threshold)
 
     with gr.Blocks(title="Brain MRI tumour segmentation", analytics_enabled=False,
@@ -405,7 +406,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"Cannot load the models: {e}\nTrain them (make train) or pass --segmenter/--classifier.")
     warm_up(predictor)
-    log.info("models: %s", models_text(describe_models(predictor)).replace("\n", "; "))
     launch(build_demo(predictor, args.examples), args.host, args.port)
 
 

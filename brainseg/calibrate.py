@@ -167,11 +167,11 @@ def main(argv=None) -> Dict:
     xs = [preprocess(im, seg.config) for im in images]
     size = masks_np.shape[1:]
     top_k = clf.config.fusion_top_k
+    plain = forward_batches(lambda x: torch.sigmoid(seg(x)), xs, 16)
+    flipped = forward_batches(lambda x: torch.sigmoid(seg(x.flip(-1))).flip(-1), xs, 16)
     variants = {}
     for tta in (False, True):
-        p = forward_batches(lambda x: torch.sigmoid(seg(x)), xs, 16)
-        if tta:
-            p = 0.5 * (p + forward_batches(lambda x: torch.sigmoid(seg(x.flip(-1))).flip(-1), xs, 16))
+        p = 0.5 * (plain + flipped) if tta else plain
         evidence = segmenter_evidence(p[:, 0], top_k).numpy()
         weights = fit_fusion(logits, evidence, labels)
         fused = fuse_detection(torch.tensor(logits), torch.tensor(evidence), weights).numpy()
@@ -187,7 +187,7 @@ def main(argv=None) -> Dict:
             "at_0.5": detection_metrics(fused, labels, 0.5),
             "leave_one_case_out_auroc": auroc(loco, labels),
             "leave_one_case_out_at_threshold": detection_metrics(loco, labels, thr)}}
-        del p
+    del plain, flipped, p
     grid = []
     scale = (size[0] * size[1]) / float(seg.config.image_size ** 2)
     masks_bool = masks_np.astype(bool)

@@ -32,6 +32,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import numpy as np
 
 from .data import Case, find_cases, load_split, read_image, read_mask, select_cases, slice_number
+from .inference import PRECISIONS, Predictor
 from .metrics import CaseDiceAggregator, detection_metrics, expected_calibration_error
 
 PathLike = Union[str, Path]
@@ -187,11 +188,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     p.add_argument("--threshold", type=float, help="pixel probability threshold (default: the segmenter config's)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+    p.add_argument("--precision", choices=PRECISIONS,
                    help="segmenter arithmetic (default: $BRAINSEG_PRECISION, else auto: bf16 where the hardware has it)")
     args = p.parse_args(argv)
-
-    from .inference import Predictor
 
     try:
         select_eval_cases(args.data_dir, args.split)  # fail on a bad folder before loading models
