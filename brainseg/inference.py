@@ -1,40 +1,100 @@
-"""Predictor: preprocessing from each checkpoint's config, batched forward, threshold, map back to input size."""
+"""Predictor: both models behind one call, and every decision about a slice made here, once.
+
+Preprocessing comes from each checkpoint's config; the segmenter and classifier run in batches;
+then one rule turns their outputs into the answer (issue 9.2: "one answer, not two"):
+
+- the slice's tumour probability is the fused detection (classifier logit + segmenter evidence,
+  fitted on validation cases), else the classifier's, else the segmenter's highest pixel;
+- ``detected = probability >= detection_threshold``;
+- the mask is :func:`brainseg.postprocess.postprocess_mask` of the pixel map at the input's size
+  (pixel threshold, small components dropped) and is drawn iff ``detected``.
+
+Label, bars, text, mask and case counts all come from :class:`Prediction`, so they cannot disagree.
+Callers pass at most a pixel threshold; :meth:`Predictor.thresholds` is the one place where the
+default is filled in and bad values (NaN, inf, outside [0, 1]) are refused.
+"""
+import copy
+import hashlib
+import math
 import os
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .postprocess import postprocess_mask, remove_small_components  # noqa: F401  (old import path)
 from .preprocess import preprocess
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+ImageOrPath = Union[np.ndarray, str, os.PathLike]
+
+
+def tidy(value: float) -> float:
+    """A threshold as people read it: 0.4000000059604645 (a float32 stored as JSON) becomes 0.4."""
+    return round(float(value), 6)
+
+
+def check_threshold(value, what: str = "pixel threshold") -> float:
+    """``value`` as a probability threshold in [0, 1] (tidied), or a ValueError naming the value."""
+    if isinstance(value, bool):
+        raise ValueError(f"The {what} must be a number between 0 and 1, got {value!r}")
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"The {what} must be a number between 0 and 1, got {value!r}") from None
+    if not math.isfinite(v) or not 0.0 <= v <= 1.0:
+        raise ValueError(f"The {what} must be a finite number between 0 and 1, got {v!r}")
+    return tidy(v)
 
 
 @dataclass
 class Prediction:
-    """One slice's answer. ``mask`` is uint8 0/1 at the input's height and width."""
+    """One slice's answer; whatever is shown about the slice comes from here.
 
-    tumor_probability: float
-    tumor_detected: bool
+    ``probability`` is the slice's tumour probability, ``detected`` the verdict
+    (``probability >= detection_threshold``), ``mask`` uint8 0/1 at the input's height and width,
+    drawn iff detected (a Prediction that breaks this rule cannot be built). ``prob_map`` holds the
+    segmenter's pixel probabilities at its input size (None where the segmenter did not run: a
+    slice the classifier alone called tumour-free, or when not asked for). ``pixel_threshold`` and
+    ``detection_threshold`` are the thresholds used, tidied (0.4, not 0.4000000059604645).
+    """
+
+    probability: float
+    detected: bool
     mask: np.ndarray
-    input_shape: List[int]
+    input_shape: List[int] = field(default_factory=list)
     channels_replicated: bool = False
-    extra: dict = field(default_factory=dict)
+    prob_map: Optional[np.ndarray] = None
+    pixel_threshold: Optional[float] = None
+    detection_threshold: Optional[float] = None
+
+    def __post_init__(self):
+        self.mask = np.asarray(self.mask).astype(np.uint8, copy=False)
+        self.detected = bool(self.detected)
+        if not self.detected and self.mask.any():
+            raise ValueError("A slice not detected as tumour cannot have a tumour mask: the mask is drawn iff "
+                             "the slice is detected")
 
     @property
     def tumor_area_px(self) -> int:
         return int(self.mask.sum())
 
+    @property
+    def label(self) -> str:
+        """The verdict in words, as the app shows it."""
+        return "tumour" if self.detected else "no tumour"
 
-def remove_small_components(mask: np.ndarray, min_px: int) -> np.ndarray:
-    """Drop 8-connected components smaller than ``min_px`` pixels."""
-    if min_px <= 0 or not mask.any():
-        return mask
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    keep = np.zeros(n, bool)
-    keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= min_px
-    return keep[labels].astype(np.uint8)
+    # The names before the rule had one place (kept one release for code that reads them).
+    @property
+    def tumor_probability(self) -> float:
+        return self.probability
+
+    @property
+    def tumor_detected(self) -> bool:
+        return self.detected
 
 
 def segmenter_evidence(probs: torch.Tensor, top_k: int) -> torch.Tensor:
@@ -94,8 +154,28 @@ def resolve_precision(precision: Optional[str], device: torch.device) -> str:
     return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
 
 
+def _display_source(src) -> Tuple[str, Optional[str]]:
+    """(source, revision) to show: a local folder relative to the project (or its name alone), never a full path."""
+    if src is None:
+        return "unknown", None
+    source = str(getattr(src, "location", src))
+    if getattr(src, "local", False):
+        path = Path(source).resolve()
+        source = str(path.relative_to(PROJECT_ROOT)) if path.is_relative_to(PROJECT_ROOT) else path.name
+    return source, getattr(src, "revision", None)
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """Fingerprint of a model's loaded weights (names and values), first 12 hex digits of the sha256."""
+    sha = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        sha.update(name.encode())
+        sha.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return sha.hexdigest()[:12]
+
+
 class Predictor:
-    """Both models behind one call. Thresholds and post-processing come from the checkpoints' configs.
+    """Both models behind one call; thresholds, post-processing and gating are decided here only.
 
     The segmenter runs in channels-last layout and, with ``precision='bf16'`` (the default where
     the CPU has native bf16), under bf16 autocast: about 3x faster on a 2-core CPU, with the Dice
@@ -104,8 +184,8 @@ class Predictor:
 
     Example:
         >>> p = Predictor.from_sources()            # the shipped models
-        >>> pred = p.predict(image)                 # image: HxWx3, any dtype
-        >>> pred.tumor_probability, pred.mask.shape
+        >>> pred = p.predict("TCGA_CS_4941_19960909_22.tif")   # a path, or an HxWx3 array
+        >>> pred.probability, pred.detected, pred.mask.shape
     """
 
     def __init__(self, segmenter, classifier=None, device: str = "cpu", sources: Optional[dict] = None,
@@ -118,6 +198,7 @@ class Predictor:
             if m is not None:
                 m.to(memory_format=torch.channels_last)
         self.sources = sources or {}
+        self._description: Optional[Dict[str, dict]] = None
 
     @classmethod
     def from_sources(cls, segmenter: Optional[str] = None, classifier: Optional[str] = None,
@@ -129,6 +210,58 @@ class Predictor:
         clf, clf_src = load_model("classifier", classifier)
         return cls(seg, clf, device, {"segmenter": seg_src, "classifier": clf_src}, precision)
 
+    # ------------------------------------------------------------ the rules, from the configs
+
+    @property
+    def seg_cfg(self):
+        return self.segmenter.config
+
+    @property
+    def fused(self) -> bool:
+        """True when detection fuses both models (the classifier config holds fusion weights)."""
+        return self.classifier is not None and bool(self.classifier.config.fusion_weights)
+
+    @property
+    def pixel_threshold(self) -> float:
+        """The segmenter config's ``threshold``: a pixel is tumour when its probability is >= this."""
+        return tidy(self.seg_cfg.threshold)
+
+    @property
+    def detection_threshold(self) -> float:
+        """The slice verdict's threshold: the config's ``fusion_threshold`` when fused, else the
+        classifier's ``threshold``; without a classifier, the pixel threshold (on the highest pixel)."""
+        if self.classifier is None:
+            return self.pixel_threshold
+        cfg = self.classifier.config
+        return tidy(cfg.fusion_threshold if self.fused else cfg.threshold)
+
+    def thresholds(self, threshold: Optional[float] = None) -> Tuple[float, float]:
+        """(pixel, detection) thresholds a call with this ``threshold`` argument uses.
+
+        The one place the default is filled in: None takes the segmenter config's. The argument
+        moves the pixel threshold only, except without a classifier, where the segmenter's highest
+        pixel decides detection at the same threshold. Raises ValueError for NaN, inf or outside [0, 1].
+        """
+        pixel = self.pixel_threshold if threshold is None else check_threshold(threshold)
+        return pixel, (pixel if self.classifier is None else self.detection_threshold)
+
+    def describe(self) -> Dict[str, dict]:
+        """Which models answer: per kind its source (folder or Hub repo), revision, encoder, precision
+        and a fingerprint of the loaded weights (hashed once, on the first call)."""
+        if self._description is None:
+            out = {}
+            for kind, model in (("segmenter", self.segmenter), ("classifier", self.classifier)):
+                if model is None:
+                    continue
+                source, revision = _display_source(self.sources.get(kind))
+                out[kind] = {"source": source, "revision": revision, "weights_sha256": weights_sha256(model),
+                             "encoder": getattr(model.config, "encoder", None),
+                             "precision": self.precision if kind == "segmenter" else "fp32"}
+            self._description = out
+        return copy.deepcopy(self._description)
+
+    # ------------------------------------------------------------ the models
+
     def _batch(self, images: Sequence[np.ndarray], cfg) -> torch.Tensor:
         x = torch.stack([preprocess(im, cfg) for im in images]).to(self.device)
         return x.contiguous(memory_format=torch.channels_last)
@@ -137,30 +270,15 @@ class Predictor:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             return self.segmenter(x).float()
 
-    @property
-    def seg_cfg(self):
-        return self.segmenter.config
-
     @torch.no_grad()
     def segment_probs(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        """Pixel tumour probabilities at the model's input size, (N, S, S)."""
+        """Pixel tumour probabilities at the model's input size, (N, S, S); with ``tta_flip`` the mean
+        of the plain pass and the mirrored pass mirrored back."""
         x = self._batch(images, self.seg_cfg)
         p = torch.sigmoid(self._segment_logits(x))
         if self.seg_cfg.tta_flip:
             p = 0.5 * (p + torch.sigmoid(self._segment_logits(x.flip(-1))).flip(-1))
         return p[:, 0]
-
-    @property
-    def fused(self) -> bool:
-        """True when detection fuses both models (the classifier config holds fusion weights)."""
-        return self.classifier is not None and bool(self.classifier.config.fusion_weights)
-
-    @property
-    def detection_threshold(self) -> float:
-        if self.classifier is None:
-            return float(self.seg_cfg.threshold)
-        cfg = self.classifier.config
-        return float(cfg.fusion_threshold if self.fused else cfg.threshold)
 
     @torch.no_grad()
     def classify(self, images: Sequence[np.ndarray]) -> np.ndarray:
@@ -183,33 +301,68 @@ class Predictor:
                              cfg.fusion_weights)
         return det.cpu().numpy()
 
-    def predict_batch(self, images: Sequence[np.ndarray], threshold: Optional[float] = None,
-                      batch_size: int = 16) -> List[Prediction]:
+    def run_models(self, images: Sequence[np.ndarray], detection_threshold: float
+                   ) -> Tuple[np.ndarray, List[Optional[torch.Tensor]]]:
+        """The models' part for HxWx3 arrays: slice tumour probabilities (N,) and pixel maps (S, S).
+
+        Each slice is classified once. With a classifier alone deciding (no fusion), the segmenter
+        runs only on the slices at or over ``detection_threshold`` (their map is None elsewhere):
+        the others get an empty mask whatever it says, and most slices of a case hold no tumour.
+        Tests stand in for the models by overriding this method (``tests/conftest.py``).
+        """
+        if self.classifier is not None and not self.fused:
+            det = self.classify(images)
+            maps: List[Optional[torch.Tensor]] = [None] * len(images)
+            run = [i for i, d in enumerate(det) if d >= detection_threshold]
+            if run:
+                for i, p in zip(run, self.segment_probs([images[i] for i in run])):
+                    maps[i] = p
+            return det, maps
+        probs = self.segment_probs(images)
+        return self.detect(images, probs), list(probs)
+
+    # ------------------------------------------------------------ the answer
+
+    def predict_batch(self, images: Sequence[ImageOrPath], threshold: Optional[float] = None,
+                      batch_size: int = 16, prob_maps: bool = True) -> List[Prediction]:
         """Predict slices of any size (each HxWx3, or HxW / HxWx1 FLAIR); masks come back at each input's size.
 
         Args:
-            images: slices in the checkpoint's channel order; uint8, uint16 or float.
+            images: arrays in the checkpoint's channel order (pre-contrast, FLAIR, post-contrast),
+                uint8, uint16 or float; or paths, read with :func:`brainseg.images.load_slice`.
             threshold: pixel probability threshold; None uses the segmenter config's.
+            batch_size: slices per forward pass.
+            prob_maps: keep each slice's pixel map in ``Prediction.prob_map`` (False saves memory on a case).
+        Returns:
+            one :class:`Prediction` a slice, in order.
         """
+        pixel_thr, det_thr = self.thresholds(threshold)
         cfg = self.seg_cfg
-        thr = cfg.threshold if threshold is None else float(threshold)
         out: List[Prediction] = []
         for start in range(0, len(images), batch_size):
-            chunk = [as_three_channels(np.asarray(im), cfg.in_chans) for im in images[start:start + batch_size]]
-            arrays = [c[0] for c in chunk]
-            probs = self.segment_probs(arrays)
-            det = self.detect(arrays, probs)
-            det_thr = self.detection_threshold if self.classifier is not None else thr
-            for (im, replicated), p, d in zip(chunk, probs, det):
+            chunk = [as_three_channels(_as_array(im), cfg.in_chans) for im in images[start:start + batch_size]]
+            det, maps = self.run_models([c[0] for c in chunk], det_thr)
+            for (im, replicated), d, p in zip(chunk, det, maps):
                 h, w = im.shape[:2]
-                scale = (h * w) / float(cfg.image_size ** 2)
-                full = F.interpolate(p[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
-                mask = (full >= thr).cpu().numpy().astype(np.uint8)
-                mask = remove_small_components(mask, int(round(cfg.min_component_px * scale)))
-                if cfg.gate_threshold > 0 and d < cfg.gate_threshold:
-                    mask[:] = 0
-                out.append(Prediction(float(d), bool(d >= det_thr), mask, [h, w, int(im.shape[2])], replicated))
+                detected = bool(d >= det_thr)
+                mask = np.zeros((h, w), np.uint8)
+                if detected and p is not None:
+                    full = F.interpolate(p[None, None].float(), size=(h, w), mode="bilinear", align_corners=False)
+                    mask = postprocess_mask(full[0, 0].cpu().numpy(), pixel_thr, cfg.min_component_px,
+                                            cfg.image_size, detected)
+                keep = p.float().cpu().numpy() if (prob_maps and p is not None) else None
+                out.append(Prediction(float(d), detected, mask, [h, w, int(im.shape[2])], replicated, keep,
+                                      pixel_thr, det_thr))
         return out
 
-    def predict(self, image: np.ndarray, threshold: Optional[float] = None) -> Prediction:
+    def predict(self, image: ImageOrPath, threshold: Optional[float] = None) -> Prediction:
+        """One slice: an array (see :meth:`predict_batch`) or the path of a slice file."""
         return self.predict_batch([image], threshold)[0]
+
+
+def _as_array(image: ImageOrPath) -> np.ndarray:
+    if isinstance(image, (str, os.PathLike)):
+        from .images import load_slice
+
+        return load_slice(image)
+    return np.asarray(image)

@@ -16,6 +16,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 torch.set_num_threads(1)
 
 from brainseg.config import ClassifierConfig, SegmenterConfig  # noqa: E402
+from brainseg.inference import Predictor  # noqa: E402
 from brainseg.models import ResUNet, TumorClassifier  # noqa: E402
 
 SHARED_DATA = ROOT.parent / "shared" / "data" / "lgg" / "kaggle_3m"
@@ -74,6 +75,64 @@ def tiny_checkpoints(tmp_path_factory):
     ResUNet(SegmenterConfig(encoder=TINY_ENCODER, image_size=64)).save_pretrained(d / "segmenter")
     TumorClassifier(ClassifierConfig(encoder=TINY_ENCODER, image_size=64)).save_pretrained(d / "classifier")
     return {"segmenter": d / "segmenter", "classifier": d / "classifier"}
+
+
+def flair_map(image: np.ndarray) -> np.ndarray:
+    """Pixel 'probabilities' that find make_slice's tumours exactly (it paints FLAIR 220 there)."""
+    return (np.asarray(image)[..., 1] >= 200).astype(np.float32)
+
+
+class _Stub(torch.nn.Module):
+    """No weights, only a config: stands in for a model inside a real Predictor."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+
+
+class FakePredictor(Predictor):
+    """The real Predictor (thresholds, post-processing, gate, :class:`Prediction`) over stand-in models.
+
+    The one fake of the test suite: it overrides only :meth:`Predictor.run_models`, so every
+    decision a test sees is the Predictor's own.
+
+    Args:
+        pixel_map: image (HxWx3, input size) -> HxW pixel probabilities; resized to ``image_size``
+            as a model would see it (at ``image_size`` == the input's size a mask is exactly the
+            map thresholded).
+        detection: image -> slice probability, for a fused 'classifier' deciding at
+            ``detection_threshold``; None: no classifier, the map's highest pixel decides.
+        image_size, threshold, min_component_px: the segmenter config's.
+    """
+
+    def __init__(self, pixel_map=flair_map, detection=None, *, image_size: int = 64, threshold: float = 0.5,
+                 min_component_px: int = 0, detection_threshold: float = 0.5):
+        seg = _Stub(SegmenterConfig(encoder=TINY_ENCODER, image_size=image_size, threshold=threshold,
+                                    min_component_px=min_component_px))
+        clf = None if detection is None else _Stub(ClassifierConfig(
+            encoder=TINY_ENCODER, image_size=image_size, fusion_weights=[1.0, 1.0, 0.0],
+            fusion_threshold=detection_threshold))
+        super().__init__(seg, clf, precision="fp32", sources={"segmenter": "fake", "classifier": "fake"})
+        self.pixel_map, self.detection = pixel_map, detection
+        self.calls = 0  # slices seen by the 'models'
+
+    def run_models(self, images, detection_threshold):
+        s = self.seg_cfg.image_size
+        maps = []
+        for im in images:
+            m = np.asarray(self.pixel_map(im), np.float32)
+            if m.shape != (s, s):
+                m = cv2.resize(m, (s, s), interpolation=cv2.INTER_AREA)
+            maps.append(torch.from_numpy(m))
+        self.calls += len(images)
+        det = [float(m.max()) if self.detection is None else float(self.detection(im)) for m, im in zip(maps, images)]
+        return np.asarray(det, np.float64), maps
+
+
+@pytest.fixture()
+def fake_predictor():
+    """A FakePredictor that finds the synthetic tumours exactly (64 px slices, no classifier)."""
+    return FakePredictor()
 
 
 def needs_shared_data():
