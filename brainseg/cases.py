@@ -615,6 +615,9 @@ def _count_pages(tf, stop: int) -> int:
     return n
 
 
+from .viz import case_montage, plot_probabilities  # noqa: E402,F401  (moved to viz; kept importable here)
+
+
 # ---------------------------------------------------------------- analysis
 
 def predict_slices(predictor, slices: Sequence[np.ndarray], threshold: Optional[float] = None,
@@ -754,62 +757,6 @@ def write_mask_nifti(result: CaseResult, case_input: CaseInput, path: PathLike) 
     out.header.set_slope_inter(1, 0)
     nib.save(out, str(path))
     return Path(path)
-
-
-def plot_probabilities(result: CaseResult, path: PathLike) -> Path:
-    """PNG: tumour probability along the stack (top) and tumour area per slice (bottom)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure  # no pyplot: safe in a server's worker threads
-
-    x = np.asarray(result.slice_numbers)
-    fig = Figure(figsize=(8, 4.6), dpi=100)
-    FigureCanvasAgg(fig)
-    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 2]})
-    probs = np.asarray(result.probabilities)
-    top.plot(x, probs, "-", color="C0", lw=1.5)
-    det = np.asarray(result.detected, bool)
-    top.scatter(x[det], probs[det], color="C3", s=18, zorder=3, label="tumour detected")
-    top.scatter(x[~det], probs[~det], color="C0", s=12, zorder=3, label="no tumour")
-    top.axhline(result.detection_threshold, color="grey", ls="--", lw=1, label=f"threshold {result.detection_threshold:g}")
-    top.set_ylim(-0.03, 1.03)
-    top.set_ylabel("tumour probability")
-    top.set_title(f"{result.case}: {len(x)} slices, {result.volume_voxels} tumour voxels"
-                  + (f" ({result.volume_ml:.2f} mL)" if result.volume_ml is not None else "")
-                  + (f", Dice {result.dice:.3f}" if result.dice is not None else ""), fontsize=10)
-    top.legend(fontsize=8, loc="upper right")
-    bottom.bar(x, result.areas_px, color="C3", width=0.8, label="predicted")
-    if result.truth_areas_px is not None:
-        bottom.step(x, result.truth_areas_px, where="mid", color="C2", lw=1.5, label="ground truth")
-        bottom.legend(fontsize=8, loc="upper right")
-    if result.largest_area_slice is not None:
-        bottom.annotate(f"largest: slice {result.largest_area_slice}", (result.largest_area_slice, result.largest_area_px),
-                        fontsize=8, ha="center", va="bottom")
-    bottom.set_ylim(0, max(max(result.areas_px, default=0), max(result.truth_areas_px or [0])) * 1.25 + 1)
-    bottom.set_ylabel("tumour area (px)")
-    bottom.set_xlabel("slice")
-    fig.tight_layout()
-    fig.savefig(str(path))
-    return Path(path)
-
-
-def case_montage(case_input: CaseInput, result: CaseResult, cols: Optional[int] = None, tile: int = 128) -> np.ndarray:
-    """RGB montage of every slice: FLAIR in grey, prediction in red, ground truth outlined green, slice numbers."""
-    from .viz import montage, overlay
-
-    n = len(case_input.slices)
-    cols = cols or (8 if n <= 64 else 12)
-    tiles = []
-    for i, img in enumerate(case_input.slices):
-        flair = img[..., FLAIR_INDEX] if img.ndim == 3 and img.shape[-1] >= 3 else img.reshape(img.shape[:2])
-        truth = case_input.masks[i] if case_input.masks is not None else None
-        tiles.append(overlay(flair, result.masks[i], truth))
-    grid = montage(tiles, cols=cols, tile=tile)
-    cols = min(cols, n)
-    for i, num in enumerate(result.slice_numbers):
-        r, c = divmod(i, cols)
-        cv2.putText(grid, str(num), (c * tile + 3, r * tile + 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 0), 1,
-                    cv2.LINE_AA)
-    return grid
 
 
 def predict_case_files(predictor, paths: Sequence[PathLike], threshold: Optional[float] = None,
