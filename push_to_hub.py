@@ -14,8 +14,9 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from brainseg.hub import DEFAULT_MODELS, PROJECT_ROOT, UploadPlan, format_plans, hub_token, plan_model_upload, \
-    plan_space_upload, plan_warnings, push
+from brainseg.sources import DEFAULT_MODELS, PROJECT_ROOT
+from brainseg.upload import UploadPlan, format_plans, hub_token, plan_model_upload, plan_space_upload, plan_warnings, \
+    push
 
 __all__ = ["build_parser", "plan_uploads", "push", "main"]
 

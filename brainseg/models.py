@@ -5,22 +5,31 @@ Both carry their typed config and save/load in Hub format (``config.json`` +
 and safetensors-only: a checkpoint with missing or unexpected weights fails instead of leaving
 layers random, and no pickle is ever read.
 """
+import json
 import os
-from dataclasses import replace
+import warnings
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import List, Optional, Union
+from typing import Dict, List, Optional, Union
 
 import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin, hf_hub_download
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from .cards import mixin_metadata
 from .config import ClassifierConfig, SegmenterConfig
 
-_HUB_META = dict(library_name="brainseg", license="cc-by-nc-sa-4.0",
-                 repo_url="https://github.com/brainseg/brainseg", tags=["medical-imaging", "mri", "brain-tumor"])
+# Keys of config.json that are not config fields: the class to load with, and timm's own fields.
+METADATA_KEYS = frozenset({"model_class", "architecture", "num_classes", "num_features", "pretrained_cfg",
+                           "model_args"})
+
+
+class CheckpointError(RuntimeError, ValueError):
+    """Weights that cannot be read, or that do not fit the model their config.json describes."""
 
 
 def create_encoder(name: str, pretrained: bool, **kwargs) -> nn.Module:
@@ -38,7 +47,7 @@ def create_encoder(name: str, pretrained: bool, **kwargs) -> nn.Module:
 
 
 class HubModel(nn.Module):
-    """Shared Hub behaviour: config handling and strict, safetensors-only loading."""
+    """Shared Hub behaviour: config handling, config.json with ``model_class``, strict safetensors-only loading."""
 
     config_class = None
 
@@ -48,8 +57,25 @@ class HubModel(nn.Module):
             return cls.config_class()
         if isinstance(config, dict):
             fields = cls.config_class.__dataclass_fields__
+            unknown = sorted(set(config) - set(fields) - METADATA_KEYS)
+            if unknown:  # a typo, or a config from a newer brainseg: say so rather than drop it silently
+                warnings.warn(f"{cls.__name__}: ignoring config keys that {cls.config_class.__name__} does not have: "
+                              f"{', '.join(unknown)}", UserWarning, stacklevel=3)
             return cls.config_class(**{k: v for k, v in config.items() if k in fields})
         return config
+
+    def hub_metadata(self) -> Dict[str, object]:
+        """What config.json holds beside the config fields: the class that loads it."""
+        return {"model_class": type(self).__name__}
+
+    def config_json(self) -> dict:
+        """The config.json content: the typed config plus :meth:`hub_metadata`."""
+        return {**asdict(self.config), **self.hub_metadata()}
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        # The mixin writes config.json only from __init__ arguments, so a model built with defaults got none.
+        super()._save_pretrained(save_directory)
+        (Path(save_directory) / "config.json").write_text(json.dumps(self.config_json(), sort_keys=True, indent=2))
 
     @classmethod
     def _from_pretrained(cls, *, model_id: str, revision: Optional[str], cache_dir, force_download: bool,
@@ -67,18 +93,24 @@ class HubModel(nn.Module):
         model = cls(replace(config, pretrained=False))  # weights come from the file, not ImageNet
         model.config = config
         model._hub_mixin_config = config
-        state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(weights)).items()}
+        try:
+            raw = load_file(str(weights))
+        except (SafetensorError, OSError) as e:
+            reason = " ".join(str(e).split())  # one line, whatever the library says
+            raise CheckpointError(f"{weights} cannot be read ({reason}): the file is truncated or not safetensors; "
+                                  "download or save it again") from None
+        state = {k: v.float() if v.is_floating_point() else v for k, v in raw.items()}
         own = model.state_dict()
         wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
                  if k in own and v.shape != own[k].shape]
         if wrong:
-            raise RuntimeError(f"Checkpoint {model_id} does not match {cls.__name__}({config.encoder}): "
-                               f"shape mismatch for {wrong[:3]}")
+            raise CheckpointError(f"Checkpoint {model_id} does not match {cls.__name__}({config.encoder}): "
+                                  f"shape mismatch for {wrong[:3]} (weights vs the model its config.json builds)")
         missing, unexpected = model.load_state_dict(state, strict=False)
         if strict and (missing or unexpected):
-            raise RuntimeError(f"Checkpoint {model_id} does not match {cls.__name__}({config.encoder}): "
-                               f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-                               f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+            raise CheckpointError(f"Checkpoint {model_id} does not match {cls.__name__}({config.encoder}): "
+                                  f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                                  f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
         return model.to(map_location).eval()
 
 
@@ -126,7 +158,7 @@ class ResidualDecoder(nn.Module):
         return self.blocks[-1](x)
 
 
-class ResUNet(HubModel, PyTorchModelHubMixin, pipeline_tag="image-segmentation", **_HUB_META):
+class ResUNet(HubModel, PyTorchModelHubMixin, **mixin_metadata("segmenter")):
     """U-Net with any timm CNN encoder and a residual decoder; 1-channel logits at input size.
 
     Example:
@@ -136,7 +168,7 @@ class ResUNet(HubModel, PyTorchModelHubMixin, pipeline_tag="image-segmentation",
 
     config_class = SegmenterConfig
 
-    def __init__(self, config: SegmenterConfig = None):
+    def __init__(self, config: Union[SegmenterConfig, dict, None] = None):
         super().__init__()
         self.config = config = self._coerce_config(config)
         self.encoder = create_encoder(config.encoder, config.pretrained, features_only=True,
@@ -161,7 +193,7 @@ class ResUNet(HubModel, PyTorchModelHubMixin, pipeline_tag="image-segmentation",
 
 # ---------------------------------------------------------------- classifier
 
-class TumorClassifier(HubModel, PyTorchModelHubMixin, pipeline_tag="image-classification", **_HUB_META):
+class TumorClassifier(HubModel, PyTorchModelHubMixin, **mixin_metadata("classifier")):
     """A timm ResNet with one logit: does this slice hold tumour?
 
     ``predict_proba`` applies the calibrated temperature stored in the config.
@@ -169,7 +201,7 @@ class TumorClassifier(HubModel, PyTorchModelHubMixin, pipeline_tag="image-classi
 
     config_class = ClassifierConfig
 
-    def __init__(self, config: ClassifierConfig = None):
+    def __init__(self, config: Union[ClassifierConfig, dict, None] = None):
         super().__init__()
         self.config = config = self._coerce_config(config)
         self.backbone = create_encoder(config.encoder, config.pretrained, num_classes=1,
@@ -190,6 +222,25 @@ class TumorClassifier(HubModel, PyTorchModelHubMixin, pipeline_tag="image-classi
         """Calibrated tumour probability per slice, shape (N,)."""
         return torch.sigmoid(self(x)[:, 0] / self.config.temperature)
 
+    def hub_metadata(self) -> Dict[str, object]:
+        """Also the fields timm's ``local-dir:`` loader reads, so timm can build (and load) the backbone."""
+        own = self.backbone.pretrained_cfg or {}
+        size = self.config.image_size
+        return {**super().hub_metadata(), "architecture": timm.models.split_model_name_tag(self.config.encoder)[0],
+                "num_classes": 1, "num_features": int(self.backbone.num_features),
+                "model_args": {"in_chans": self.config.in_chans},
+                "pretrained_cfg": {"input_size": [self.config.in_chans, size, size], "num_classes": 1,
+                                   "interpolation": "bilinear", "crop_pct": 1.0,
+                                   **{k: own[k] for k in ("first_conv", "classifier") if k in own}}}
+
+
+def timm_state_dict(state_dict: Dict[str, torch.Tensor], model=None) -> Dict[str, torch.Tensor]:
+    """A TumorClassifier state dict with timm's own key names (``backbone.`` dropped).
+
+    For ``timm.create_model("local-dir:models/classifier", pretrained=True, pretrained_filter_fn=timm_state_dict)``.
+    """
+    return {k.removeprefix("backbone."): v for k, v in state_dict.items()}
+
 
 # ---------------------------------------------------------------- factories
 
@@ -205,3 +256,20 @@ def tumor_classifier(encoder: str = "resnet18", **kwargs) -> TumorClassifier:
 
 def build_model(task: str, config: Union[SegmenterConfig, ClassifierConfig]) -> Union[ResUNet, TumorClassifier]:
     return {"segmenter": ResUNet, "classifier": TumorClassifier}[task](config)
+
+
+def rewrite_config_metadata(model_dir: Union[str, Path]) -> bool:
+    """Rewrite a folder's config.json metadata (``model_class``, timm's fields); config values stay. True if changed."""
+    from .sources import MODEL_CLASSES, kind_of_config
+
+    path = Path(model_dir) / "config.json"
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    cls = {"ResUNet": ResUNet, "TumorClassifier": TumorClassifier}[MODEL_CLASSES[kind_of_config(raw, str(path))]]
+    config = cls._coerce_config(raw)
+    model = cls(replace(config, pretrained=False))  # no ImageNet download: only the metadata is wanted
+    model.config = config
+    text = json.dumps(model.config_json(), sort_keys=True, indent=2)
+    if text == path.read_text(encoding="utf-8"):
+        return False
+    path.write_text(text)
+    return True

@@ -1,7 +1,10 @@
-"""brainseg.hub: model sources, the pull path through a real (offline) Hub cache, and model cards."""
+"""brainseg.sources and brainseg.cards: model sources, the pull path through a real (offline) Hub cache, cards."""
 import hashlib
 import json
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -10,12 +13,14 @@ import torch
 from huggingface_hub import ModelCard, constants, metadata_load
 from huggingface_hub.errors import EntryNotFoundError
 
-from brainseg import hub
+import brainseg
+from brainseg import cards, hub, models, sources
+from brainseg.cards import (NOT_MEASURED, PLACEHOLDER_REPOS, build_model_card, fill_repo_ids, is_brainseg_card,
+                            write_model_card)
 from brainseg.config import SegmenterConfig
-from brainseg.hub import (NOT_MEASURED, PLACEHOLDER_REPOS, ModelSource, build_model_card, fill_repo_ids,
-                          is_brainseg_card, load_model, parse_source, resolve_source, write_model_card)
 from brainseg.inference import Predictor
 from brainseg.models import ResUNet, TumorClassifier
+from brainseg.sources import ModelSource, SourceNotFoundError, load_model, parse_source, resolve_source
 
 COMMIT_A = "a" * 40
 COMMIT_B = "0123456789abcdef0123456789abcdef01234567"
@@ -43,10 +48,47 @@ def test_parse_source_hub(spec, repo, rev):
     assert str(src) == spec
 
 
-@pytest.mark.parametrize("spec", ["", "just-a-name", "a/b/c", "/repo", "user/", "@rev", "user/@rev"])
+@pytest.mark.parametrize("spec", ["", "just-a-name", "a/b/c", "/repo", "user/", "@rev", "user/@rev", "user/repo@"])
 def test_parse_source_garbage(spec):
-    with pytest.raises(ValueError, match="neither an existing folder nor a Hub repo id"):
+    with pytest.raises(SourceNotFoundError, match="no such folder") as err:
         parse_source(spec)
+    assert isinstance(err.value, ValueError) and isinstance(err.value, FileNotFoundError)
+
+
+@pytest.fixture
+def no_hub(monkeypatch):
+    """Any attempt to reach the Hub (or its cache) fails the test."""
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"the Hub was asked: {args} {kwargs}")
+    import huggingface_hub
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", refuse)
+    monkeypatch.setattr(models, "hf_hub_download", refuse)
+
+
+@pytest.mark.parametrize("spec, hint", [("models/segmentr", "did you mean models/segmenter"),
+                                         ("models/segmenter/v2", "models/segmenter exists but holds no such folder"),
+                                         ("./segmenter", ""), ("~/models/seg", ""), ("/nowhere/seg", ""),
+                                         ("models\\segmenter", ""), ("C:/models/seg", "")])
+def test_mistyped_folder_fails_at_once(tmp_path, monkeypatch, no_hub, spec, hint):
+    """Issue 9.4: a path-like source is never taken for a Hub id (that took ~28 s of retries)."""
+    (tmp_path / "models" / "segmenter").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    start = time.perf_counter()
+    with pytest.raises(SourceNotFoundError) as err:
+        load_model("segmenter", spec)
+    assert time.perf_counter() - start < 1.0
+    assert str(err.value).startswith(f"no such folder: {spec} (") and hint in str(err.value)
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        brainseg.from_pretrained(spec)
+
+
+def test_revision_keyword(tmp_path):
+    assert parse_source("user/repo", revision="v1") == ModelSource("user/repo", "v1", False)
+    assert parse_source("user/repo@v1", revision="v1").revision == "v1"
+    with pytest.raises(ValueError, match="names revision 'v1' but revision='v2'"):
+        parse_source("user/repo@v1", revision="v2")
+    with pytest.raises(ValueError, match="local folder"):
+        parse_source(str(tmp_path), revision="v1")
 
 
 def test_resolve_source_argument_then_env(monkeypatch):
@@ -230,7 +272,7 @@ def test_segmenter_card_metadata_and_values(model_dir, tmp_path):
     assert "CS 1/0, DU 2/0, HT 0/1" in text
     assert "| Dice per case, mean | 0.891 | 0.870 |" in text  # final evaluation beside training-time validation
     assert "17 cases, 639 slices" in text and "0.041 s per slice" in text
-    assert 'ResUNet.from_pretrained("USER/brainseg-segmenter")' in text and "Predictor.from_sources(" in text
+    assert 'brainseg.from_pretrained("USER/brainseg-segmenter")  # a ResUNet' in text and "Predictor.from_sources(" in text
     assert "bash scripts/train_models.sh" in text
     assert "| Input size | 64 x 64" in text and "pre-contrast, FLAIR, post-contrast" in text
     assert "2D" in text and "skull not stripped" in text
@@ -298,7 +340,7 @@ def test_card_replaces_the_mixin_default_and_survives_save_pretrained(model_dir)
 def test_card_repo_ids_and_placeholders(model_dir):
     d = model_dir("segmenter")
     card = str(build_model_card(d, "segmenter", repo_ids={"segmenter": "alice/seg", "classifier": "alice/clf"}))
-    assert 'ResUNet.from_pretrained("alice/seg")' in card and "alice/clf" in card
+    assert 'brainseg.from_pretrained("alice/seg")' in card and "alice/clf" in card
     placeholder_card = str(build_model_card(d, "segmenter"))
     filled = fill_repo_ids(placeholder_card, {"segmenter": "alice/seg", "classifier": "alice/clf"})
     assert PLACEHOLDER_REPOS["segmenter"] not in filled and 'Predictor.from_sources("alice/seg", "alice/clf")' in filled
@@ -307,7 +349,7 @@ def test_card_repo_ids_and_placeholders(model_dir):
 def test_card_weights_summary_reads_the_header_only(model_dir):
     d = model_dir("segmenter")
     n = sum(p.numel() for p in ResUNet.from_pretrained(d).state_dict().values() if p.is_floating_point())
-    summary = hub._weights_summary(d / "model.safetensors")
+    summary = cards._weights_summary(d / "model.safetensors")
     assert summary.startswith(f"{n / 1e6:.2f} M parameters, stored as float32")
 
 
@@ -329,3 +371,88 @@ def test_card_command_line(model_dir, tmp_path, capsys):
     assert (f"python train.py segmenter --epochs 1\n# {script}\n# stage 1\n$PY train.py segmenter --epochs 2\n```"
             in text) and "set -euo" not in text
     assert hub.infer_kind(d) == "segmenter" and hub.infer_kind(model_dir("classifier")) == "classifier"
+
+
+# ---------------------------------------------------------------- one entry point, the class from config.json
+
+def test_from_pretrained_picks_the_class_from_config(cached_models, tmp_path):
+    seg, clf = cached_models["v1"], cached_models["classifier"]
+    assert isinstance(brainseg.from_pretrained(str(seg)), ResUNet)
+    assert isinstance(brainseg.from_pretrained(str(clf)), TumorClassifier)
+    assert isinstance(brainseg.from_pretrained("user/clf"), TumorClassifier)  # through the (offline) Hub cache
+    pinned = brainseg.from_pretrained("user/seg", revision=COMMIT_A)
+    assert torch.equal(outputs(pinned), outputs(ResUNet.from_pretrained(seg)))
+    old = tmp_path / "old"
+    shutil.copytree(clf, old)
+    cfg = json.loads((old / "config.json").read_text())
+    assert cfg["model_class"] == "TumorClassifier"
+    (old / "config.json").write_text(json.dumps({k: v for k, v in cfg.items() if k != "model_class"}))
+    assert isinstance(brainseg.from_pretrained(str(old)), TumorClassifier)  # configs saved before model_class
+    (old / "config.json").write_text(json.dumps({**cfg, "model_class": "UNetPlusPlus"}))
+    with pytest.raises(ValueError, match="model_class 'UNetPlusPlus'"):
+        brainseg.from_pretrained(str(old))
+
+
+def test_load_model_refuses_the_other_kind(tiny_checkpoints):
+    with pytest.raises(ValueError, match="holds a classifier \\(TumorClassifier\\), not a segmenter"):
+        load_model("segmenter", str(tiny_checkpoints["classifier"]))
+
+
+def test_load_model_revision_keyword(cached_models):
+    model, src = load_model("segmenter", "user/seg", revision=COMMIT_A)
+    assert src.revision == COMMIT_A and torch.equal(outputs(model), outputs(ResUNet.from_pretrained(cached_models["v1"])))
+
+
+def test_import_is_light_and_exports_the_public_names():
+    code = "import sys, brainseg; assert 'torch' not in sys.modules, 'torch imported'"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert [n for n in brainseg.__all__ if not hasattr(brainseg, n)] == []
+    assert brainseg.from_pretrained is sources.from_pretrained and brainseg.ResUNet is ResUNet
+
+
+# ---------------------------------------------------------------- issue 9.10: the classifier's own figures
+
+FUSION = {"weights": [0.5, 0.3, -1.0], "top_k": 50, "threshold": 0.4,
+          "at_threshold": {"auroc": 0.986, "accuracy": 0.951, "threshold": 0.4}}
+
+
+def test_fused_classifier_card_indexes_the_classifier_alone(model_dir):
+    d = model_dir("classifier")
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, "fusion_weights": FUSION["weights"], "fusion_threshold": 0.4}))
+    calibration = {**CLF_CALIBRATION, "fusion": FUSION}
+    card = build_model_card(d, "classifier", metrics={**train_metrics("classifier"), "calibration": calibration},
+                            eval_metrics=EVAL)
+    index = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert index == {"roc_auc": 0.99, "accuracy": 0.96, "ece": 0.019}  # calibration's at_threshold + ece_after
+    assert {r.metric_name for r in card.data.eval_results} >= {"AUROC (classifier alone)"}
+    assert "| Metric | With the segmenter (fused) | Classifier alone | Training-time validation |" in card.text
+    assert "| AUROC | 0.991 | 0.990 | 0.970 |" in card.text  # the fused 0.991 stays in the text only
+    assert "not in this card's model-index" in card.text and 'pretrained_filter_fn=strip' in card.text
+
+
+@pytest.mark.filterwarnings("ignore:'brainseg.hub' found in sys.modules")
+def test_card_command_line_as_a_module(model_dir, monkeypatch, capsys):
+    """``python -m brainseg.hub card DIR`` (scripts/ship_models.sh) also restores config.json's metadata."""
+    import runpy
+
+    d = model_dir("segmenter")
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({k: v for k, v in cfg.items() if k != "model_class"}))
+    monkeypatch.setattr(sys, "argv", ["brainseg.hub", "card", str(d)])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_module("brainseg.hub", run_name="__main__")
+    assert exit_.value.code == 0 and f"wrote {d / 'README.md'} (segmenter) and the metadata" in capsys.readouterr().out
+    assert json.loads((d / "config.json").read_text()) == cfg and is_brainseg_card((d / "README.md").read_text())
+    assert hub.main(["card", str(d / "missing")]) == 1
+
+
+@pytest.mark.parametrize("kind", ["segmenter", "classifier"])
+def test_shipped_cards_are_what_the_card_command_writes(kind):
+    """models/*/README.md regenerated from their config, metrics and eval JSON give the same text."""
+    folder = Path(__file__).resolve().parent.parent / "models" / kind
+    if not (folder / "config.json").is_file():
+        pytest.skip(f"no shipped {kind} in {folder}")
+    assert cards.stale_card_reason(folder, kind) is None
+    assert json.loads((folder / "config.json").read_text())["model_class"] == sources.MODEL_CLASSES[kind]

@@ -1,5 +1,7 @@
 """ResUNet and TumorClassifier: shapes over two encoders and sizes, backward, Hub-format round trip, strict loading."""
 import json
+import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -7,8 +9,11 @@ from huggingface_hub import constants as hf_constants
 from safetensors.torch import load_file, save_file
 
 from brainseg.config import ClassifierConfig, SegmenterConfig
-from brainseg.hub import load_model
-from brainseg.models import ResUNet, TumorClassifier, build_model, resunet, tumor_classifier
+from brainseg.models import (CheckpointError, ResUNet, TumorClassifier, build_model, resunet, rewrite_config_metadata,
+                             timm_state_dict, tumor_classifier)
+from brainseg.sources import load_model
+
+ROOT = Path(__file__).resolve().parent.parent
 
 ENCODERS = ["test_resnet", "test_efficientnet"]
 
@@ -122,7 +127,7 @@ def _edit_weights(folder, edit):
 def test_missing_weight_fails_to_load(tmp_path):
     resunet("test_resnet", image_size=64).save_pretrained(tmp_path)
     _edit_weights(tmp_path, lambda s: s.pop("head.weight"))
-    with pytest.raises(RuntimeError, match=r"missing \['head.weight'\]"):
+    with pytest.raises(CheckpointError, match=r"missing \['head.weight'\]"):
         ResUNet.from_pretrained(tmp_path)
 
 
@@ -138,8 +143,109 @@ def test_checkpoint_of_the_other_encoder_fails_to_load(tmp_path):
     cfg = json.loads((tmp_path / "config.json").read_text())
     cfg["encoder"] = "test_resnet"
     (tmp_path / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(RuntimeError, match="size mismatch|does not match"):
+    with pytest.raises(CheckpointError, match=r"does not match ResUNet\(test_resnet\)"):
         ResUNet.from_pretrained(tmp_path)
+
+
+def test_shape_mismatch_is_named_by_our_own_check(tmp_path):
+    """Same keys, other shapes: our message (tensor, both shapes), not torch's "size mismatch" dump."""
+    resunet("test_resnet", image_size=64).save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["decoder_channels"] = [c * 2 for c in cfg["decoder_channels"]]
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"shape mismatch for \['decoder\.blocks\.0\.body\.0\.weight "
+                                              r"\(256, \d+, 3, 3\) vs \(512, \d+, 3, 3\)") as err:
+        ResUNet.from_pretrained(tmp_path)
+    assert "size mismatch" not in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("cls", [ResUNet, TumorClassifier])
+def test_default_model_round_trips(tmp_path, cls):
+    """Issue 11.8: a model built with defaults wrote no config.json, so load_model / evaluate refused it."""
+    torch.manual_seed(0)
+    model = cls().eval()
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["model_class"] == cls.__name__ and saved["encoder"] == cls.config_class().encoder
+    loaded, _ = load_model("segmenter" if cls is ResUNet else "classifier", str(tmp_path))
+    assert loaded.config == cls.config_class()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+
+
+def test_unknown_config_keys_are_named_not_dropped(tmp_path):
+    with pytest.warns(UserWarning, match="does not have: decoder_chanels, thresold"):
+        ResUNet({"encoder": "test_resnet", "thresold": 0.3, "decoder_chanels": [8]})
+    tumor_classifier("test_resnet", image_size=64).save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # metadata keys (model_class, timm's fields) are known, not warned about
+        TumorClassifier.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "temprature": 2.0}))
+    with pytest.warns(UserWarning, match="ClassifierConfig does not have: temprature"):
+        TumorClassifier.from_pretrained(tmp_path)
+
+
+def test_config_json_metadata_is_rewritten_without_touching_values(tmp_path):
+    tumor_classifier("test_resnet", image_size=64, threshold=0.3).save_pretrained(tmp_path)
+    full = (tmp_path / "config.json").read_text()
+    old = {k: v for k, v in json.loads(full).items() if k not in ("model_class", "architecture", "pretrained_cfg")}
+    (tmp_path / "config.json").write_text(json.dumps(old))  # a config saved before model_class existed
+    assert rewrite_config_metadata(tmp_path) and (tmp_path / "config.json").read_text() == full
+    assert not rewrite_config_metadata(tmp_path)
+
+
+@pytest.mark.parametrize("keep", [0.5, 8 / 1e9])
+def test_truncated_weights_fail_with_one_line_naming_the_file(tmp_path, keep):
+    """Issue 10.8: a cut-off model.safetensors gave a raw SafetensorError traceback."""
+    resunet("test_resnet", image_size=64).save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[:max(8, int(len(data) * keep))])
+    with pytest.raises(CheckpointError) as err:
+        ResUNet.from_pretrained(tmp_path)
+    msg = str(err.value)
+    assert msg.startswith(f"{weights} cannot be read") and "truncated" in msg and "\n" not in msg
+    assert isinstance(err.value, ValueError)  # what the app's start-up and the CLIs catch
+
+
+def test_app_start_up_refuses_truncated_weights_in_one_line(tmp_checkpoint_copy):
+    import app
+
+    seg = tmp_checkpoint_copy("segmenter")
+    weights = seg / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(SystemExit) as exit_:
+        app.main(["--segmenter", str(seg), "--classifier", str(tmp_checkpoint_copy("classifier"))])
+    assert f"{weights} cannot be read" in str(exit_.value.code).splitlines()[0]
+
+
+@pytest.fixture
+def tmp_checkpoint_copy(tiny_checkpoints, tmp_path):
+    import shutil
+
+    def copy(kind):
+        d = tmp_path / kind
+        shutil.copytree(tiny_checkpoints[kind], d)
+        return d
+    return copy
+
+
+def test_timm_local_dir_loads_the_classifier(tiny_checkpoints):
+    """Issue 9.10: config.json carries timm's fields; the weights need the ``backbone.`` prefix dropped."""
+    import timm
+
+    d = tiny_checkpoints["classifier"]
+    ours = TumorClassifier.from_pretrained(d)
+    net = timm.create_model(f"local-dir:{d}", pretrained=True, pretrained_filter_fn=timm_state_dict).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert net(x).shape == (2, 1)
+        torch.testing.assert_close(net(x), ours(x))
+    assert timm.create_model(f"local-dir:{d}").num_classes == 1  # no KeyError 'architecture'
+    with pytest.raises(RuntimeError, match="conv1"):  # why the card tells timm users to pass the filter
+        timm.create_model(f"local-dir:{d}", pretrained=True)
 
 
 def test_pickle_only_checkpoint_is_refused(tmp_path):

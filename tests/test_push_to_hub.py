@@ -14,8 +14,9 @@ from huggingface_hub import HfApi, constants
 from huggingface_hub.utils import filter_repo_objects
 
 import push_to_hub
-from brainseg import hub
-from brainseg.hub import PLACEHOLDER_REPOS, is_brainseg_card, split_front_matter, write_model_card
+from brainseg import hub, upload
+from brainseg.cards import PLACEHOLDER_REPOS, is_brainseg_card, write_model_card
+from brainseg.upload import split_front_matter
 
 ROOT = Path(__file__).resolve().parent.parent
 SEG, CLF, SPACE = "alice/brainseg-segmenter", "alice/brainseg-classifier", "alice/brainseg"
@@ -133,7 +134,7 @@ def test_dry_run_lists_every_file_and_target_without_network(project, no_network
         assert plan.url.endswith("/tree/v1") and ("/spaces/" in plan.url) == (plan.repo_type == "space")
         for f in plan.files:  # one line per file: repo type, repo id, path in repo, size
             assert any(line.startswith(f"  {plan.repo_type:<5}  {plan.repo_id}  {f.path_in_repo}  ")
-                       and hub._human(f.size) in line for line in lines), f.path_in_repo
+                       and upload._human(f.size) in line for line in lines), f.path_in_repo
     assert "private if created" in out and "branch v1 (created if missing)" in out
     for junk in (".venv", "runs/", "tests/", "__pycache__", ".git/", "last_state.pt", "split.json", "notes",
                  ".hidden", "docs/"):
@@ -206,10 +207,10 @@ def test_upload_without_staging_when_nothing_is_generated(project, tmp_path):
     d = tmp_path / "plain"
     shutil.copytree(project / "models" / "segmenter", d)
     write_model_card(d, "segmenter", repo_ids={"segmenter": SEG, "classifier": CLF})
-    plan = hub.plan_model_upload(d, SEG, "segmenter", repo_ids={"classifier": CLF})
+    plan = upload.plan_model_upload(d, SEG, "segmenter", repo_ids={"classifier": CLF})
     assert not plan.needs_staging and all(f.content is None for f in plan.files)
     api = FakeApi()
-    hub.push([plan], api, log=lambda *_: None)
+    upload.push([plan], api, log=lambda *_: None)
     assert set(api.uploaded[SEG]) == MODEL_FILES
 
 
@@ -250,7 +251,7 @@ def test_real_upload_folder_commits_exactly_the_planned_files(project, monkeypat
     monkeypatch.setattr(HfApi, "create_commit", create_commit)
     args = push_to_hub.build_parser().parse_args(argv(project, "--space", SPACE))
     plans = push_to_hub.plan_uploads(args)
-    results = hub.push(plans, HfApi(token="hf_test"), log=lambda *_: None)
+    results = upload.push(plans, HfApi(token="hf_test"), log=lambda *_: None)
     for plan in plans:
         assert set(commits[plan.repo_id]) == {f.path_in_repo for f in plan.files}
     assert [r.commit for r in results] == ["c" * 40] * 3
@@ -258,16 +259,48 @@ def test_real_upload_folder_commits_exactly_the_planned_files(project, monkeypat
     assert len(readmes) == 3 and all(split_front_matter(r)[0] for r in readmes)  # each README has its YAML
 
 
-def test_a_card_older_than_its_metrics_is_flagged(project, no_network, capsys):
+def test_checkout_times_do_not_flag_a_current_card(project, no_network, capsys):
+    """Issue 9.9: a fresh clone gives the card an older mtime than its JSON; the content is what counts."""
     seg = project / "models" / "segmenter"
     os.utime(seg / "README.md", (1_000_000_000, 1_000_000_000))
     assert push_to_hub.main(argv(project, "--dry-run")) == 0
+    assert "warning" not in capsys.readouterr().out
+
+
+def test_a_card_that_differs_from_its_metrics_is_flagged(project, no_network, capsys):
+    seg = project / "models" / "segmenter"
+    (seg / "eval_val.json").write_text('{"cases": 17, "seg": {"dice_per_case_mean": 0.9}}')
+    os.utime(seg / "eval_val.json", (1_000_000_000, 1_000_000_000))  # older than the card, yet newer in content
+    assert push_to_hub.main(argv(project, "--dry-run")) == 0
     out = capsys.readouterr().out
-    assert f"warning: {seg / 'README.md'} is older than config.json, metrics.json, eval_val.json" in out
+    assert f"warning: {seg / 'README.md'} differs from the card its config.json, metrics.json and evaluation" in out
     assert f"python -m brainseg.hub card {seg}" in out
     write_model_card(seg, "segmenter")
     assert push_to_hub.main(argv(project, "--dry-run")) == 0
     assert "warning" not in capsys.readouterr().out
+
+
+def test_a_card_with_real_repo_ids_or_script_commands_is_current(project, tmp_path):
+    d = tmp_path / "plain"
+    shutil.copytree(project / "models" / "segmenter", d)
+    write_model_card(d, "segmenter", repo_ids={"segmenter": SEG, "classifier": CLF},
+                     train_command=["# scripts/x.sh", "$PY train.py segmenter --epochs 2"])
+    plan = upload.plan_model_upload(d, SEG, "segmenter", repo_ids={"classifier": CLF})
+    assert upload.plan_warnings([plan]) == []
+
+
+def test_placeholder_repo_ids_warn_in_the_dry_run_and_are_refused_on_push(project, no_network, capsys):
+    placeholder = argv(project, "--space", "USER/brainseg")
+    placeholder[placeholder.index("--segmenter-repo") + 1] = "USER/brainseg-segmenter"
+    assert push_to_hub.main(placeholder + ["--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: segmenter repo USER/brainseg-segmenter uses the README's placeholder 'USER'" in out
+    assert "warning: Space USER/brainseg uses the README's placeholder" in out and "alice/brainseg-segmenter" in out
+    api = FakeApi()
+    assert push_to_hub.main(placeholder, api=api) == 1
+    err = capsys.readouterr().err
+    assert "USER/brainseg-segmenter, USER/brainseg: USER is the README's placeholder" in err
+    assert api.calls == [] and no_network == []  # refused before the first repo is created
 
 
 # ---------------------------------------------------------------- errors
@@ -315,15 +348,15 @@ def test_space_header_file_is_a_valid_spaces_header():
     colors = {"red", "yellow", "green", "blue", "indigo", "purple", "pink", "gray"}
     assert meta["colorFrom"] in colors and meta["colorTo"] in colors
     assert len(meta["short_description"]) <= 60
-    assert meta["sdk_version"] == hub._pinned_version(ROOT / "requirements.txt", "gradio")
-    assert meta["sdk_version"] == hub.SPACE_HEADER_DEFAULTS["sdk_version"]
+    assert meta["sdk_version"] == upload._pinned_version(ROOT / "requirements.txt", "gradio")
+    assert meta["sdk_version"] == upload.SPACE_HEADER_DEFAULTS["sdk_version"]
     assert meta["models"] == [PLACEHOLDER_REPOS["segmenter"], PLACEHOLDER_REPOS["classifier"]]
 
 
 def test_space_readme_keeps_the_readme_header(project):
     touch(project / "README.md", "---\ntitle: My demo\nemoji: 🧠\nsdk: gradio\nsdk_version: 1.0\napp_file: app.py\n"
                                  "models:\n- USER/brainseg-segmenter\n---\n\n# Body\n")
-    header, body = split_front_matter(hub.space_readme(project, {"segmenter": SEG, "classifier": CLF}))
+    header, body = split_front_matter(upload.space_readme(project, {"segmenter": SEG, "classifier": CLF}))
     meta = yaml.safe_load(header)
     assert meta["title"] == "My demo" and meta["sdk_version"] == "6.31.0"  # follows requirements.txt
     assert meta["models"] == [SEG, CLF] and body.strip() == "# Body"
