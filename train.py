@@ -2,10 +2,14 @@
 
     python train.py segmenter  --data ../shared/data/lgg/kaggle_3m --out runs/segmenter
     python train.py classifier --data ../shared/data/lgg/kaggle_3m --out runs/classifier
+    python train.py segmenter --data ... --folds splits/lgg_dev_4fold_seed42.json --fold 0 --out runs/cv/seg_0
     torchrun --nproc_per_node=2 train.py segmenter ...     # DDP: NCCL on GPUs, gloo on the CPU
 
-The best epoch (by validation per-case Dice, or AUROC) is saved with ``save_pretrained`` into
---out, beside metrics.json and curves.png; ``last_state.pt`` there lets --resume continue.
+One cosine schedule over the whole run. The saved epoch (``--select best`` by validation per-case
+Dice or AUROC, or ``--select last``: nothing chosen on the validation cases) goes with
+``save_pretrained`` into --out, beside metrics.json and curves.png; with ``--ema-decay`` the
+weight average is what is validated and saved. ``last_state.pt`` is written every epoch, so
+``--resume auto`` picks an interrupted run up where it stopped (and does nothing for a finished one).
 """
 import argparse
 import json
@@ -20,7 +24,8 @@ from torch.utils.data import DataLoader
 
 from brainseg import engine
 from brainseg.config import ClassifierConfig, SegmenterConfig, TrainConfig
-from brainseg.data import BalancedSampler, SliceDataset, find_cases, load_split, make_split, save_split, select_cases
+from brainseg.data import (BalancedSampler, SliceDataset, find_cases, fold_split, load_split, make_split, save_split,
+                           select_cases)
 from brainseg.losses import BCEDiceLoss, WeightedBCELoss
 from brainseg.models import build_model
 from brainseg.viz import plot_curves
@@ -31,7 +36,10 @@ p.add_argument("task", choices=["segmenter", "classifier"])
 p.add_argument("--data", required=True, help="kaggle_3m-layout folder")
 p.add_argument("--out", required=True)
 p.add_argument("--split", help="split JSON to read, or to write if missing (default: OUT/split.json)")
-p.add_argument("--val-fraction", type=float, default=TrainConfig.val_fraction)
+p.add_argument("--val-fraction", type=float, default=TrainConfig.val_fraction,
+               help="share of cases held out when no split file exists (0: train on every case, no validation)")
+p.add_argument("--folds", help="k-fold file (brainseg.data.make_folds); with --fold N the split is that fold")
+p.add_argument("--fold", type=int)
 p.add_argument("--seed", type=int, default=TrainConfig.seed)
 p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
 p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
@@ -40,11 +48,18 @@ p.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay)
 p.add_argument("--empty-fraction", type=float, default=None,
                help="share of empty slices per epoch (undersampling); default 0.3 for the segmenter, all for the classifier")
 p.add_argument("--no-augment", action="store_true")
+p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=TrainConfig.precision,
+               help="CPU autocast (auto: bf16 where the CPU has native bf16); CUDA always uses fp16 AMP")
+p.add_argument("--ema-decay", type=float, default=TrainConfig.ema_decay,
+               help="per-step EMA of the weights, validated and saved (e.g. 0.995; 0: off)")
+p.add_argument("--select", choices=["best", "last"], default=TrainConfig.select,
+               help="save the best validation epoch, or the last one of the fixed schedule")
+p.add_argument("--decoder-channels", type=int, nargs="+", help="segmenter decoder widths, deepest first")
 p.add_argument("--workers", type=int, default=TrainConfig.workers)
 p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
 p.add_argument("--max-steps", type=int, default=0, help="stop each epoch after N steps (smoke tests)")
 p.add_argument("--max-val-cases", type=int, default=0, help="validate on the first N validation cases only")
-p.add_argument("--resume", help="last_state.pt of an interrupted run")
+p.add_argument("--resume", help="last_state.pt of an interrupted run, or 'auto': OUT/last_state.pt when it exists")
 p.add_argument("--init-from", help="Hub-format checkpoint whose weights start this run (e.g. a smaller-size warm-up)")
 p.add_argument("--init-encoder-from", help="classifier only: a segmenter checkpoint with the same timm encoder "
                "whose weights start the backbone (features learnt from tumour masks)")
@@ -58,6 +73,14 @@ if args.encoder:
     model_cfg.encoder = args.encoder
 if args.image_size:
     model_cfg.image_size = args.image_size
+if args.decoder_channels:
+    if args.task != "segmenter":
+        raise SystemExit("--decoder-channels is for the segmenter")
+    model_cfg.decoder_channels = args.decoder_channels
+if (args.folds is None) != (args.fold is None):
+    raise SystemExit("--folds and --fold go together")
+if args.folds and args.split:
+    raise SystemExit("give --split or --folds/--fold, not both")
 model_cfg.pretrained = args.pretrained
 empty_fraction = args.empty_fraction if args.empty_fraction is not None else (
     TrainConfig.empty_fraction if args.task == "segmenter" else None)
@@ -65,6 +88,15 @@ tcfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)
 tcfg.empty_fraction, tcfg.augment = empty_fraction, not args.no_augment
 
 # ---------------------------------------------------------------- set-up
+out = Path(args.out)
+if args.resume == "auto":
+    args.resume = str(out / "last_state.pt") if (out / "last_state.pt").exists() else None
+    done = out / "metrics.json"
+    if args.resume and done.exists():
+        ran = json.loads(done.read_text())["history"]
+        if ran and ran[-1]["epoch"] >= args.epochs:
+            print(f"{out} already holds a finished run of {ran[-1]['epoch']} epochs; nothing to do")
+            raise SystemExit(0)
 dist_info = engine.setup_distributed()
 rank, world = dist_info["rank"], dist_info["world_size"]
 main = rank == 0
@@ -73,15 +105,21 @@ if args.threads:
     torch.set_num_threads(args.threads)
 torch.manual_seed(args.seed + rank)
 np.random.seed(args.seed + rank)
-out = Path(args.out)
 out.mkdir(parents=True, exist_ok=True)
+if args.precision == "auto":
+    from brainseg.inference import cpu_has_native_bf16
+    args.precision = "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
+tcfg.precision = args.precision
 
 # ---------------------------------------------------------------- data: the split is by patient
 cases = find_cases(args.data)
 split_path = Path(args.split) if args.split else out / "split.json"
-split_exists = split_path.exists()
+split_exists = split_path.exists() and not args.folds
 engine.barrier()  # every rank has looked before rank 0 may write, so all take the same branch
-split = load_split(split_path) if split_exists else make_split(cases, args.val_fraction, args.seed)
+if args.folds:
+    split = fold_split(json.loads(Path(args.folds).read_text()), args.fold)
+else:
+    split = load_split(split_path) if split_exists else make_split(cases, args.val_fraction, args.seed)
 if main and not split_exists:
     save_split(split, split_path)
 if main and split_path.resolve() != (out / "split.json").resolve():
@@ -116,8 +154,9 @@ if args.init_encoder_from:
         raise SystemExit(f"Encoder of {args.init_encoder_from} does not fit {model_cfg.encoder}: "
                          f"missing {missing[:3]}, unexpected {unexpected[:3]}")
 model.to(device)
-if device.type == "cuda":
+if engine.uses_channels_last(device, args.precision):
     model = model.to(memory_format=torch.channels_last)
+ema = engine.make_ema(model, args.ema_decay)
 if world > 1:
     model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
 if args.task == "segmenter":
@@ -134,7 +173,7 @@ scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
 
 start_epoch, best, history = 0, -1.0, []
 if args.resume:
-    state = engine.load_state(args.resume, model, optimizer, scheduler)
+    state = engine.load_state(args.resume, model, optimizer, scheduler, ema)
     start_epoch, best, history = state["epoch"] + 1, state["best"], state["history"]
     if main:
         print(f"resumed from {args.resume} at epoch {start_epoch}")
@@ -146,24 +185,29 @@ for epoch in range(start_epoch, args.epochs):
     sampler.set_epoch(epoch)
     te = time.time()
     train_loss = engine.train_one_epoch(model, loader, loss_fn, optimizer, scheduler, device, scaler,
-                                        args.max_steps, desc=f"epoch {epoch + 1}/{args.epochs}", show=main)
+                                        args.max_steps, desc=f"epoch {epoch + 1}/{args.epochs}", show=main,
+                                        precision=args.precision, ema=ema)
     train_seconds = time.time() - te
     if main:
-        val = validate(engine.unwrap(model), val_ds, device)
+        kept = engine.averaged(model, ema)
+        val = validate(kept, val_ds, device, precision=args.precision) if len(val_ds) else {key: float("nan")}
         score = val[key] if np.isfinite(val[key]) else -train_loss
         history.append({"epoch": epoch + 1, "train_loss": train_loss, "val": val, "train_seconds": train_seconds,
                         "images_per_second": steps_per_epoch * args.batch_size * world / train_seconds})
-        improved = score > best
+        improved = score > best if args.select == "best" else True
         if improved:
             best = score
-            engine.unwrap(model).save_pretrained(out)
-        engine.save_state(str(out / "last_state.pt"), model, optimizer, scheduler, epoch, best, history)
+            kept.save_pretrained(out)
+        engine.save_state(str(out / "last_state.pt"), model, optimizer, scheduler, epoch, best, history, ema)
         plot_curves(history, out / "curves.png", key)
-        best_entry = max(history, key=lambda h: h["val"][key] if np.isfinite(h["val"][key]) else -h["train_loss"])
+        best_entry = history[-1] if args.select == "last" else max(
+            history, key=lambda h: h["val"][key] if np.isfinite(h["val"][key]) else -h["train_loss"])
         (out / "metrics.json").write_text(json.dumps({
-            "task": args.task, "best_epoch": best_entry["epoch"], "val": best_entry["val"],
+            "task": args.task, "complete": epoch + 1 == args.epochs, "selected": args.select,
+            "best_epoch": best_entry["epoch"], "val": best_entry["val"],
             "val_cases": len(val_cases), "val_slices": len(val_ds), "train_cases": len(train_cases),
-            "split": str(split_path), "device": str(device), "world_size": world,
+            "split": f"{args.folds} fold {args.fold}" if args.folds else str(split_path),
+            "device": str(device), "precision": args.precision, "world_size": world,
             "train_seconds_total": sum(h["train_seconds"] for h in history),
             "model_config": asdict(model_cfg), "train_config": asdict(tcfg), "history": history}, indent=2) + "\n")
         print(f"epoch {epoch + 1}: train loss {train_loss:.4f}, val " +

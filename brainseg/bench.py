@@ -3,22 +3,24 @@
     python -m brainseg.bench                                  # resnet18 and resnet34 ResUNets at 256
     python -m brainseg.bench --encoders resnet34 --train-steps 3 --json bench.json
     python -m brainseg.bench --shipped                        # also time models/segmenter, models/classifier
+    python -m brainseg.bench --encoders resnet18 --decoder-channels 128 64 32 16 16   # a lighter decoder
 
-For each segmenter encoder: training images/s (ResUNet forward + backward + AdamW step at batch
-16), inference latency per slice (p50 at batch 1) and throughput at batch 16; then the same
-inference figures for the classifier (resnet18 at 128 by default). Weights are untrained: the
-time does not depend on them. On CUDA the forward runs in fp16 autocast with channels_last, as
-in training. On the CPU, inference runs channels-last as the Predictor does, in fp32, and the
-shipped segmenter also in bf16 autocast where the CPU has native bf16 (the Predictor's default
-there); training steps run in plain fp32 as train.py does. Figures on a loaded machine are
-slower: run it alone.
+For each segmenter encoder: GFLOP per slice, training images/s (ResUNet forward + backward +
+AdamW step at batch 16) in fp32 and, where the CPU has native bf16, in bf16 autocast with
+channels-last as ``train.py --precision auto`` runs it; inference latency per slice (p50 at batch
+1) and throughput at batch 16; then the same inference figures for the classifier (resnet18 at
+128 by default). Weights are untrained: the time does not depend on them. On CUDA the forward
+runs in fp16 autocast with channels_last, as in training. On the CPU, inference runs
+channels-last as the Predictor does, in fp32, and the shipped segmenter also in bf16 autocast
+where the CPU has native bf16 (the Predictor's default there). The device line says which CPU
+and whether it has native bf16: figures differ between machines. Figures on a loaded machine
+are slower: run it alone.
 """
 import argparse
 import json
 import platform
 import statistics
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -26,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from .config import ClassifierConfig, SegmenterConfig
-from .engine import backward_step
+from .engine import autocast, backward_step, uses_channels_last
 from .inference import resolve_precision
 from .losses import BCEDiceLoss
 from .models import ResUNet, TumorClassifier
@@ -35,12 +37,6 @@ from .models import ResUNet, TumorClassifier
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _autocast(device: torch.device, precision: str = "fp32"):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.float16)
-    return torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
 
 
 def _prepare(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
@@ -64,20 +60,32 @@ def _timed(fn: Callable[[], None], runs: int, device: torch.device) -> List[floa
     return times
 
 
+def gflops(model: nn.Module, size: int) -> float:
+    """Forward GFLOP for one slice (torch's FLOP counter: 2 per multiply-add)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.randn(1, model.config.in_chans, size, size, device=next(model.parameters()).device)
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model.eval()(x)
+    return counter.get_total_flops() / 1e9
+
+
 def train_throughput(model: nn.Module, size: int, device: torch.device, batch: int = 16, steps: int = 3,
-                     warmup: int = 1) -> float:
-    """Images/s of forward + BCE-Dice loss + backward + AdamW step on random data."""
-    cuda = device.type == "cuda"
-    model = _prepare(model, device, channels_last=cuda).train()
+                     warmup: int = 1, precision: str = "fp32") -> float:
+    """Images/s of forward + BCE-Dice loss + backward + AdamW step on random data, as train.py steps."""
+    channels_last = uses_channels_last(device, precision)
+    model = _prepare(model, device, channels_last=channels_last).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     loss_fn = BCEDiceLoss()
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
-    x = _input(batch, size, device, channels_last=cuda)
+    x = _input(batch, size, device, channels_last=channels_last)
     y = (torch.rand(batch, 1, size, size, device=device) > 0.9).float()
 
     def step():
-        with _autocast(device):
-            loss = loss_fn(model(x).float(), y)
+        with autocast(device, precision):
+            out = model(x)
+        loss = loss_fn(out.float(), y)
         backward_step(loss, opt, scaler)
 
     _timed(step, warmup, device)
@@ -92,11 +100,11 @@ def inference_timing(model: nn.Module, size: int, device: torch.device, runs: in
     x1, xb = _input(1, size, device, True), _input(batch, size, device, True)
 
     def one():
-        with _autocast(device, precision):
+        with autocast(device, precision):
             model(x1)
 
     def many():
-        with _autocast(device, precision):
+        with autocast(device, precision):
             model(xb)
 
     _timed(one, warmup, device)
@@ -112,11 +120,19 @@ def n_params(model: nn.Module) -> float:
     return sum(p.numel() for p in model.parameters()) / 1e6
 
 
-def bench_segmenter(encoder: str, size: int, device: torch.device, train_steps: int, runs: int) -> Dict:
-    model = ResUNet(SegmenterConfig(encoder=encoder, image_size=size))
-    row = {"model": "segmenter", "encoder": encoder, "size": size, "params_M": n_params(model)}
+def bench_segmenter(encoder: str, size: int, device: torch.device, train_steps: int, runs: int,
+                    decoder_channels: Optional[Sequence[int]] = None) -> Dict:
+    cfg = SegmenterConfig(encoder=encoder, image_size=size)
+    if decoder_channels:
+        cfg.decoder_channels = list(decoder_channels)
+    model = ResUNet(cfg)
+    row = {"model": "segmenter", "encoder": encoder, "decoder": "-".join(map(str, cfg.decoder_channels)),
+           "size": size, "params_M": n_params(model), "gflop": gflops(model, size)}
     if train_steps > 0:
         row["train_images_per_s"] = train_throughput(model, size, device, steps=train_steps)
+        if device.type == "cpu" and resolve_precision("auto", device) == "bf16":
+            row["train_images_per_s_bf16"] = train_throughput(model, size, device, steps=train_steps,
+                                                              precision="bf16")
     row.update(inference_timing(model, size, device, runs=runs))
     return row
 
@@ -149,13 +165,17 @@ def bench_shipped(device: torch.device, runs: int) -> List[Dict]:
 
 
 def format_rows(rows: Sequence[Dict]) -> str:
-    head = f"{'model':<20} {'encoder':<16} {'size':>4} {'params M':>8} {'precision':>9} {'train img/s':>11} " \
-           f"{'p50 ms (b=1)':>12} {'slices/s (b=16)':>15}"
+    head = f"{'model':<20} {'encoder':<16} {'decoder':<16} {'size':>4} {'params M':>8} {'GFLOP':>6} " \
+           f"{'precision':>9} {'train img/s':>11} {'train bf16':>10} {'p50 ms (b=1)':>12} {'slices/s (b=16)':>15}"
     lines = [head]
+
+    def fig(r, k, fmt="{:.1f}"):
+        return fmt.format(r[k]) if k in r else "-"
+
     for r in rows:
-        train = f"{r['train_images_per_s']:.1f}" if "train_images_per_s" in r else "-"
-        lines.append(f"{r['model']:<20} {r['encoder']:<16} {r['size']:>4} {r['params_M']:>8.1f} "
-                     f"{r.get('precision', 'fp32'):>9} {train:>11} "
+        lines.append(f"{r['model']:<20} {r['encoder']:<16} {r.get('decoder', '-'):<16} {r['size']:>4} "
+                     f"{r['params_M']:>8.1f} {fig(r, 'gflop'):>6} {r.get('precision', 'fp32'):>9} "
+                     f"{fig(r, 'train_images_per_s'):>11} {fig(r, 'train_images_per_s_bf16'):>10} "
                      f"{r['latency_ms_p50']:>12.1f} {r['throughput_batch16']:>15.1f}")
     return "\n".join(lines)
 
@@ -163,7 +183,19 @@ def format_rows(rows: Sequence[Dict]) -> str:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.processor() or platform.machine()}), {torch.get_num_threads()} torch threads"
+    bf16 = "native bf16" if resolve_precision("auto", device) == "bf16" else "no native bf16"
+    return f"CPU ({cpu_model()}; {bf16}), {torch.get_num_threads()} torch threads"
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict:
@@ -171,6 +203,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--encoders", nargs="+", default=["resnet18", "resnet34"], help="segmenter encoders (timm names)")
     p.add_argument("--size", type=int, default=256, help="segmenter input size")
+    p.add_argument("--decoder-channels", type=int, nargs="+", help="segmenter decoder widths (default: the config's)")
     p.add_argument("--classifier-encoder", default="resnet18")
     p.add_argument("--classifier-size", type=int, default=128)
     p.add_argument("--train-steps", type=int, default=3, help="timed training steps at batch 16 (0: skip)")
@@ -189,7 +222,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     rows = []
     for enc in args.encoders:
         print(f"timing segmenter {enc} at {args.size}...", flush=True)
-        rows.append(bench_segmenter(enc, args.size, device, args.train_steps, args.runs))
+        rows.append(bench_segmenter(enc, args.size, device, args.train_steps, args.runs, args.decoder_channels))
     print(f"timing classifier {args.classifier_encoder} at {args.classifier_size}...", flush=True)
     rows.append(bench_classifier(args.classifier_encoder, args.classifier_size, device, args.runs))
     if args.shipped:

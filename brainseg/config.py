@@ -30,9 +30,18 @@ class PreprocessConfig:
 class SegmenterConfig(PreprocessConfig):
     """ResUNet: a timm encoder (``features_only``), a residual decoder, a 1-channel head.
 
-    Post-processing, chosen on validation cases: ``threshold`` on the pixel probability,
-    connected components under ``min_component_px`` (counted at the model's input size) dropped, and the mask emptied
-    when the slice's detection probability is below ``gate_threshold`` (0 turns the gate off).
+    Post-processing, chosen on validation cases (:mod:`brainseg.calibrate`) and applied by
+    :func:`brainseg.postprocess.postprocess_mask`, the one rule:
+
+    - ``threshold``: the *pixel* threshold (``Predictor.pixel_threshold``): a pixel is tumour when its
+      probability is >= this; the app's slider and every ``threshold=`` argument move this one;
+    - ``min_component_px``: connected components smaller than this are dropped, counted at the model's
+      input size (``image_size``) and scaled to the slice's own size;
+    - ``gate_threshold``: no longer used (kept so older ``config.json`` files load). The mask is drawn
+      iff the slice is detected, at the classifier's detection threshold; a second gate made the
+      mask and the verdict disagree.
+
+    The field names stay as shipped so every ``config.json`` keeps loading.
     """
 
     encoder: str = "resnet34"
@@ -49,13 +58,16 @@ class ClassifierConfig(PreprocessConfig):
     """Slice-level tumour classifier: a timm ResNet with one logit.
 
     ``temperature`` divides the logit before the sigmoid (set by calibration on validation
-    cases), so the probability the app shows means what it says; ``threshold`` applies to it.
+    cases), so the probability the app shows means what it says; ``threshold`` is the *detection*
+    threshold of the classifier alone (used when ``fusion_weights`` is None).
 
     Beside the segmenter, detection is a logistic fusion of the two models' evidence, fitted
     on the validation cases: ``sigmoid(w0 * classifier_logit + w1 * segmenter_evidence + b)``
     with ``fusion_weights = [w0, w1, b]`` and the segmenter evidence the logit of the mean of
     its ``fusion_top_k`` highest pixel probabilities (at its input size); ``fusion_threshold``
-    is then the decision threshold. ``fusion_weights=None`` keeps the classifier alone.
+    is then the *detection* threshold. ``fusion_weights=None`` keeps the classifier alone.
+    ``Predictor.detection_threshold`` says which one applies; a slice is detected iff its
+    probability is >= it, and only a detected slice has a mask.
     """
 
     image_size: int = 128
@@ -71,13 +83,19 @@ class ClassifierConfig(PreprocessConfig):
 
 @dataclass
 class TrainConfig:
-    """Training hyper-parameters for ``train.py``; saved beside the checkpoint in metrics.json."""
+    """Training hyper-parameters for ``train.py``; saved beside the checkpoint in metrics.json.
+
+    Everything needed to rerun a checkpoint's training is here (encoder and input size live in the
+    model config), so a card can quote the command instead of rebuilding it.
+    """
 
     task: str = "segmenter"
     data: str = ""
     out: str = "runs/segmenter"
     split: Optional[str] = None
     val_fraction: float = 0.2
+    folds: Optional[str] = None  # a k-fold file (splits/*fold*.json); with ``fold`` it sets the split
+    fold: Optional[int] = None
     seed: int = 42
     epochs: int = 20
     batch_size: int = 16
@@ -86,8 +104,13 @@ class TrainConfig:
     warmup_epochs: float = 0.5
     empty_fraction: float = 0.3
     augment: bool = True
+    precision: str = "auto"  # "auto": bf16 autocast on a CPU with native bf16, fp16 AMP on CUDA, else fp32
+    ema_decay: float = 0.0  # per-step decay of the weight average that is validated and saved (0: none)
+    select: str = "best"  # which epoch is saved: "best" on validation, or "last" (a fixed schedule: nothing chosen)
     workers: int = 2
     max_steps: int = 0
     max_val_cases: int = 0
     resume: Optional[str] = None
+    init_from: Optional[str] = None
+    init_encoder_from: Optional[str] = None
     threads: int = 0

@@ -123,6 +123,43 @@ def make_split(cases: Sequence[Union[Case, str]], val_fraction: float = 0.2, see
             "train": [n for n in names if n not in val_set], "val": sorted(val_set)}
 
 
+def make_folds(cases: Sequence[Union[Case, str]], k: int = 4, seed: int = 42) -> Dict:
+    """Deal case names into ``k`` folds by patient, stratified by institution, deterministic from ``seed``.
+
+    Each institution's cases are shuffled and dealt round-robin, the deal continuing from fold to
+    fold across institutions, so fold sizes differ by at most one and every fold mirrors the scanners.
+    """
+    if k < 2:
+        raise ValueError(f"k-fold needs k >= 2, got {k}")
+    names = sorted(c.name if isinstance(c, Case) else str(c) for c in cases)
+    if len(names) < k:
+        raise ValueError(f"{len(names)} cases cannot fill {k} folds")
+    by_inst: Dict[str, List[str]] = defaultdict(list)
+    for n in names:
+        by_inst[institution_of(n)].append(n)
+    rng = random.Random(seed)
+    folds: List[List[str]] = [[] for _ in range(k)]
+    i = 0
+    for inst in sorted(by_inst):
+        group = by_inst[inst][:]
+        rng.shuffle(group)
+        for n in group:
+            folds[i % k].append(n)
+            i += 1
+    return {"seed": seed, "k": k, "stratified_by": "institution", "folds": [sorted(f) for f in folds]}
+
+
+def fold_split(folds: Dict, fold: int) -> Dict:
+    """The train/val split of fold ``fold``: that fold's cases validate, all others train."""
+    k = len(folds["folds"])
+    if not 0 <= fold < k:
+        raise ValueError(f"fold must be in 0..{k - 1}, got {fold}")
+    val = folds["folds"][fold]
+    train = sorted(n for i, f in enumerate(folds["folds"]) if i != fold for n in f)
+    return {"seed": folds["seed"], "fold": fold, "k": k, "stratified_by": folds.get("stratified_by"),
+            "train": train, "val": sorted(val)}
+
+
 def save_split(split: Dict, path: PathLike) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(split, indent=2) + "\n")
@@ -131,6 +168,8 @@ def save_split(split: Dict, path: PathLike) -> None:
 def load_split(path: PathLike) -> Dict:
     """Read a split file and check that no case is on both sides."""
     split = json.loads(Path(path).read_text())
+    if "folds" in split:
+        raise ValueError(f"{path} is a k-fold file: pass it as --folds with --fold N, not as --split")
     overlap = set(split["train"]) & set(split["val"])
     if overlap:
         raise ValueError(f"Split file {path} puts {sorted(overlap)} in both train and val")
@@ -148,12 +187,35 @@ def select_cases(cases: Sequence[Case], names: Sequence[str]) -> List[Case]:
 
 # ---------------------------------------------------------------- datasets
 
+class RandomGamma(v2.Transform):
+    """Gamma on the image's intensities (masks untouched): MR contrast differs from scanner to scanner."""
+
+    def __init__(self, gamma: Tuple[float, float] = (0.7, 1.5)):
+        super().__init__()
+        self.gamma = gamma
+
+    def make_params(self, flat_inputs):
+        lo, hi = np.log(self.gamma[0]), np.log(self.gamma[1])
+        return {"gamma": float(np.exp(torch.empty(1).uniform_(lo, hi).item()))}
+
+    def transform(self, inpt, params):
+        if isinstance(inpt, tv_tensors.Image):
+            return v2.functional.adjust_gamma(inpt, params["gamma"])
+        return inpt
+
+
 def build_augment() -> v2.Compose:
-    """Joint image/mask augmentation suited to axial MRI: left-right flip, small affine, intensity jitter."""
+    """Joint image/mask augmentation for ~70 training patients: left-right flip, affine, elastic, intensity.
+
+    Geometric transforms move image and mask together (tv_tensors); brightness, contrast and gamma
+    touch the image only. Strengths stay within what axial FLAIR slices of other scanners look like.
+    """
     return v2.Compose([
         v2.RandomHorizontalFlip(),
-        v2.RandomApply([v2.RandomAffine(degrees=10, translate=(0.05, 0.05), scale=(0.9, 1.1))], p=0.7),
-        v2.RandomApply([v2.ColorJitter(brightness=0.2, contrast=0.2)], p=0.5),
+        v2.RandomApply([v2.RandomAffine(degrees=15, translate=(0.08, 0.08), scale=(0.85, 1.15), shear=5)], p=0.8),
+        v2.RandomApply([v2.ElasticTransform(alpha=30.0, sigma=5.0)], p=0.2),
+        v2.RandomApply([v2.ColorJitter(brightness=0.25, contrast=0.25)], p=0.6),
+        v2.RandomApply([RandomGamma((0.7, 1.5))], p=0.4),
     ])
 
 
@@ -182,7 +244,7 @@ class SliceDataset(Dataset):
             self.index.append((case, slice_number(ip)))
         self.images = np.stack(imgs) if imgs else np.zeros((0, 256, 256, 3), np.uint8)
         self.masks = np.stack(masks) if masks else np.zeros((0, 256, 256), np.uint8)
-        self.labels = self.masks.reshape(len(self.masks), -1).any(1).astype(np.int64)
+        self.labels = self.masks.any(axis=(1, 2)).astype(np.int64)
 
     def __len__(self) -> int:
         return len(self.images)

@@ -41,6 +41,39 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
+# ---------------------------------------------------------------- precision and weight averaging
+
+def autocast(device: torch.device, precision: str = "fp32"):
+    """Mixed precision for the forward pass: fp16 on CUDA, bf16 on a CPU when asked; fp32 master weights."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    if precision == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def uses_channels_last(device: torch.device, precision: str) -> bool:
+    """channels_last pays with CUDA AMP and with CPU bf16 (oneDNN's fast path); plain fp32 on the CPU gains little."""
+    return device.type == "cuda" or precision == "bf16"
+
+
+def make_ema(model: nn.Module, decay: float) -> Optional[torch.optim.swa_utils.AveragedModel]:
+    """An exponential moving average of the weights and BatchNorm statistics (None when ``decay`` is 0).
+
+    With ~70 training patients the raw weights wander from step to step; the average is what gets
+    validated and shipped.
+    """
+    if not decay:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    return AveragedModel(unwrap(model), multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+def averaged(model: nn.Module, ema: Optional[nn.Module]) -> nn.Module:
+    """The module to validate and save: the EMA copy when there is one."""
+    return ema.module if ema is not None else unwrap(model)
+
+
 # ---------------------------------------------------------------- schedule
 
 def cosine_with_warmup(optimizer, warmup_steps: int, total_steps: int, min_ratio: float = 0.01):
@@ -69,22 +102,30 @@ def backward_step(loss: torch.Tensor, optimizer, scaler: Optional[torch.amp.Grad
 
 def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, optimizer, scheduler,
                     device: torch.device, scaler: Optional[torch.amp.GradScaler] = None, max_steps: int = 0,
-                    desc: str = "train", show: bool = True) -> float:
-    """One pass over ``loader``; returns the mean training loss. AMP + channels_last on CUDA only."""
+                    desc: str = "train", show: bool = True, precision: str = "fp32",
+                    ema: Optional[nn.Module] = None) -> float:
+    """One pass over ``loader``; returns the mean training loss.
+
+    fp16 AMP on CUDA, bf16 autocast on the CPU when ``precision="bf16"``; the loss is computed in
+    fp32. ``ema`` (see :func:`make_ema`) is updated after every optimiser step.
+    """
     model.train()
-    cuda = device.type == "cuda"
+    channels_last = uses_channels_last(device, precision)
     total, n = 0.0, 0
     bar = tqdm(loader, desc=desc, leave=False, disable=not show)
     for step, (x, y) in enumerate(bar):
         if max_steps and step >= max_steps:
             break
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if cuda:
+        if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cuda", dtype=torch.float16) if cuda else nullcontext():
-            loss = loss_fn(model(x), y)
+        with autocast(device, precision):
+            out = model(x)
+        loss = loss_fn(out.float(), y)
         backward_step(loss, optimizer, scaler)
         scheduler.step()
+        if ema is not None:
+            ema.update_parameters(unwrap(model))
         total += loss.item() * len(x)
         n += len(x)
         bar.set_postfix(loss=f"{total / n:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
@@ -92,26 +133,28 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, opti
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, dataset, device: torch.device, batch_size: int = 32):
+def predict_logits(model: nn.Module, dataset, device: torch.device, batch_size: int = 32, precision: str = "fp32"):
     """(logits, targets) for every item of ``dataset`` in order (no augmentation: pass an eval dataset)."""
     model.eval()
+    channels_last = uses_channels_last(device, precision)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
     out, targets = [], []
     for x, y in loader:
         targets.append(y)
         x = x.to(device)
-        if device.type == "cuda":
+        if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else nullcontext():
+        with autocast(device, precision):
             out.append(model(x).float().cpu())
     if not out:
         return torch.zeros(0), torch.zeros(0)
     return torch.cat(out), torch.cat(targets)
 
 
-def validate_segmenter(model: nn.Module, dataset, device: torch.device, threshold: float = 0.5) -> Dict[str, float]:
+def validate_segmenter(model: nn.Module, dataset, device: torch.device, threshold: float = 0.5,
+                       precision: str = "fp32") -> Dict[str, float]:
     """Per-case Dice etc. on the validation cases at the model's input size."""
-    logits, masks = predict_logits(model, dataset, device)
+    logits, masks = predict_logits(model, dataset, device, precision=precision)
     agg = CaseDiceAggregator()
     pred = (torch.sigmoid(logits[:, 0]) >= threshold).numpy()
     truth = (masks[:, 0] > 0.5).numpy() if len(masks) else masks
@@ -120,9 +163,10 @@ def validate_segmenter(model: nn.Module, dataset, device: torch.device, threshol
     return agg.compute()
 
 
-def validate_classifier(model: nn.Module, dataset, device: torch.device, threshold: float = 0.5) -> Dict[str, float]:
+def validate_classifier(model: nn.Module, dataset, device: torch.device, threshold: float = 0.5,
+                        precision: str = "fp32") -> Dict[str, float]:
     """Slice-level AUROC, accuracy, sensitivity, specificity and ECE on the validation cases."""
-    logits = predict_logits(model, dataset, device)[0][:, 0].numpy()
+    logits = predict_logits(model, dataset, device, precision=precision)[0][:, 0].numpy()
     probs = 1 / (1 + np.exp(-logits))
     out = detection_metrics(probs, dataset.labels, threshold)
     out["ece"] = expected_calibration_error(probs, dataset.labels)
@@ -131,15 +175,26 @@ def validate_classifier(model: nn.Module, dataset, device: torch.device, thresho
 
 # ---------------------------------------------------------------- checkpoints
 
-def save_state(path: str, model: nn.Module, optimizer, scheduler, epoch: int, best: float, history: list) -> None:
-    """Training state for --resume (optimizer and schedule included); the model itself goes to Hub format."""
+def save_state(path: str, model: nn.Module, optimizer, scheduler, epoch: int, best: float, history: list,
+               ema: Optional[nn.Module] = None) -> None:
+    """Training state for --resume (optimizer, schedule and EMA included); the model itself goes to Hub format.
+
+    Written to a temporary file and renamed, so a run killed mid-save leaves the previous state intact.
+    """
+    tmp = f"{path}.tmp"
     torch.save({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "epoch": epoch, "best": best, "history": history}, path)
+                "scheduler": scheduler.state_dict(), "epoch": epoch, "best": best, "history": history,
+                "ema": ema.state_dict() if ema is not None else None}, tmp)
+    os.replace(tmp, path)
 
 
-def load_state(path: str, model: nn.Module, optimizer, scheduler) -> Dict:
+def load_state(path: str, model: nn.Module, optimizer, scheduler, ema: Optional[nn.Module] = None) -> Dict:
     state = torch.load(path, map_location="cpu", weights_only=False)
     unwrap(model).load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
+    if ema is not None:
+        if state.get("ema") is None:
+            raise ValueError(f"{path} holds no EMA weights; resume with the same --ema-decay as the run (0 for none)")
+        ema.load_state_dict(state["ema"])
     return state

@@ -27,3 +27,17 @@ def test_bf16_timing_runs_on_the_cpu():
     model = ResUNet(SegmenterConfig(encoder=TINY_ENCODER, image_size=64))
     r = bench.inference_timing(model, 64, torch.device("cpu"), runs=2, batch_runs=1, warmup=1, precision="bf16")
     assert r["latency_ms_p50"] > 0
+
+
+def test_segmenter_row_counts_flops_and_times_bf16_training_where_native():
+    import torch
+
+    from brainseg.inference import resolve_precision
+
+    cpu = torch.device("cpu")
+    wide = bench.bench_segmenter(TINY_ENCODER, 64, cpu, train_steps=1, runs=1)
+    light = bench.bench_segmenter(TINY_ENCODER, 64, cpu, train_steps=1, runs=1, decoder_channels=[16, 8, 8, 8, 8])
+    assert light["decoder"] == "16-8-8-8-8" and 0 < light["gflop"] < wide["gflop"]
+    native = resolve_precision("auto", cpu) == "bf16"
+    assert ("train_images_per_s_bf16" in wide) == native
+    assert "bf16" in bench.device_name(cpu) and bench.cpu_model()
