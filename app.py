@@ -1,47 +1,46 @@
-"""Brain MRI tumour detection and segmentation on one slice: the Gradio app and its API.
+"""Brain MRI tumour detection and segmentation: the Gradio app and its API.
 
     python app.py [--host 127.0.0.1] [--port 7860] [--segmenter SRC] [--classifier SRC]
 
 SRC is a model folder or a Hub repo id with an optional ``@revision`` (default: the env vars
 BRAINSEG_SEGMENTER / BRAINSEG_CLASSIFIER, else models/segmenter and models/classifier). The
-models load once, at start. :func:`build_demo` builds the whole UI; every event has an
-``api_name`` and ``/predict`` is the API (see the README for the gradio_client and curl calls).
+models load once, at start. :func:`build_demo` builds the UI; ``/predict`` (one slice) and
+``/predict_case`` (a whole case) are the API, every other event is private.
 
-Uploads are decoded by :mod:`brainseg.images`, never by Gradio (whose image preprocessing
-would cut 16-bit and float TIFFs to 8 bits); a bad file becomes a ``gr.Error`` saying what is
-wrong and the server goes on serving. Logs hold shapes and timings, never file names or pixels.
+The app only shows: the Predictor decides, :mod:`brainseg.images` decodes (never Gradio, whose
+image preprocessing would cut 16-bit and float TIFFs to 8 bits), the case analysis sums up and
+:mod:`brainseg.viz` draws. A bad file becomes a ``gr.Error`` saying what is wrong and the server
+goes on serving. Every file the app writes lands in its own temp root, which
+:class:`~brainseg.webapp.CacheSweeper` empties on schedule; logs hold shapes and timings, never
+file names or pixels.
 """
 import os
+import tempfile
 
-# Before gradio and huggingface_hub are imported: no usage analytics, no Hub telemetry.
+# Before gradio and huggingface_hub are imported: no usage analytics, no Hub telemetry, and a temp
+# root of the app's own (inside any GRADIO_TEMP_DIR given), which the sweeper may empty.
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ["GRADIO_TEMP_DIR"] = os.path.join(os.environ.get("GRADIO_TEMP_DIR") or tempfile.gettempdir(),
+                                             "brainseg_app")
 
 import argparse  # noqa: E402
-import hashlib  # noqa: E402
 import logging  # noqa: E402
-import re  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Dict, List, Optional, Sequence  # noqa: E402
+from typing import List, Optional, Sequence  # noqa: E402
 
-import cv2  # noqa: E402
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from brainseg.cases import predict_case_files  # noqa: E402
-from brainseg.config import FLAIR_INDEX  # noqa: E402
-from brainseg.data import read_mask  # noqa: E402
-from brainseg.images import InvalidImageError, decode_image  # noqa: E402
-from brainseg.inference import Prediction, Predictor  # noqa: E402
-from brainseg.viz import overlay  # noqa: E402
+from brainseg import webapp as w  # noqa: E402
+from brainseg.images import InvalidImageError  # noqa: E402
+from brainseg.inference import Predictor  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 EXAMPLES_DIR = ROOT / "examples"
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 
 # Suited to a shared 2-vCPU host: two slices at a time, a short queue that refuses the 17th
 # waiting request instead of hanging, uploads capped at 20 MB and removed within ~6 minutes.
@@ -49,322 +48,206 @@ CONCURRENCY_LIMIT = 2
 MAX_QUEUE = 16
 MAX_FILE_SIZE = "20mb"
 DELETE_CACHE = (60, 300)  # every 60 s, delete uploads and results older than 300 s
-OVERLAY_MAX_SIDE = 1024  # the overlay is for the eye; the mask keeps the input's full size
-
 NOTE = ("**Research demo, not a medical device.** It is not validated for diagnosis or any clinical use. "
         "Uploads are used only to answer the request: they are not stored or logged, and the server deletes "
         "them, with the results, within about five minutes.")
+IMAGE_BUTTONS = ["download", "fullscreen"]  # no share button
 
 log = logging.getLogger("brainseg.app")
-
-
-# ---------------------------------------------------------------- examples
-
-@dataclass
-class Example:
-    """An example slice in examples/, with its ground-truth mask when ``<name>_mask.<ext>`` is beside it."""
-
-    image: Path
-    mask: Optional[Path]
-    label: str
-
-
-def _natural_key(path: Path):
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.stem)]
-
-
-def find_examples(folder: Path = EXAMPLES_DIR) -> List[Example]:
-    """The example slices in ``folder`` (none when it is missing or empty), in case and slice order."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    found = []
-    images = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.stem.endswith("_mask")]
-    for p in sorted(images, key=_natural_key):
-        mask = next((m for m in (p.with_name(p.stem + "_mask" + s) for s in IMAGE_SUFFIXES) if m.exists()), None)
-        m = re.match(r"^(?:TCGA_)?(?P<case>.+?)(?:_\d{8})?_(?P<num>\d+)$", p.stem)
-        label = f"{m['case']} · slice {m['num']}" if m else p.stem
-        if mask is not None:
-            label += " · tumour" if read_mask(mask).any() else " · no tumour"
-        found.append(Example(p, mask, label))
-    return found
-
-
-def truth_by_content(examples: Sequence[Example]) -> Dict[str, np.ndarray]:
-    """sha256 of each example file -> its ground-truth mask, so a request for an example (however it
-    arrives: a click, an upload, the API) gets the truth outline, and no other file does."""
-    table = {}
-    for ex in examples:
-        if ex.mask is not None:
-            table[hashlib.sha256(ex.image.read_bytes()).hexdigest()] = read_mask(ex.mask)
-    return table
-
-
-# ---------------------------------------------------------------- analysis
-
-def describe_models(predictor: Predictor) -> Dict[str, dict]:
-    """Which models answer: source (folder or Hub repo), revision, and a fingerprint of the loaded weights."""
-    out = {}
-    for kind in ("segmenter", "classifier"):
-        model = getattr(predictor, kind, None)
-        if model is None:
-            continue
-        src = predictor.sources.get(kind)
-        source, revision = "unknown", None
-        if src is not None:
-            source, revision = str(src.location), src.revision
-            if src.local:
-                path = Path(source).resolve()
-                source = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else path.name
-        sha = hashlib.sha256()
-        for name, t in model.state_dict().items():
-            sha.update(name.encode())
-            sha.update(t.detach().cpu().contiguous().numpy().tobytes())
-        out[kind] = {"source": source, "revision": revision, "weights_sha256": sha.hexdigest()[:12],
-                     "encoder": getattr(model.config, "encoder", None),
-                     "precision": getattr(predictor, "precision", "fp32") if kind == "segmenter" else "fp32"}
-    return out
-
-
-def models_text(models: Dict[str, dict]) -> str:
-    return "\n".join(f"{k}: {m['source']}" + (f"@{m['revision']}" if m["revision"] else "")
-                     + f" ({m['encoder']}, weights sha256 {m['weights_sha256']})" for k, m in models.items())
-
-
-@dataclass
-class Analysis:
-    """One answered request: the prediction and everything the outputs are made of."""
-
-    prediction: Prediction
-    overlay: np.ndarray
-    mask_png: bytes
-    result: dict
-    summary: str
-
-
-def brain_area(image: np.ndarray) -> int:
-    """Pixels above the slice's minimum in any channel: the brain, as the normalisation defines it."""
-    return int((image.max(axis=-1) > image.min()).sum())
-
-
-def display_overlay(flair: np.ndarray, pred: np.ndarray, truth: Optional[np.ndarray]) -> np.ndarray:
-    """viz.overlay, first shrunk to at most OVERLAY_MAX_SIDE so a large slice stays quick to send."""
-    h, w = flair.shape
-    s = OVERLAY_MAX_SIDE / max(h, w)
-    if s < 1:
-        size = (max(1, round(w * s)), max(1, round(h * s)))
-        flair = cv2.resize(flair.astype(np.float32), size, interpolation=cv2.INTER_AREA)
-        pred = cv2.resize(pred, size, interpolation=cv2.INTER_NEAREST)
-        truth = None if truth is None else cv2.resize(truth, size, interpolation=cv2.INTER_NEAREST)
-    return overlay(flair, pred, truth)
-
-
-def analyse(predictor: Predictor, data: bytes, threshold: Optional[float] = None,
-            truth: Optional[Dict[str, np.ndarray]] = None, models: Optional[Dict[str, dict]] = None) -> Analysis:
-    """Decode one uploaded file, predict, and build the outputs. Raises InvalidImageError for a bad file.
-
-    Args:
-        predictor: the loaded models.
-        data: the file's bytes (TIFF, PNG or JPEG).
-        threshold: pixel probability threshold; None uses the segmenter's.
-        truth: ground-truth masks by sha256 of the file (the examples), for the green outline.
-        models: :func:`describe_models` of the predictor, echoed in the result.
-    """
-    image = decode_image(data)
-    thr = predictor.seg_cfg.threshold if threshold is None else float(threshold)
-    pred = predictor.predict(image.array, thr)
-    gt = (truth or {}).get(hashlib.sha256(data).hexdigest())
-    if gt is not None and gt.shape != pred.mask.shape:
-        gt = None
-    brain = brain_area(image.array)
-    area = pred.tumor_area_px
-    pct = 100.0 * area / brain if brain else 0.0
-    clf = getattr(predictor, "classifier", None)
-    result = {
-        "tumor_probability": round(pred.tumor_probability, 4),
-        "tumor_detected": pred.tumor_detected,
-        "tumor_area_px": area,
-        "tumor_area_pct_brain": round(pct, 2),
-        "brain_area_px": brain,
-        "input_shape": image.shape,
-        "input_dtype": str(image.array.dtype),
-        "channels_replicated": image.channels_replicated,
-        "threshold": thr,
-        "detection_threshold": predictor.detection_threshold if clf is not None else thr,
-        "models": models if models is not None else describe_models(predictor),
-    }
-    if image.multipage:
-        result["tiff_multipage"] = True
-    verdict, sign = ("Tumour detected", "≥") if pred.tumor_detected else ("No tumour detected", "<")
-    det_thr = result["detection_threshold"]
-    notes = [f"{verdict}: probability {pred.tumor_probability:.2f} {sign} threshold {det_thr:.2f}",
-             f"Area {area:,} px, {pct:.1f} % of the brain ({brain:,} px); pixel threshold {thr:.2f}"]
-    if image.channels_replicated:
-        notes.append("FLAIR alone: its channel was replicated to the three input channels.")
-    if image.multipage:
-        notes.append("Multi-page TIFF: only its first page was analysed.")
-    png = cv2.imencode(".png", pred.mask * 255)[1]
-    return Analysis(pred, display_overlay(image.array[..., FLAIR_INDEX], pred.mask, gt), png.tobytes(), result,
-                    "\n".join(notes))
-
-
-def write_to_cache(data: bytes, cache_dir: str, name: str) -> str:
-    """Write an output file into Gradio's cache (content-addressed, atomic), so Gradio serves it from
-    there and its ``delete_cache`` removes it on schedule; nothing is left elsewhere."""
-    folder = Path(cache_dir) / hashlib.sha256(data).hexdigest()
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / name
-    if path.exists():
-        os.utime(path)  # restart its clock: delete_cache ages files from their ctime
-    else:
-        tmp = folder / f".{name}.{uuid.uuid4().hex}"
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    return str(path)
-
-
-# ---------------------------------------------------------------- UI
-
-class SliceFile(gr.File):
-    """gr.File that hands over the file's bytes, and says so plainly when the upload has expired."""
-
-    is_template = True  # rendered and documented as the gr.File it is
-
-    def preprocess(self, payload):
-        try:
-            return super().preprocess(payload)
-        except FileNotFoundError:  # deleted by delete_cache; Gradio's own error would log its path
-            raise gr.Error("This upload is no longer on the server (uploads are deleted after five minutes). "
-                           "Upload the file again.", print_exception=False) from None
+find_examples, find_example_cases = w.find_examples, w.find_example_cases  # kept importable from app
 
 
 def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurrency_limit: int = CONCURRENCY_LIMIT,
-               max_queue: int = MAX_QUEUE) -> gr.Blocks:
-    """The whole app: inputs and examples on the left, outputs on the right, ``/predict`` as the API.
+               max_queue: int = MAX_QUEUE, delete_cache=DELETE_CACHE) -> gr.Blocks:
+    """The whole app: a one-slice tab and a whole-case tab; ``/predict`` and ``/predict_case`` are the API.
 
     Args:
         predictor: loaded models (see :meth:`Predictor.from_sources`).
-        examples_dir: folder of example slices (``<name>_mask.png`` beside one adds its truth outline);
-            the examples block is left out when it holds none.
+        examples_dir: example slices (``<name>_mask.png`` beside one adds its truth outline and Dice)
+            and example case zips; a block is left out when there is nothing for it.
         concurrency_limit, max_queue: how many requests run at once, and how many may wait.
+        delete_cache: (every, age) in seconds: files the app wrote or received are deleted once older
+            than ``age``, checked every ``every`` seconds.
     """
     examples = find_examples(examples_dir)
-    truth = truth_by_content(examples)
-    models = describe_models(predictor)
-    about_models = models_text(models)
+    example_cases = find_example_cases(examples_dir)
+    gr.set_static_paths([e.image for e in examples] + example_cases)  # served in place, never deleted
+    truth = w.truth_by_content(examples)
+    models = predictor.describe()
+    about_models = w.models_text(models)
     log.info("models: %s", about_models.replace("\n", "; "))
-    default_threshold = float(predictor.seg_cfg.threshold)
+    default_threshold = float(predictor.pixel_threshold)
 
     with gr.Blocks(title="Brain MRI tumour segmentation", analytics_enabled=False,
-                   delete_cache=DELETE_CACHE) as demo:
+                   delete_cache=delete_cache) as demo:
         gr.Markdown("# Brain MRI: tumour detection and segmentation\n"
-                    "One axial slice in, the tumour's probability and outline out. Slices are lower-grade "
-                    "glioma MRI as in the LGG kaggle_3m set: 3 channels (pre-contrast, FLAIR, post-contrast) "
-                    "or FLAIR alone, TIFF, PNG or JPEG, 8-bit, 16-bit or float, any size.")
+                    "Lower-grade glioma MRI as in the LGG kaggle_3m set: one axial slice, or a patient's whole "
+                    "stack. Slices have 3 channels (pre-contrast, FLAIR, post-contrast) or FLAIR alone; TIFF, PNG "
+                    "or JPEG, 8-bit, 16-bit or float, any size from 32x32.")
         gr.Markdown(NOTE, elem_classes=["notice"])
         with gr.Tab("One slice"):
             with gr.Row(equal_height=False):
-                with gr.Column(scale=1):
-                    slice_file = SliceFile(label="MRI slice (TIFF, PNG or JPEG)", type="binary",
-                                          file_types=[".tif", ".tiff", ".png", ".jpg", ".jpeg"], height=140,
-                                          elem_id="slice-file")
-                    threshold = gr.Slider(0.01, 0.99, value=default_threshold, step=0.01, label="Pixel threshold",
-                                          info="Probability above which a pixel counts as tumour")
+                with gr.Column(scale=1, min_width=300):
+                    slice_file = w.SliceFile(label="MRI slice", type="binary", height=110, elem_id="slice-file",
+                                             file_types=list(w.SLICE_TYPES))
+                    preview = gr.Image(label="Uploaded slice", type="filepath", interactive=False, height=220,
+                                       buttons=IMAGE_BUTTONS, elem_id="preview")
+                    threshold = w.FiniteSlider(0.01, 0.99, value=default_threshold, step=0.01,
+                                               label="Pixel threshold",
+                                               info="Probability above which a pixel of a detected slice is tumour")
+                    opacity = gr.Slider(0, 1, value=0.35, step=0.05, label="Overlay opacity", elem_id="opacity")
                     analyse_btn = gr.Button("Analyse", variant="primary", elem_id="analyse")
                     if examples:
-                        example_block = gr.Examples([[str(e.image)] for e in examples], inputs=[slice_file],
-                                                    label="Examples (click one)",
-                                                    example_labels=[e.label for e in examples], examples_per_page=12,
-                                                    api_name="load_example", elem_id="examples")
-                with gr.Column(scale=1):
-                    # No heading: it would name the likelier class, which is not the decision when the
-                    # classifier's threshold is not 0.5; the decision leads the summary below instead.
-                    confidence = gr.Label(label="Detection confidence", num_top_classes=2, show_heading=False,
-                                          elem_id="confidence")
-                    overlay_img = gr.Image(label="Overlay on FLAIR", type="numpy", format="png", interactive=False,
-                                           height=400, buttons=["download", "fullscreen"], elem_id="overlay")
+                        gallery = gr.Gallery([(str(e.image), e.label) for e in examples], label="Examples (click one)",
+                                             columns=3, height="auto", allow_preview=False, buttons=[],
+                                             elem_id="examples")
+                with gr.Column(scale=2):
+                    detection = gr.Label(label="Detection", num_top_classes=2, elem_id="detection")
+                    with gr.Row():
+                        flair_img = gr.Image(label="FLAIR", type="filepath", interactive=False, height=384,
+                                             buttons=IMAGE_BUTTONS, elem_id="flair")
+                        overlay_img = gr.Image(label="Overlay", type="filepath", interactive=False, height=384,
+                                               buttons=IMAGE_BUTTONS, elem_id="overlay")
                     gr.Markdown("Red: predicted tumour. Green outline: the ground truth, for examples with a "
                                 "known mask.")
                     with gr.Row():
-                        area = gr.Textbox(label="Result", lines=4, interactive=False, elem_id="area")
-                        mask_file = gr.File(label="Mask (PNG, 0/255, input size)", interactive=False, height=100,
-                                            elem_id="mask-file")
-                    model_info = gr.Textbox(label="Models", value=about_models, lines=2, interactive=False)
+                        mask_img = gr.Image(label="Mask", type="filepath", interactive=False, height=200,
+                                            buttons=IMAGE_BUTTONS, elem_id="mask")
+                        summary = gr.Textbox(label="Summary", lines=5, interactive=False, elem_id="summary")
                     with gr.Accordion("Result as JSON (as the API returns it)", open=False):
-                        result_json = gr.JSON(label="Result")
+                        result_json = gr.JSON(label="Result", open=False)
+                    gr.Textbox(label="Models", value=about_models, lines=2, interactive=False)
+            shown = gr.State(time_to_live=delete_cache[1] if delete_cache else None)
 
-            outputs = [confidence, overlay_img, mask_file, area, model_info, result_json]
+            outputs = [detection, flair_img, overlay_img, mask_img, summary, result_json]
+            w.describe_io(slice_file, "An MRI slice file: TIFF, PNG or JPEG, 3 channels or FLAIR alone.")
+            w.describe_io(threshold, "Pixel probability threshold, 0.01-0.99 (default: the model's).")
+            for comp, text in zip(outputs, w.SLICE_OUTPUTS):
+                w.describe_io(comp, text)
 
             def predict(image: Optional[bytes], threshold: float = default_threshold):
-                """Tumour detection and segmentation for one MRI slice (TIFF, PNG or JPEG file).
+                """Tumour detection and segmentation of one MRI slice.
 
-                Returns the detection confidence, the overlay, the mask PNG (0/255, input size), the tumour
-                area, the models that answered and the result as JSON.
+                Returns the detection, the FLAIR channel, the overlay, the mask (PNG, 0/255, input size),
+                a summary and the result as JSON.
                 """
                 if image is None:
                     raise gr.Error("No file: upload an MRI slice (TIFF, PNG or JPEG) first.", print_exception=False)
                 start = time.perf_counter()
                 try:
-                    a = analyse(predictor, image, threshold, truth, models)
-                except InvalidImageError as e:
-                    log.info("rejected upload (%s, %d bytes)", e.reason, len(image))
+                    out = w.analyse_slice(predictor, image, threshold, truth, models, slice_file.GRADIO_CACHE)
+                except (InvalidImageError, ValueError) as e:
+                    log.info("rejected upload (%s, %d bytes)", getattr(e, "reason", type(e).__name__), len(image))
                     raise gr.Error(str(e), print_exception=False) from None
-                cache = mask_file.GRADIO_CACHE
-                mask_path = write_to_cache(a.mask_png, cache, "mask.png")
-                # Encoded here with OpenCV's fast PNG setting: quicker than Gradio's own numpy -> PIL -> PNG.
-                overlay_png = cv2.imencode(".png", a.overlay[..., ::-1])[1].tobytes()
-                overlay_path = write_to_cache(overlay_png, cache, "overlay.png")
-                p = a.prediction.tumor_probability
-                r = a.result
+                r = out.result
                 log.info("predicted %s %s in %.0f ms", "x".join(map(str, r["input_shape"])), r["input_dtype"],
                          1000 * (time.perf_counter() - start))
-                return ({"tumour": p, "no tumour": 1.0 - p}, overlay_path, mask_path, a.summary, about_models, r)
+                return (out.detection, out.flair_path, out.overlay_path, out.mask_path, out.summary, r, out.shown)
 
-            gr.on([analyse_btn.click, slice_file.upload], predict, inputs=[slice_file, threshold], outputs=outputs,
-                  api_name="predict")
+            def show_overlay(state, opacity: float):
+                return None if state is None else w.redraw_overlay(state, opacity, slice_file.GRADIO_CACHE)
+
+            clear = [preview, *outputs, shown]
+
+            def run_chain(event, api_name: str, visibility: str = "public"):
+                """Old results cleared, the preview shown, then the analysis: a refused file leaves nothing stale."""
+                event.then(lambda b: w.preview(b, slice_file.GRADIO_CACHE), inputs=[slice_file], outputs=[preview],
+                           api_name=f"preview_{api_name}", api_visibility="private", show_progress="hidden").then(
+                    predict, inputs=[slice_file, threshold], outputs=[*outputs, shown], api_name=api_name,
+                    api_visibility=visibility).then(
+                    show_overlay, inputs=[shown, opacity], outputs=[overlay_img], api_name=f"opacity_{api_name}",
+                    api_visibility="private", show_progress="hidden")
+
+            run_chain(gr.on([analyse_btn.click, slice_file.upload], lambda: [None] * len(clear), outputs=clear,
+                            api_name="clear_slice", api_visibility="private", queue=False, show_progress="hidden"),
+                      "predict")
+            slice_file.clear(lambda: [None] * len(clear), outputs=clear, api_name="cleared_slice",
+                             api_visibility="private", queue=False)
+            opacity.release(show_overlay, inputs=[shown, opacity], outputs=[overlay_img], api_name="opacity",
+                            api_visibility="private", show_progress="hidden")
             if examples:
-                example_block.load_input_event.then(predict, inputs=[slice_file, threshold], outputs=outputs,
-                                                    api_name="predict_example", api_visibility="undocumented")
+                def load_example(evt: gr.SelectData):
+                    return [str(examples[evt.index].image)] + [None] * len(clear)
+
+                run_chain(gallery.select(load_example, outputs=[slice_file, *clear], api_name="load_example",
+                                         api_visibility="private", queue=False), "predict_example", "private")
+
         with gr.Tab("Whole case"):
             gr.Markdown("A patient's stack in, a 3-D report out: a zip of a kaggle_3m case folder, several slice "
                         "files at once (ordered by the `_<n>` in their names), a multi-page TIFF or a NIfTI volume.")
             with gr.Row(equal_height=False):
-                with gr.Column(scale=1):
-                    case_files = gr.File(label="Case (zip, slice files, multi-page TIFF or NIfTI)",
-                                         file_count="multiple", type="filepath", elem_id="case-files",
-                                         file_types=[".zip", ".tif", ".tiff", ".png", ".nii", ".gz"])
-                    case_threshold = gr.Slider(0.01, 0.99, value=default_threshold, step=0.01,
-                                               label="Pixel threshold")
+                with gr.Column(scale=1, min_width=300):
+                    case_files = w.CaseFiles(label="Case files", file_count="multiple", type="filepath",
+                                             elem_id="case-files", file_types=list(w.CASE_TYPES))
+                    case_threshold = w.FiniteSlider(0.01, 0.99, value=default_threshold, step=0.01,
+                                                    label="Pixel threshold")
+                    spacing = gr.Textbox("", label="Voxel spacing (mm)", placeholder="row, column, slice: e.g. 0.94, 0.94, 3",
+                                         info="Gives the volume in mL. Blank: the file's own spacing, if any.",
+                                         elem_id="spacing")
                     case_btn = gr.Button("Analyse case", variant="primary", elem_id="analyse-case")
+                    if example_cases:
+                        case_examples = gr.Examples([[[str(p)]] for p in example_cases], inputs=[case_files],
+                                                    label="Example case (click, then Analyse case)",
+                                                    example_labels=[w.case_label(p) for p in example_cases],
+                                                    api_name="load_example_case", elem_id="case-examples")
                 with gr.Column(scale=2):
-                    case_plot = gr.Image(label="Tumour probability and area along the stack", type="filepath",
-                                         interactive=False, elem_id="case-plot")
-                    case_montage = gr.Image(label="Overlays", type="filepath", interactive=False,
-                                            elem_id="case-montage")
-                    case_masks = gr.File(label="Masks (multi-page TIFF, or NIfTI for NIfTI input)", interactive=False)
-                    case_summary = gr.JSON(label="Summary")
+                    case_summary = gr.Textbox(label="Summary", lines=6, interactive=False, elem_id="case-summary")
+                    case_plot = gr.Image(label="Probability and area", show_label=False, type="filepath",
+                                         interactive=False, buttons=IMAGE_BUTTONS, elem_id="case-plot")
+                    with gr.Group():
+                        viewer_slider = gr.Slider(1, 2, value=1, step=1, label="Slice", interactive=True,
+                                                  elem_id="viewer-slider")
+                        viewer = gr.Image(label="Slice viewer", show_label=False, type="filepath", interactive=False,
+                                          height=512, buttons=IMAGE_BUTTONS, elem_id="viewer")
+                    case_montage = gr.Image(label="All slices", show_label=False, type="filepath", interactive=False,
+                                            buttons=IMAGE_BUTTONS, elem_id="case-montage")
+                    case_masks = gr.File(label="Masks", interactive=False, elem_id="case-masks")
+                    with gr.Accordion("Summary as JSON (as the API returns it)", open=False):
+                        case_json = gr.JSON(label="Case result", open=False)
+            frames = gr.State(time_to_live=delete_cache[1] if delete_cache else None)
+            case_outputs = [case_summary, case_plot, case_montage, case_masks, case_json]
+            w.describe_io(case_files, "The case: one zip of a case folder, one multi-page TIFF, one NIfTI file, "
+                                      "or several slice files <case>_<n>.tif/.png (optional _mask files).")
+            w.describe_io(case_threshold, "Pixel probability threshold, 0.01-0.99 (default: the model's).")
+            w.describe_io(spacing, "Voxel spacing in mm as 'row, column, slice' for the volume in mL; '' keeps "
+                                   "the file's own.")
+            for comp, text in zip(case_outputs, w.CASE_OUTPUTS):
+                w.describe_io(comp, text)
 
-            def predict_case(files: Optional[List[str]], threshold: float = default_threshold):
-                """Whole-case analysis: per-slice probability and area, tumour volume, largest slice, masks."""
+            def predict_case(files: Optional[List[str]], threshold: float = default_threshold, spacing_mm: str = ""):
+                """Whole-case analysis: per-slice probability and area, tumour volume, largest slice and masks.
+
+                Returns a summary, the probability plot, the montage of all slices, the masks (multi-page
+                TIFF, or NIfTI for NIfTI input) and the summary as JSON.
+                """
                 if not files:
                     raise gr.Error("No files: upload a zipped case folder, slice files, a multi-page TIFF or "
                                    "a NIfTI volume.", print_exception=False)
                 try:
-                    out_dir = Path(case_masks.GRADIO_CACHE) / uuid.uuid4().hex
-                    summary, plot, montage, masks = predict_case_files(predictor, files, threshold, out_dir)
+                    out = w.analyse_case(predictor, files, threshold, spacing_mm,
+                                         Path(case_masks.GRADIO_CACHE) / uuid.uuid4().hex)
                 except ValueError as e:
                     log.info("rejected case upload (%s)", type(e).__name__)
                     raise gr.Error(str(e), print_exception=False) from None
-                log.info("predicted a case of %d slices", summary["slices"])
-                return summary, plot, montage, masks
+                log.info("predicted a case of %d slices", out.json["slices"])
+                return out.text, out.plot, out.montage, out.masks, out.json, out.viewer
 
-            case_btn.click(predict_case, inputs=[case_files, case_threshold],
-                           outputs=[case_summary, case_plot, case_montage, case_masks],
-                           api_name="predict_case", concurrency_limit=1)
+            case_btn.click(lambda: [None] * (len(case_outputs) + 2), outputs=[*case_outputs, frames, viewer],
+                           api_name="clear_case", api_visibility="private", queue=False).then(
+                predict_case, inputs=[case_files, case_threshold, spacing], outputs=[*case_outputs, frames],
+                api_name="predict_case", concurrency_limit=1).then(
+                w.first_frame, inputs=[frames], outputs=[viewer_slider, viewer], api_name="first_frame",
+                api_visibility="private").then(
+                None, js="() => document.getElementById('case-summary')?.scrollIntoView({behavior: 'smooth'})",
+                api_name="scroll_to_case", api_visibility="private")
+            viewer_slider.change(w.viewer_frame, inputs=[frames, viewer_slider], outputs=[viewer],
+                                 api_name="show_frame", api_visibility="private", show_progress="hidden",
+                                 trigger_mode="always_last")
         gr.Markdown("Use it from code: `Client(url).predict(handle_file(path), api_name=\"/predict\")` with "
                     "`gradio_client`, or the *Use via API* link below.")
 
     demo.queue(default_concurrency_limit=concurrency_limit, max_size=max_queue, api_open=False)
+    demo.sweeper = w.CacheSweeper(Path(os.environ["GRADIO_TEMP_DIR"]), demo, *(delete_cache or (None, None)))
     return demo
 
 
@@ -374,10 +257,11 @@ CSS = ".notice { border-left: 4px solid #dc2626; padding: 4px 12px; background: 
 
 
 def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: Optional[int] = 7860, **kwargs):
-    """Launch with the settings for a shared host; kwargs go on to ``Blocks.launch``."""
+    """Launch with the settings for a shared host (and the app's cache sweeper); kwargs go on to ``Blocks.launch``."""
     settings = dict(server_name=host, server_port=port, max_file_size=MAX_FILE_SIZE, show_error=False,
                     allowed_paths=[], share=False, enable_monitoring=False, run_history=False, ssr_mode=False,
-                    mcp_server=False, pwa=False, footer_links=["api", "settings"], theme=THEME, css=CSS)
+                    mcp_server=False, pwa=False, footer_links=["api", "settings"], theme=THEME, css=CSS,
+                    app_kwargs={"lifespan": demo.sweeper.lifespan})
     settings.update(kwargs)
     return demo.launch(**settings)
 

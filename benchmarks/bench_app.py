@@ -104,7 +104,7 @@ def main(argv=None) -> dict:
         tmp.cleanup()
 
     (b50, b95), (e50, e95), (d50, d95) = percentiles(bare), percentiles(e2e), percentiles(e2e_default)
-    models = app.describe_models(predictor)
+    models = predictor.describe()
     figures = {"n": args.n, "slices": len(paths), "slice_shape": list(arrays[0].shape),
                "models": {k: f"{m['source']} ({m['encoder']})" for k, m in models.items()},
                "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),

@@ -21,6 +21,7 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 import app
+from brainseg import webapp
 from brainseg.inference import Predictor
 from brainseg.images import InvalidImageError
 from conftest import make_slice
@@ -29,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "models" / "segmenter" / "config.json"
 REQUEST_TIMEOUT = 60  # seconds: any request that takes longer counts as a hang
 JSON_KEYS = {"tumor_probability", "tumor_detected", "tumor_area_px", "tumor_area_pct_brain", "brain_area_px",
-             "input_shape", "input_dtype", "channels_replicated", "threshold", "detection_threshold", "models"}
+             "input_shape", "input_dtype", "channels_replicated", "threshold", "detection_threshold", "dice", "models"}
 
 
 def free_port() -> int:
@@ -117,44 +118,65 @@ def bad_uploads(d: Path) -> dict:
 
 # ---------------------------------------------------------------- in-process
 
+def analyse(predictor, path_or_bytes, threshold=None, truth=None, cache=None):
+    data = path_or_bytes if isinstance(path_or_bytes, bytes) else Path(path_or_bytes).read_bytes()
+    return webapp.analyse_slice(predictor, data, threshold, truth or {}, predictor.describe(),
+                                str(cache or Path(app.os.environ["GRADIO_TEMP_DIR"])))
+
+
+def read_png(path) -> np.ndarray:
+    return cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+
+
 def test_analyse_outputs(predictor, files):
-    a = app.analyse(predictor, files["png"].read_bytes(), 0.4)
+    a = analyse(predictor, files["png"], 0.4)
     r = a.result
     assert JSON_KEYS <= set(r)
     assert isinstance(r["tumor_probability"], float) and 0 <= r["tumor_probability"] <= 1
     assert isinstance(r["tumor_detected"], bool) and isinstance(r["tumor_area_px"], int)
     assert r["input_shape"] == [128, 128, 3] and r["input_dtype"] == "uint8" and r["threshold"] == 0.4
-    assert r["tumor_area_px"] == int(a.prediction.mask.sum())
+    assert r["tumor_area_px"] == int(read_png(a.mask_path).astype(bool).sum()) and r["dice"] is None
     assert 0 < r["brain_area_px"] < 128 * 128
     assert r["tumor_area_pct_brain"] == round(100 * r["tumor_area_px"] / r["brain_area_px"], 2)
     assert set(r["models"]) == {"segmenter", "classifier"} and r["models"]["segmenter"]["encoder"] == "test_resnet"
-    mask = cv2.imdecode(np.frombuffer(a.mask_png, np.uint8), cv2.IMREAD_UNCHANGED)
+    mask = read_png(a.mask_path)
     assert mask.shape == (128, 128) and mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 255}
-    assert a.overlay.shape == (128, 128, 3) and a.overlay.dtype == np.uint8
+    # shown at a readable size: a 128 px slice is drawn 4x, the FLAIR and its overlay side by side at one size
+    assert read_png(a.overlay_path).shape == (512, 512, 3) and read_png(a.flair_path).shape == (512, 512)
     json.dumps(r)  # the API returns it as JSON
 
 
 def test_analyse_same_answer_for_8bit_16bit_and_flair_only(predictor, files):
-    r8 = app.analyse(predictor, files["png"].read_bytes()).result
-    r16 = app.analyse(predictor, files["tif16"].read_bytes()).result
+    r8 = analyse(predictor, files["png"]).result
+    r16 = analyse(predictor, files["tif16"]).result
     assert r16["input_dtype"] == "uint16"
     assert r16["tumor_probability"] == pytest.approx(r8["tumor_probability"], abs=1e-4)
     assert abs(r16["tumor_area_px"] - r8["tumor_area_px"]) <= 2
-    flair = app.analyse(predictor, files["flair"].read_bytes())
+    flair = analyse(predictor, files["flair"])
     assert flair.result["channels_replicated"] and flair.result["input_shape"] == [128, 128, 1]
     assert "replicated" in flair.summary
 
 
 def test_analyse_large_slice_keeps_mask_size_and_shrinks_overlay(predictor, files):
-    a = app.analyse(predictor, files["large"].read_bytes())
+    a = analyse(predictor, files["large"])
     assert a.result["input_shape"] == [1500, 1200, 3]
-    assert cv2.imdecode(np.frombuffer(a.mask_png, np.uint8), 0).shape == (1500, 1200)
-    assert max(a.overlay.shape[:2]) == app.OVERLAY_MAX_SIDE
+    assert read_png(a.mask_path).shape == (1500, 1200)
+    assert max(read_png(a.overlay_path).shape[:2]) == webapp.OVERLAY_MAX_SIDE
 
 
 def test_analyse_refuses_bad_file(predictor, files):
     with pytest.raises(InvalidImageError, match="1x1"):
-        app.analyse(predictor, files["bad"]["tiny.png"][0].read_bytes())
+        analyse(predictor, files["bad"]["tiny.png"][0])
+
+
+def test_overlay_opacity_redraws_without_the_models(predictor, files):
+    a = analyse(predictor, files["png"], 0.05)
+    assert a.shown["mask"].any(), "the tiny model at threshold 0.05 should mark some pixels"
+    inside = a.shown["mask"].astype(bool)
+    faint, solid = (read_png(webapp.redraw_overlay(a.shown, o, str(Path(a.overlay_path).parent.parent)))
+                    for o in (0.0, 1.0))
+    assert faint[inside][:, 2].mean() < solid[inside][:, 2].mean()  # red (BGR index 2) grows with opacity
+    assert (solid[inside][:, :2] <= 40).mean() > 0.9  # solid: red, hardly any green or blue left
 
 
 def test_examples_found_with_labels_and_truth(files):
@@ -164,16 +186,19 @@ def test_examples_found_with_labels_and_truth(files):
     assert [e.label for e in ex] == ["XX_0000 · slice 9 · tumour", "XX_0001 · slice 10 · no tumour",
                                      "no_mask · slice 3"]
     assert ex[0].mask is not None and ex[2].mask is None
-    assert len(app.truth_by_content(ex)) == 2
+    assert len(webapp.truth_by_content(ex)) == 2
     assert app.find_examples(files["examples"] / "missing") == []
 
 
-def test_truth_outline_only_for_the_example_file(predictor, files):
+def test_truth_outline_and_dice_only_for_the_example_file(predictor, files):
     ex = app.find_examples(files["examples"])[0]
-    truth = app.truth_by_content([ex])
-    green = lambda o: ((o[..., 1] == 255) & (o[..., 0] == 0)).sum()  # noqa: E731
-    assert green(app.analyse(predictor, ex.image.read_bytes(), truth=truth).overlay) > 0
-    assert green(app.analyse(predictor, files["png"].read_bytes(), truth=truth).overlay) == 0
+    truth = webapp.truth_by_content([ex])
+    green = lambda o: ((o[..., 1] == 255) & (o[..., 0] == 0) & (o[..., 2] == 0)).sum()  # noqa: E731  (BGR)
+    a = analyse(predictor, ex.image, truth=truth)
+    assert green(read_png(a.overlay_path)) > 0
+    assert isinstance(a.result["dice"], float) and "Dice with the example's ground truth" in a.summary
+    other = analyse(predictor, files["png"], truth=truth)
+    assert green(read_png(other.overlay_path)) == 0 and other.result["dice"] is None and "Dice" not in other.summary
 
 
 def test_every_event_has_an_api_name_and_only_the_two_endpoints_are_public(predictor, files, tmp_path):
@@ -182,8 +207,19 @@ def test_every_event_has_an_api_name_and_only_the_two_endpoints_are_public(predi
         fns = list(demo.fns.values())
         assert all(f.api_name for f in fns), [f.api_name for f in fns]
         assert sorted(f.api_name for f in fns if f.api_visibility == "public") == ["predict", "predict_case"]
-        has_examples = any(type(b).__name__ == "Dataset" for b in demo.blocks.values())
+        has_examples = any(type(b).__name__ == "Gallery" for b in demo.blocks.values())
         assert has_examples == (examples_dir != tmp_path)
+
+
+def test_no_share_buttons_and_no_label_over_the_figures(predictor, files):
+    demo = app.build_demo(predictor, files["examples"])
+    by_id = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None)}
+    for b in demo.blocks.values():
+        if type(b).__name__ in ("Image", "Gallery"):
+            assert "share" not in (b.buttons or []), b.elem_id
+    # the case plot carries its title, the montage its slice numbers: a label badge would cover them
+    assert by_id["case-plot"].show_label is False and by_id["case-montage"].show_label is False
+    assert by_id["viewer-slider"].step == 1
 
 
 # ---------------------------------------------------------------- live server
@@ -210,7 +246,7 @@ def test_settings_for_a_shared_host(server):
 
 
 def test_api_predict_outputs_as_documented(client, files, predictor):
-    label, overlay_path, mask_path, area, models, result = call(client, files["png"])
+    label, flair_path, overlay_path, mask_path, area, result = call(client, files["png"])
     assert JSON_KEYS <= set(result)
     assert label["label"] in {"tumour", "no tumour"}
     conf = {c["label"]: c["confidence"] for c in label["confidences"]}
@@ -218,11 +254,12 @@ def test_api_predict_outputs_as_documented(client, files, predictor):
     mask = cv2.imread(mask_path, cv2.IMREAD_UNCHANGED)
     assert mask.shape == (128, 128) and set(np.unique(mask)) <= {0, 255}
     assert int((mask > 0).sum()) == result["tumor_area_px"]
-    assert Path(overlay_path).suffix == ".png" and cv2.imread(overlay_path).shape == (128, 128, 3)
+    assert Path(overlay_path).suffix == ".png" and cv2.imread(overlay_path).shape == (512, 512, 3)
+    assert cv2.imread(flair_path, cv2.IMREAD_UNCHANGED).shape == (512, 512)
     assert f"{result['tumor_area_px']:,} px" in area and "% of the brain" in area
-    assert "segmenter:" in models and "classifier:" in models
+    assert set(result["models"]) == {"segmenter", "classifier"}
     # the same answer as the function in-process
-    local = app.analyse(predictor, files["png"].read_bytes()).result
+    local = analyse(predictor, files["png"]).result
     assert result["tumor_probability"] == local["tumor_probability"]
     assert result["tumor_area_px"] == local["tumor_area_px"]
 
@@ -244,6 +281,35 @@ def test_api_documents_the_two_endpoints(client):
     assert params[1]["parameter_has_default"]
 
 
+def test_api_names_are_short_distinct_and_described(client):
+    """Every input and output has a short readable label and a description; no sample-PDF example."""
+    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert [r["label"] for r in api["/predict"]["returns"]] == ["Detection", "FLAIR", "Overlay", "Mask", "Summary",
+                                                                  "Result"]
+    assert [p["parameter_name"] for p in api["/predict_case"]["parameters"]] == ["files", "threshold", "spacing_mm"]
+    assert [r["label"] for r in api["/predict_case"]["returns"]] == ["Summary", "Probability and area", "All slices",
+                                                                       "Masks", "Case result"]
+    for name, ep in api.items():
+        labels = [r["label"] for r in ep["returns"]]
+        assert len(set(labels)) == len(labels), (name, labels)
+        for item in ep["parameters"] + ep["returns"]:
+            assert len(item["label"]) <= 24, (name, item["label"])
+            assert len(item["python_type"]["description"]) > 15, (name, item["label"])
+        assert ep["description"], name
+    assert "sample_file.pdf" not in json.dumps(api)
+    assert all(p["parameter_has_default"] for p in api["/predict_case"]["parameters"][1:])
+
+
+def test_readme_names_the_api_as_it_is(client):
+    """The README's API section shows the endpoints' inputs and outputs under the names view_api() gives."""
+    readme = (ROOT / "README.md").read_text()
+    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    for name, ep in api.items():
+        outs = ", ".join(r["label"].lower().replace(" ", "_") for r in ep["returns"])
+        ins = ", ".join(p["parameter_name"] for p in ep["parameters"])
+        assert f"{name}({ins}) -> ({outs})" in readme, f"README lacks '{name}({ins}) -> ({outs})'"
+
+
 @pytest.mark.parametrize("name", ["not_image.png", "truncated.tif", "bomb.png", "tiny.png", "huge.png", "empty.png"])
 def test_bad_upload_gets_an_error_and_the_server_goes_on(client, files, name):
     path, words = files["bad"][name]
@@ -258,6 +324,32 @@ def test_bad_upload_gets_an_error_and_the_server_goes_on(client, files, name):
 def test_out_of_range_threshold_is_an_error(client, files):
     with pytest.raises(Exception, match="greater than maximum"):
         call(client, files["png"], 1.5)
+
+
+def raw_call(url: str, endpoint: str, data: list) -> str:
+    """POST /gradio_api/call/<endpoint> with a JSON body as written (NaN allowed), then read the event stream."""
+    with httpx.Client(timeout=REQUEST_TIMEOUT) as c:
+        r = c.post(url + f"gradio_api/call/{endpoint}", content=json.dumps(data and {"data": data}),
+                   headers={"content-type": "application/json"})
+        r.raise_for_status()
+        return c.get(url + f"gradio_api/call/{endpoint}/{r.json()['event_id']}").text
+
+
+def upload(url: str, path: Path) -> str:
+    with httpx.Client(timeout=REQUEST_TIMEOUT) as c:
+        return c.post(url + "gradio_api/upload", files={"files": (path.name, path.read_bytes())}).json()[0]
+
+
+def file_data(path) -> dict:
+    return {"path": str(path), "meta": {"_type": "gradio.FileData"}}
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_threshold_is_refused_over_raw_http(server, files, value):
+    url = server[1]
+    stream = raw_call(url, "predict", [file_data(upload(url, files["png"])), value])
+    assert "event: error" in stream and "finite" in stream, stream[-300:]
+    assert "threshold nan" not in stream.lower()
 
 
 def test_upload_over_the_size_limit_is_refused(server, tmp_path):
@@ -405,12 +497,13 @@ def test_shipped_models_on_the_examples(shipped_server):
     """
     for ex in shipped_examples():
         truth = cv2.imread(str(ex.mask), cv2.IMREAD_GRAYSCALE) > 127
-        _, overlay_path, mask_path, _, _, r = call(shipped_server, ex.image)
+        _, _, overlay_path, mask_path, _, r = call(shipped_server, ex.image)
         pred = cv2.imread(mask_path, cv2.IMREAD_GRAYSCALE) > 127
         if truth.any():
             assert r["tumor_detected"] and dice(pred, truth) >= 0.5, (ex.image.name, r, dice(pred, truth))
             overlay = cv2.imread(overlay_path)[..., ::-1]
             assert ((overlay[..., 1] == 255) & (overlay[..., 0] == 0)).any()  # the truth outline is drawn
+            assert r["dice"] == pytest.approx(dice(pred, truth), abs=1e-4)
         else:
             assert r["tumor_area_px"] == 0 and not pred.any(), (ex.image.name, r)
 
@@ -470,3 +563,21 @@ def test_expired_upload_gets_a_clear_error_without_logging_its_name(server, file
         stream = c.get(url + f"call/predict/{event}").text
     assert "event: error" in stream and "no longer on the server" in stream
     assert "Jane_Roe" not in "".join(capfd.readouterr())
+
+
+def test_readme_security_section_states_the_limits_in_force():
+    """The README's "Security and privacy" figures are those of brainseg.images' Limits and the app's settings."""
+    from brainseg.images import DEFAULT_LIMITS as lim
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Security and privacy", 1)[1].split("\n## ", 1)[0]
+    mib = 2**20
+    every, age = app.DELETE_CACHE
+    for words in (f"Every {every} s", f"older than {age} s", app.MAX_FILE_SIZE.replace("mb", " MB"),
+                  f"{lim.min_side} to {lim.max_side} px a side", f"{lim.max_side} x {lim.max_side} pixels",
+                  f"{lim.max_decoded_bytes // mib} MiB", f"{lim.max_pages} pages", f"{lim.max_slices} slices",
+                  f"{lim.max_case_pixels / 1e6:.1f} M pixels", f"{lim.max_zip_members} members",
+                  f"{lim.max_member_bytes // mib} MiB a member", f"{lim.max_zip_bytes // mib} MiB in all",
+                  f"{lim.max_ratio}:1", f"{app.CONCURRENCY_LIMIT} slice requests", f"{app.MAX_QUEUE} waiting"):
+        assert words in section, words
+    assert lim.max_pixels == lim.max_side ** 2 and lim.max_bytes // mib == int(app.MAX_FILE_SIZE[:-2])

@@ -1,24 +1,23 @@
 """The app's whole-case tab through the API: /predict_case on a live loopback server."""
-import io
 import zipfile
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
+import tifffile
 from gradio_client import Client, handle_file
 
 import app
+from brainseg import webapp
 from brainseg.inference import Predictor
 from conftest import write_case
 from test_app import REQUEST_TIMEOUT, serve
 
-import numpy as np
 
-
-@pytest.fixture(scope="module")
-def case_zip(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("case")
-    folder = write_case(d, "TCGA_CS_0009_20000101", 6, np.random.default_rng(3), size=64)
-    z = d / "case.zip"
+def zip_case(d: Path, name: str, n: int, seed: int) -> Path:
+    folder = write_case(d, name, n, np.random.default_rng(seed), size=64)
+    z = d / f"{name}.zip"
     with zipfile.ZipFile(z, "w") as zf:
         for f in sorted(folder.iterdir()):
             zf.write(f, f"{folder.name}/{f.name}")
@@ -26,27 +25,77 @@ def case_zip(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def client(tiny_checkpoints, tmp_path_factory):
-    predictor = Predictor.from_sources(str(tiny_checkpoints["segmenter"]), str(tiny_checkpoints["classifier"]))
+def case_zip(tmp_path_factory) -> Path:
+    return zip_case(tmp_path_factory.mktemp("case"), "TCGA_CS_0009_20000101", 6, 3)
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_checkpoints):
+    return Predictor.from_sources(str(tiny_checkpoints["segmenter"]), str(tiny_checkpoints["classifier"]))
+
+
+@pytest.fixture(scope="module")
+def client(predictor, tmp_path_factory):
     with serve(predictor, tmp_path_factory.mktemp("no_examples")) as (demo, url):
         yield Client(url, verbose=False)
 
 
-def predict_case(client, paths, threshold=0.5):
-    return client.submit([handle_file(str(p)) for p in paths], threshold,
+def predict_case(client, paths, threshold=0.5, spacing=""):
+    return client.submit([handle_file(str(p)) for p in paths], threshold, spacing,
                          api_name="/predict_case").result(timeout=REQUEST_TIMEOUT)
 
 
-def test_predict_case_returns_summary_plot_montage_and_masks(client, case_zip):
-    summary, plot, montage, masks = predict_case(client, [case_zip])
+def test_predict_case_returns_text_plot_montage_masks_and_json(client, case_zip):
+    text, plot, montage, masks, summary = predict_case(client, [case_zip])
     assert summary["case"] == "TCGA_CS_0009_20000101" and summary["slices"] == 6
     assert [s["slice"] for s in summary["per_slice"]] == list(range(1, 7))
     assert summary["dice"] is not None  # the zip carries its masks
     assert summary["tumor_volume_voxels"] == sum(s["tumor_area_px"] for s in summary["per_slice"])
     assert Path(plot).read_bytes()[:4] == b"\x89PNG" and Path(montage).read_bytes()[:4] == b"\x89PNG"
-    import tifffile
     pages = tifffile.imread(masks)
     assert pages.shape == (6, 64, 64) and set(np.unique(pages)) <= {0, 255}
+    # a few readable lines, from the same JSON; per_slice stays in the JSON
+    assert text.startswith("TCGA_CS_0009_20000101: 6 slices") and len(text.splitlines()) <= 5
+    assert f"{summary['tumor_volume_voxels']:,} voxels" in text and "Dice" in text and "per_slice" not in text
+
+
+def test_spacing_gives_the_volume_in_ml(client, case_zip):
+    *_, summary = predict_case(client, [case_zip], 0.05, "0.5, 0.5, 2")
+    assert summary["spacing_mm"] == [0.5, 0.5, 2.0]
+    assert summary["tumor_volume_ml"] == pytest.approx(summary["tumor_volume_voxels"] * 0.5 / 1000, abs=1e-4)
+    text = predict_case(client, [case_zip], 0.05, "0.5 0.5 2")[0]
+    assert f"{summary['tumor_volume_ml']:.2f} mL" in text
+    with pytest.raises(Exception, match="three sizes in mm"):
+        predict_case(client, [case_zip], 0.5, "1, 1")
+
+
+def test_dollar_signs_in_names_are_plain_text(client, tmp_path):
+    """Issue 10.6: `$` in slice names broke the plot (matplotlib maths); they are shown as written."""
+    for name in ("a$^$b", "A$x^2$B"):
+        z = zip_case(tmp_path, name, 3, 5)
+        text, plot, *_, summary = predict_case(client, [z])
+        assert summary["case"] == name and text.startswith(name)
+        assert cv2.imread(plot) is not None
+
+
+def test_viewer_frames_are_full_size_overlays(predictor, case_zip, tmp_path):
+    out = webapp.analyse_case(predictor, [str(case_zip)], 0.05, "", tmp_path / "out")
+    v = out.viewer
+    assert v["numbers"] == list(range(1, 7)) and len(v["frames"]) == 6 and v["start"] in v["numbers"]
+    frame = cv2.imread(webapp.viewer_frame(v, 3))
+    assert frame.shape == (512, 512, 3)  # a 64 px slice, drawn at the display's minimum size
+    slider, first = webapp.first_frame(v)
+    assert slider["minimum"] == 1 and slider["maximum"] == 6 and slider["value"] == v["start"]
+    assert first == webapp.viewer_frame(v, v["start"])
+    assert webapp.viewer_frame(v, 99) is None and webapp.viewer_frame(None, 1) is None
+
+
+def test_example_case_is_small_and_loads(predictor, tmp_path):
+    cases = app.find_example_cases(app.EXAMPLES_DIR)
+    assert len(cases) == 1 and cases[0].stat().st_size < 400_000
+    out = webapp.analyse_case(predictor, [str(cases[0])], None, "", tmp_path / "out")
+    assert out.json["case"] == "TCGA_HT_A616_19991226" and out.json["slices"] == 13 and out.json["dice"] is not None
+    assert cases[0].name in (app.EXAMPLES_DIR / "ATTRIBUTION.md").read_text()
 
 
 def test_bad_case_gets_an_error_and_the_server_goes_on(client, case_zip, tmp_path):
@@ -55,5 +104,5 @@ def test_bad_case_gets_an_error_and_the_server_goes_on(client, case_zip, tmp_pat
         zf.writestr("../evil.tif", b"x")
     with pytest.raises(Exception, match=r"(?i)\.\.|path|member|unsafe"):
         predict_case(client, [bad])
-    summary, *_ = predict_case(client, [case_zip])
+    *_, summary = predict_case(client, [case_zip])
     assert summary["slices"] == 6
