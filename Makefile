@@ -9,10 +9,12 @@ STAMP  := $(VENV)/.installed
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-# Reinstall only when the requirements change, so a second `make test` is fast.
-$(STAMP): requirements.txt requirements-dev.txt | $(PY)
+# Reinstall only when the requirements change, so a second `make test` is fast. The package itself goes in
+# editable (`pip install -e .`), so `import brainseg` and the brainseg-* commands work from anywhere.
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,6 +1,5 @@
 """Shared fixtures: a synthetic kaggle_3m tree (ellipse 'tumours') and tiny-model checkpoints."""
 import os
-import sys
 from pathlib import Path
 
 import cv2
@@ -9,7 +8,6 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")

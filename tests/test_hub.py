@@ -456,3 +456,19 @@ def test_shipped_cards_are_what_the_card_command_writes(kind):
         pytest.skip(f"no shipped {kind} in {folder}")
     assert cards.stale_card_reason(folder, kind) is None
     assert json.loads((folder / "config.json").read_text())["model_class"] == sources.MODEL_CLASSES[kind]
+
+
+def test_package_is_installed_with_its_commands():
+    """`make install` runs `pip install -e .`: the package, its version and the brainseg-* commands."""
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution("brainseg")
+    except metadata.PackageNotFoundError:
+        pytest.skip("brainseg is not pip-installed here (make install does it)")
+    assert dist.version == brainseg.__version__
+    scripts = {e.name: e.value for e in dist.entry_points if e.group == "console_scripts"}
+    assert scripts == {"brainseg-evaluate": "brainseg.evaluate:main", "brainseg-predict": "brainseg.predict:main",
+                       "brainseg-card": "brainseg.hub:main"}
+    requires = {r.split("==")[0].lower() for r in dist.requires or []}
+    assert {"torch", "timm", "huggingface_hub", "safetensors", "jinja2"} <= requires  # pins from requirements.txt
