@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
@@ -15,6 +14,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from .config import PreprocessConfig
+from .images import DATASET_LIMITS, InvalidImageError, load_mask, load_slice
 from .preprocess import normalize_slice, resize
 
 PathLike = Union[str, Path]
@@ -82,19 +82,20 @@ def find_cases(root: PathLike, require_masks: bool = True) -> List[Case]:
 
 
 def read_image(path: PathLike) -> np.ndarray:
-    """A slice image as uint8 HxWx3 in the file's channel order (pre-contrast, FLAIR, post-contrast)."""
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise OSError(f"Cannot read image file {path}")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)  # OpenCV decodes to BGR; undo it to keep file order
+    """A slice image as HxWx3 in the file's channel order (pre-contrast, FLAIR, post-contrast), through
+    :func:`brainseg.images.load_slice`, so training sees what the app sees (uint8 for 8-bit files)."""
+    try:
+        return load_slice(path, limits=DATASET_LIMITS)
+    except InvalidImageError as e:
+        raise OSError(f"Cannot read image file {path}: {e}") from None
 
 
 def read_mask(path: PathLike) -> np.ndarray:
-    """A mask as uint8 HxW of 0/1 (files hold 0/255)."""
-    m = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if m is None:
-        raise OSError(f"Cannot read mask file {path}")
-    return (m > 127).astype(np.uint8)
+    """A mask as uint8 HxW of 0/1 (files hold 0/255), through :func:`brainseg.images.load_mask`."""
+    try:
+        return load_mask(path, limits=DATASET_LIMITS)
+    except InvalidImageError as e:
+        raise OSError(f"Cannot read mask file {path}: {e}") from None
 
 
 # ---------------------------------------------------------------- patient-level split

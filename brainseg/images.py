@@ -1,52 +1,45 @@
 """Decode and validate untrusted image files: bytes -> HxWx3 slice in the file's own dtype, or an error.
 
-Everything a user can upload goes through :func:`decode_image` before it reaches a model. It
-reads TIFF (8/16-bit, float, multi-page: the first page), PNG (8/16-bit) and JPEG, and keeps the
-full dynamic range: a 16-bit or float slice is passed on as uint16 or float32, because the
-Predictor's per-slice normalisation handles any dtype. Alpha is dropped, palettes are expanded,
-a grayscale file is taken as the FLAIR channel alone (replicated to three channels, and said
-so), and the EXIF/TIFF orientation is applied, so rotated copies of a slice give one answer.
+This is the only decoder of slice pixels: the one-slice tab, the whole-case readers
+(:mod:`brainseg.case_io`) and training (:func:`brainseg.data.read_image`) all read through it,
+so one file gives one array everywhere. It reads TIFF (8/16-bit, float, multi-page), PNG
+(8/16-bit) and JPEG, and keeps the full dynamic range: a 16-bit or float slice stays uint16 or
+float32, because the Predictor's per-slice normalisation handles any dtype. Alpha is dropped,
+palettes are expanded, a grayscale file is taken as the FLAIR channel alone (replicated to three
+channels, and said so), and the EXIF/TIFF orientation is applied.
 
-Anything else raises :class:`InvalidImageError`, whose message says what is wrong and what to
-do; the app shows it to the user as it is. Sizes are checked from the header before any pixel
-is decoded, so a decompression bomb costs nothing.
+What one request may cost is one :class:`Limits`; sizes (pixels, and decoded bytes: channels x
+bytes per sample) are checked from the header before any pixel is decoded, so a decompression
+bomb costs nothing. Anything else raises :class:`InvalidImageError`, whose message names the
+file and says what is wrong and what to do.
 
 Example:
-    >>> img = decode_image(open("TCGA_CS_4941_19960909_22.tif", "rb").read())
-    >>> img.array.shape, img.array.dtype, img.channels_replicated
-    ((256, 256, 3), dtype('uint8'), False)
+    >>> img = load_slice("TCGA_CS_4941_19960909_22.tif")  # uint8 HxWx3: pre-contrast, FLAIR, post-contrast
+    >>> img.shape, img.dtype
+    ((256, 256, 3), dtype('uint8'))
 """
 import io
+import os
 import warnings
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from pathlib import Path
+from typing import List, Optional, Tuple, Union
 
 import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-MAX_BYTES = 20 * 1024 * 1024
-MAX_PIXELS = 40_000_000
-MAX_SIDE = 4096
-MIN_SIDE = 32
+from .limits import (DATASET_LIMITS, DEFAULT_LIMITS, InvalidImageError, Limits, MiB, check_budget,  # noqa: F401
+                     check_size, decoded_bytes, named)
+from .tiff_pages import read_tiff_stack
+
 KINDS = "TIFF, PNG or JPEG"
 
-_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _ORIENTATION_TAG = 0x0112
-
-
-class InvalidImageError(ValueError):
-    """An upload that cannot be used as a slice. ``reason`` is a short code for logs and tests.
-
-    Reasons: ``empty``, ``too_big_file``, ``not_image``, ``corrupt``, ``too_large``, ``too_small``,
-    ``unsupported``.
-    """
-
-    def __init__(self, message: str, reason: str):
-        super().__init__(message)
-        self.reason = reason
+_F32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass
@@ -97,123 +90,74 @@ def apply_orientation(a: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(op(a)) if op else a
 
 
-def check_size(width: int, height: int, n_bytes: int, max_side: int = MAX_SIDE, min_side: int = MIN_SIDE,
-               max_pixels: int = MAX_PIXELS) -> None:
-    """Refuse a declared size before decoding: over ``max_side`` or ``max_pixels``, or under ``min_side``."""
-    pixels = int(width) * int(height)
-    if width > max_side or height > max_side or pixels > max_pixels:
-        bomb = pixels > 1000 * max(n_bytes, 1)
-        raise InvalidImageError(
-            f"The image is {width}x{height} pixels ({pixels / 1e6:.1f} megapixels); the limit is {max_side} px a side "
-            f"and {max_pixels / 1e6:.0f} megapixels"
-            + (f" (a {n_bytes / 1024:.0f} KB file declaring that many pixels looks like a decompression bomb)"
-               if bomb else "")
-            + ". Upload a single MRI slice (kaggle_3m slices are 256x256).", "too_large")
-    if width < min_side or height < min_side:
-        raise InvalidImageError(
-            f"The image is {width}x{height} pixels, too small for an MRI slice (at least {min_side}x{min_side}). "
-            f"Upload the slice at its original resolution.", "too_small")
+# ---------------------------------------------------------------- channels and values: the one place
 
+def to_slice(a: np.ndarray, what: str = "The image", alpha: bool = False,
+             nonfinite: str = "refuse") -> Tuple[np.ndarray, int, bool]:
+    """A decoded HxW or HxWxC array -> (HxWx3 uint8/uint16/float32, file channels, replicated).
 
-def _to_supported_dtype(a: np.ndarray, what: str) -> np.ndarray:
-    """Keep uint8/uint16/float32; widen other integer and float types losslessly where possible to float32."""
-    if a.dtype in (np.uint8, np.uint16, np.float32):
-        return a
-    if a.dtype == np.bool_:
-        raise InvalidImageError(f"The {what} is a 1-bit (black and white) image, not an MRI slice "
-                                f"(is it a mask?). Upload the slice itself.", "unsupported")
-    if np.issubdtype(a.dtype, np.integer) or a.dtype in (np.float16, np.float64):
-        return a.astype(np.float32)
-    raise InvalidImageError(f"The {what} holds {a.dtype} pixels; expected 8-bit, 16-bit or float values.",
-                            "unsupported")
-
-
-def _to_slice(a: np.ndarray, what: str, alpha: bool) -> Tuple[np.ndarray, int, bool]:
-    """HxW, HxWx1..4 -> (HxWx3, file channels, replicated). ``alpha``: a trailing 2nd/4th channel is alpha."""
+    Args:
+        a: pixels as decoded, channels last, in the file's order.
+        what: how messages name it ("The TIFF image", "vol.nii.gz slice 3").
+        alpha: a trailing 2nd or 4th channel is alpha, dropped.
+        nonfinite: "refuse" NaN/infinite values (a slice), or "zero" them (a volume's background).
+    """
     if a.ndim == 2:
         a = a[..., None]
     if a.ndim != 3:
-        raise InvalidImageError(f"The {what} has pixel array shape {a.shape}; expected one 2-D slice "
+        raise InvalidImageError(f"{what} has pixel array shape {a.shape}; expected one 2-D slice "
                                 f"(height x width, with 1 or 3 channels).", "unsupported")
     c = a.shape[2]
     if c in (2, 4) and alpha:
         a, c = a[..., :c - 1], c - 1
+    if c not in (1, 3):
+        raise InvalidImageError(f"{what} has {c} channels (shape {a.shape}); expected 3 (pre-contrast, FLAIR, "
+                                f"post-contrast) or 1 (FLAIR alone).", "unsupported")
+    a = _supported_values(a, what, nonfinite)
     if c == 1:
         return np.repeat(a, 3, axis=2), 1, True
-    if c == 3:
-        return a, 3, False
-    raise InvalidImageError(f"The {what} has {c} channels (shape {a.shape}); expected 3 (pre-contrast, FLAIR, "
-                            f"post-contrast) or 1 (FLAIR alone).", "unsupported")
+    return np.ascontiguousarray(a), 3, False
 
 
-def _check_values(a: np.ndarray, what: str) -> None:
-    if a.dtype.kind == "f" and not np.isfinite(a).all():
-        raise InvalidImageError(f"The {what} contains NaN or infinite values ({a.dtype}); "
-                                f"replace them (e.g. with 0) and upload again.", "unsupported")
+def _supported_values(a: np.ndarray, what: str, nonfinite: str) -> np.ndarray:
+    """Keep uint8/uint16/float32; other numbers become float32 unchanged, or an error saying why they cannot."""
+    if a.dtype == np.bool_:
+        raise InvalidImageError(f"{what} is a 1-bit (black and white) image, not an MRI slice "
+                                f"(is it a mask?). Upload the slice itself.", "unsupported")
+    if a.dtype.kind == "f":
+        finite = np.isfinite(a)
+        if not finite.all():
+            if nonfinite != "zero":
+                raise InvalidImageError(f"{what} contains NaN or infinite values ({a.dtype}); "
+                                        f"replace them (e.g. with 0) and upload again.", "unsupported")
+            a = np.where(finite, a, 0)
+        if a.dtype == np.float64 and a.size and np.abs(a).max() > _F32_MAX:
+            raise InvalidImageError(f"{what} holds values up to {np.abs(a).max():.3g}, beyond the float32 range "
+                                    f"(±{_F32_MAX:.3g}) the models compute in; rescale the pixels and upload again.",
+                                    "unsupported")
+    if a.dtype in (np.uint8, np.uint16, np.float32):
+        return a
+    if a.dtype.kind in "uif":
+        return a.astype(np.float32)
+    raise InvalidImageError(f"{what} holds {a.dtype} pixels; expected 8-bit, 16-bit or float values.", "unsupported")
 
 
-def _decode_tiff(data: bytes, limits: dict) -> Tuple[np.ndarray, bool, bool, int]:
-    """(pixels, multipage, has alpha, orientation) of a TIFF's first page; tifffile, else libtiff via OpenCV."""
-    import tifffile
+def to_mask(a: np.ndarray, what: str = "The mask") -> np.ndarray:
+    """A decoded mask (any dtype, HxW or HxWxC) -> uint8 HxW of 0/1: over half the range is tumour; 0/1 files too."""
+    if a.ndim == 3:
+        a = a.max(axis=2)
+    if a.ndim != 2:
+        raise InvalidImageError(f"{what} has pixel array shape {a.shape}; expected a 2-D mask.", "unsupported")
+    if a.dtype == np.bool_:
+        return a.astype(np.uint8)
+    if a.dtype.kind == "f":
+        return (np.nan_to_num(a) > 0.5).astype(np.uint8)
+    top = int(a.max()) if a.size else 0
+    half = 0 if top <= 1 else (np.iinfo(a.dtype).max // 2 if a.dtype.kind in "ui" else 127)
+    return (a > half).astype(np.uint8)
 
-    try:
-        with tifffile.TiffFile(io.BytesIO(data)) as tif:
-            page = tif.pages.first
-            try:  # only whether a second page exists: counting them all would parse every IFD
-                tif.pages[1]
-                multipage = True
-            except (IndexError, KeyError):
-                multipage = False
-            shape, axes = tuple(page.shape), page.axes
-            ysize, xsize = int(page.imagelength), int(page.imagewidth)
-            check_size(xsize, ysize, len(data), **limits)
-            if int(np.prod(shape)) > 4 * ysize * xsize or "Y" not in axes or "X" not in axes:
-                raise InvalidImageError(f"The TIFF's first page has shape {shape} (axes {axes}); expected one 2-D "
-                                        f"slice with 1 or 3 channels.", "unsupported")
-            ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts)]
-            if not ends or max(ends) > len(data):
-                raise InvalidImageError(f"The TIFF is truncated: its pixel data should run to byte "
-                                        f"{max(ends, default=0)} but the file has {len(data)} bytes. "
-                                        f"Upload the complete file.", "corrupt")
-            tag = page.tags.get(_ORIENTATION_TAG)
-            orientation = int(tag.value) if tag is not None else 1
-            orientation = orientation if 1 <= orientation <= 8 else 1
-            alpha = bool(page.extrasamples) or int(page.samplesperpixel) in (2, 4)
-            try:
-                a = page.asarray()
-                if axes.startswith("S"):  # planar configuration: samples first
-                    a = np.moveaxis(a, 0, -1)
-                if page.photometric == tifffile.PHOTOMETRIC.PALETTE and page.colormap is not None:
-                    cmap = page.colormap.T
-                    a = (cmap >> 8 if cmap.max() > 255 else cmap).astype(np.uint8)[a]
-                    alpha = False
-                elif page.photometric == tifffile.PHOTOMETRIC.MINISWHITE:
-                    raise InvalidImageError("The TIFF stores inverted grayscale (MinIsWhite); save it as a normal "
-                                            "grayscale or RGB TIFF.", "unsupported")
-            except ValueError as e:
-                if "imagecodecs" not in str(e):
-                    raise
-                # tifffile alone cannot decode LZW or JPEG; libtiff (OpenCV) can, from the same bytes.
-                a = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-                if a is None:
-                    raise InvalidImageError(f"The TIFF is truncated or corrupt, or uses a compression this server "
-                                            f"cannot read ({page.compression.name}). Save it uncompressed, with "
-                                            f"deflate or with LZW.", "corrupt") from None
-                if a.ndim == 3 and a.shape[2] >= 3:
-                    a = a[..., [2, 1, 0, 3][:a.shape[2]]]  # OpenCV decodes to BGR(A)
-                # libtiff applies the orientation tag itself (whatever the flags say), so it is done.
-                oriented = (ysize, xsize) if orientation < 5 else (xsize, ysize)
-                orientation = 1
-                if a.shape[:2] != oriented:
-                    raise InvalidImageError(f"The TIFF is corrupt: its header says {xsize}x{ysize} but it decodes "
-                                            f"to {a.shape[1]}x{a.shape[0]}.", "corrupt") from None
-    except InvalidImageError:
-        raise
-    except Exception as e:  # noqa: BLE001 - tifffile raises many kinds for broken files
-        raise InvalidImageError(f"The TIFF is truncated or corrupt and cannot be read ({type(e).__name__}). "
-                                f"Export the slice again.", "corrupt") from None
-    return a, multipage, alpha, orientation
 
+# ---------------------------------------------------------------- formats
 
 def header_size(data: bytes, fmt: str) -> Optional[Tuple[int, int]]:
     """(width, height) from a PNG's IHDR or a JPEG's SOF marker, read before Pillow sees the file."""
@@ -245,23 +189,23 @@ def _png_is_16bit_colour(data: bytes) -> bool:
     return len(data) > 25 and data[12:16] == b"IHDR" and data[24] == 16 and data[25] in (2, 6)
 
 
-def _decode_pil(data: bytes, fmt: str, limits: dict) -> Tuple[np.ndarray, bool, bool, int]:
-    """(pixels, multipage, has alpha, orientation) of a PNG or JPEG, Pillow's bomb warning made an error."""
+def _decode_pil(data: bytes, fmt: str, limits: Limits, mask: bool) -> Tuple[np.ndarray, bool, int]:
+    """(pixels, has alpha, orientation) of a PNG or JPEG, Pillow's bomb warning made an error."""
     size = header_size(data, fmt)
     if size is not None:
-        check_size(*size, len(data), **limits)
+        check_size(*size, len(data), limits)
     try:
         # catch_warnings is process-wide: the worst two threads racing here can do is leave the
         # error filter on, which is what this module wants anyway.
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data), formats=[fmt.upper()]) as im:
-                check_size(im.width, im.height, len(data), **limits)
+                check_size(im.width, im.height, len(data), limits)
                 im.load()
                 orientation = im.getexif().get(_ORIENTATION_TAG, 1)
                 orientation = orientation if orientation in range(1, 9) else 1
                 mode = im.mode
-                if mode == "1":
+                if mode == "1" and not mask:
                     raise InvalidImageError("The image is 1-bit (black and white), not an MRI slice (is it a "
                                             "mask?). Upload the slice itself.", "unsupported")
                 if mode in ("P", "PA"):
@@ -289,36 +233,89 @@ def _decode_pil(data: bytes, fmt: str, limits: dict) -> Tuple[np.ndarray, bool, 
         kind = "truncated" if "truncated" in str(e) else "truncated or corrupt"
         raise InvalidImageError(f"The {fmt.upper()} file is {kind} and cannot be read ({type(e).__name__}). "
                                 f"Export the slice again.", "corrupt") from None
-    return a, False, alpha, orientation
+    return a, alpha, orientation
 
 
-def decode_image(data: bytes, *, max_bytes: int = MAX_BYTES, max_side: int = MAX_SIDE, min_side: int = MIN_SIDE,
-                 max_pixels: int = MAX_PIXELS) -> DecodedImage:
-    """Decode one uploaded slice and check it, or raise :class:`InvalidImageError` saying what is wrong.
-
-    Args:
-        data: the file's bytes (its name and extension are not trusted; the content decides).
-        max_bytes, max_side, min_side, max_pixels: limits, checked before any pixel is decoded.
-    Returns:
-        a :class:`DecodedImage` whose ``array`` is HxWx3 uint8, uint16 or float32, orientation applied.
-    """
+def _check_bytes(data: bytes, limits: Limits) -> str:
     if data is None or len(data) == 0:
         raise InvalidImageError("The upload is empty (0 bytes). Choose a TIFF, PNG or JPEG slice.", "empty")
-    if len(data) > max_bytes:
-        raise InvalidImageError(f"The file is {len(data) / 2**20:.1f} MB; the limit is {max_bytes / 2**20:.0f} MB "
+    if len(data) > limits.max_bytes:
+        raise InvalidImageError(f"The file is {len(data) / MiB:.1f} MB; the limit is {limits.max_bytes / MiB:.0f} MB "
                                 f"for one slice.", "too_big_file")
     fmt = sniff_format(data)
     if fmt is None:
         raise InvalidImageError(f"The file is not a {KINDS} image (its first bytes match none of them). "
                                 f"Upload an MRI slice in one of these formats.", "not_image")
-    limits = dict(max_side=max_side, min_side=min_side, max_pixels=max_pixels)
+    return fmt
+
+
+def _decode(data: bytes, limits: Limits, mask: bool) -> Tuple[np.ndarray, str, bool, bool, int]:
+    """(pixels as decoded, format, multipage, has alpha, orientation)."""
+    fmt = _check_bytes(data, limits)
     if fmt == "tiff":
-        a, multipage, alpha, orientation = _decode_tiff(data, limits)
-    else:
-        a, multipage, alpha, orientation = _decode_pil(data, fmt, limits)
-    what = f"{fmt.upper()} image"
-    a = _to_supported_dtype(np.asarray(a), what)
-    a, channels, replicated = _to_slice(a, what, alpha)
-    _check_values(a, what)
+        stack = read_tiff_stack(data, limits, first_only=True)
+        page = stack.pages[0]
+        return page.array, fmt, stack.multipage, page.alpha, page.orientation
+    a, alpha, orientation = _decode_pil(data, fmt, limits, mask)
+    return np.asarray(a), fmt, False, alpha, orientation
+
+
+def decode_image(data: bytes, *, limits: Limits = DEFAULT_LIMITS, name: Optional[str] = None) -> DecodedImage:
+    """Decode one slice file and check it, or raise :class:`InvalidImageError` saying what is wrong.
+
+    Args:
+        data: the file's bytes (its name and extension are not trusted; the content decides).
+        limits: checked before any pixel is decoded.
+        name: the file's name, put in front of every message.
+    Returns:
+        a :class:`DecodedImage` whose ``array`` is HxWx3 uint8, uint16 or float32, orientation applied.
+    """
+    try:
+        a, fmt, multipage, alpha, orientation = _decode(data, limits, mask=False)
+        a, channels, replicated = to_slice(a, f"The {fmt.upper()} image", alpha)
+    except InvalidImageError as e:
+        raise named(e, name) from None
     a = apply_orientation(a, orientation)
     return DecodedImage(np.ascontiguousarray(a), fmt, channels, replicated, multipage, orientation)
+
+
+def decode_mask(data: bytes, *, limits: Limits = DEFAULT_LIMITS, name: Optional[str] = None) -> np.ndarray:
+    """Decode a ground-truth mask file -> uint8 HxW of 0/1 (files hold 0/255, 0/1 or 0/65535; 1-bit too)."""
+    try:
+        a, fmt, _, alpha, orientation = _decode(data, limits, mask=True)
+        if alpha and a.ndim == 3:
+            a = a[..., :-1]
+        m = to_mask(a, f"The {fmt.upper()} mask")
+    except InvalidImageError as e:
+        raise named(e, name) from None
+    return apply_orientation(m, orientation)
+
+
+def read_file(path: Union[str, Path], max_bytes: int) -> bytes:
+    """A local file's bytes, its size checked before it is read."""
+    path = Path(path)
+    size = os.stat(path).st_size
+    if size > max_bytes:
+        raise InvalidImageError(f"{path.name}: the file is {size / MiB:.1f} MB; the limit is {max_bytes / MiB:.0f} MB "
+                                f"for one slice.", "too_big_file")
+    return path.read_bytes()
+
+
+def load_slice(path: Union[str, Path], *, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
+    """Read one slice file as the app and the models see it: HxWx3, pre-contrast, FLAIR, post-contrast.
+
+    Use this rather than ``cv2.imread``, which returns the channels reversed (BGR). 8-bit files
+    (every kaggle_3m slice) give uint8; 16-bit and float files keep their range as uint16 or
+    float32, which the Predictor normalises per slice. Raises :class:`InvalidImageError` (a
+    ValueError) naming the file, or OSError when it cannot be opened.
+
+    Example:
+        >>> from brainseg.images import load_slice
+        >>> prediction = predictor.predict(load_slice("TCGA_CS_4941_19960909_22.tif"))
+    """
+    return decode_image(read_file(path, limits.max_bytes), limits=limits, name=Path(path).name).array
+
+
+def load_mask(path: Union[str, Path], *, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
+    """Read one ground-truth mask file as uint8 HxW of 0/1 (see :func:`decode_mask`)."""
+    return decode_mask(read_file(path, limits.max_bytes), limits=limits, name=Path(path).name)

@@ -11,6 +11,7 @@ multi-page TIFF or a NIfTI file. For each case it writes, under ``--out`` only:
 
     OUT/<case>/<case>_<n>_mask.tif    predicted mask of slice n, uint8 0/255 (the kaggle_3m naming)
     OUT/<case>/<case>_summary.json    the case summary (volume, largest slice, per-slice figures, Dice)
+    OUT/<case>/<case>_masks.tif       all masks as one multi-page uint8 0/255 TIFF (the app's download), or
     OUT/<case>/<case>_masks.nii.gz    for NIfTI input: the masks on the input's own voxel grid
     OUT/<case>/<case>_probability.png, <case>_overlays.png   with --figures
     OUT/predictions.csv               case, slice, tumor_probability, tumor_detected, tumor_area_px, dice
@@ -18,7 +19,9 @@ multi-page TIFF or a NIfTI file. For each case it writes, under ``--out`` only:
 ``dice`` is filled where ground-truth masks exist: the CSV holds each slice's Dice, the JSON the
 per-case Dice over the whole stack (as ``brainseg.evaluate`` computes it). Bad input stops with a
 message and exit status 2; in a folder of cases, a bad case is skipped with a message and the exit
-status is 1.
+status is 1. Progress goes to stderr: how many cases were found, then a bar over them (``--quiet``
+hides both); one line a case goes to stdout. The files are written by
+:func:`brainseg.case_io.write_case_outputs`, the app's writer too.
 """
 import argparse
 import csv
@@ -27,10 +30,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-import cv2
-
-from .cases import (IMAGE_EXTS, CaseInput, analyze_case, case_montage, file_ext, load_case, parse_slice_name,
-                    plot_probabilities, safe_name, summarize, write_mask_nifti)
+from .case_io import IMAGE_EXTS, CaseInput, file_ext, inside, load_case, parse_slice_name, safe_name, write_case_outputs
 
 CSV_FIELDS = ["case", "slice", "tumor_probability", "tumor_detected", "tumor_area_px", "dice"]
 
@@ -66,16 +66,8 @@ def discover(input_path: Path, out: Path) -> List[object]:
     return folders
 
 
-def inside(root: Path, path: Path) -> Path:
-    """``path`` resolved (symbolic links followed), or a ValueError when it lies outside ``root``."""
-    resolved = path.resolve()
-    if not resolved.is_relative_to(root.resolve()):
-        raise ValueError(f"Refusing to write {path}: it resolves to {resolved}, outside the output folder {root}")
-    return resolved
-
-
 def write_case(case: CaseInput, result, out: Path, used: set, figures: bool = False) -> Tuple[Path, dict]:
-    """Write one case's masks (kaggle_3m naming), summary JSON and optional figures under ``out``; returns (folder, summary)."""
+    """Write one case's outputs into ``out/<case>`` (a fresh, safe name); returns (folder, summary)."""
     name = safe_name(case.name)
     base, k = name, 2
     while name in used:  # two inputs with the same (sanitised) case name must not overwrite each other
@@ -87,20 +79,8 @@ def write_case(case: CaseInput, result, out: Path, used: set, figures: bool = Fa
                          f"_mask files would be overwritten; choose another --out")
     folder.mkdir(parents=True, exist_ok=True)
     inside(out, folder)  # again, now that it exists: a symbolic link planted at out/<case> is caught
-    for n, mask in zip(result.slice_numbers, result.masks):
-        target = inside(out, folder / f"{name}_{n}_mask.tif")
-        if not cv2.imwrite(str(target), mask * 255):
-            raise OSError(f"Could not write {target}")
-    summary = summarize(result)
-    summary["case"] = name
-    inside(out, folder / f"{name}_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    if case.source_kind == "nifti":
-        write_mask_nifti(result, case, inside(out, folder / f"{name}_masks.nii.gz"))
-    if figures:
-        plot_probabilities(result, inside(out, folder / f"{name}_probability.png"))
-        cv2.imwrite(str(inside(out, folder / f"{name}_overlays.png")),
-                    cv2.cvtColor(case_montage(case, result), cv2.COLOR_RGB2BGR))
-    return folder, summary
+    paths = write_case_outputs(case, result, folder, figures=figures, slice_masks=True, name=name)
+    return folder, json.loads(paths["summary"].read_text())
 
 
 def csv_rows(summary: dict) -> List[dict]:
@@ -122,6 +102,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--figures", action="store_true", help="also write the probability plot and the overlay montage")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--quiet", action="store_true", help="no case count and progress bar on stderr")
     args = p.parse_args(argv)
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         p.error(f"--threshold must lie in [0, 1], got {args.threshold}")
@@ -140,14 +121,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         first = load_case(sources[0]) if len(sources) == 1 else None  # bad single input fails before the models load
         from .inference import Predictor  # torch loads only once the input has passed its checks
 
+        from .cases import analyze_case
+
         predictor = Predictor.from_sources(args.segmenter, args.classifier, device=args.device)
     except (FileNotFoundError, ValueError, OSError, RuntimeError) as e:  # RuntimeError: a checkpoint that does not fit
         p.error(str(e))
 
+    from tqdm import tqdm
+
     out.mkdir(parents=True, exist_ok=True)
     rows, used, failed, dices = [], set(), [], []
-    for src in sources:
+    total = len(sources)
+    if not args.quiet:
+        print(f"{total} case{'s' if total != 1 else ''} to predict, writing to {out}", file=sys.stderr)
+    bar = tqdm(sources, desc="predicting", unit="case", file=sys.stderr, disable=args.quiet or total < 2)
+    for k, src in enumerate(bar, start=1):
         label = Path(src[0] if isinstance(src, list) else src).name
+        bar.set_postfix_str(label, refresh=False)
         try:
             case = first if first is not None else load_case(src)
             if args.spacing:
@@ -157,7 +147,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except (ValueError, OSError) as e:
             if len(sources) == 1:
                 p.error(str(e))
-            print(f"skipped {label}: {e}", file=sys.stderr)
+            tqdm.write(f"[{k}/{total}] skipped {label}: {e}", file=sys.stderr)
             failed.append(label)
             continue
         rows += csv_rows(summary)
@@ -166,9 +156,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         vol = f"{summary['tumor_volume_voxels']} voxels" + (
             f" ({summary['tumor_volume_ml']:.2f} mL)" if summary["tumor_volume_ml"] is not None else "")
         n = summary["slices"]
-        print(f"{summary['case']}: {n} slice{'s' if n != 1 else ''}, {summary['tumor_slices']} with tumour, {vol}"
+        tqdm.write(f"[{k}/{total}] {summary['case']}: {n} slice{'s' if n != 1 else ''}, {summary['tumor_slices']} with tumour, {vol}"
               + (f", largest on slice {summary['largest_area_slice']}" if summary["largest_area_slice"] is not None else "")
-              + (f", Dice {summary['dice']:.4f}" if summary["dice"] is not None else "") + f" -> {folder}")
+              + (f", Dice {summary['dice']:.4f}" if summary["dice"] is not None else "") + f" -> {folder}",
+                   file=sys.stdout)
 
     if not rows:
         print("nothing predicted", file=sys.stderr)

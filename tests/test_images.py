@@ -11,8 +11,8 @@ from PIL import Image, ImageOps
 
 from brainseg.config import PreprocessConfig
 from brainseg.data import read_image
-from brainseg.images import (MAX_SIDE, InvalidImageError, apply_orientation, decode_image, header_size,
-                             sniff_format)
+from brainseg.images import (DEFAULT_LIMITS, InvalidImageError, Limits, apply_orientation, decode_image,
+                             header_size, sniff_format)
 from brainseg.preprocess import preprocess
 from conftest import SHARED_DATA, make_slice, needs_shared_data
 
@@ -202,7 +202,7 @@ def bad_files():
         ("10000x10000_png", pil_bytes(Image.new("L", (10000, 10000)), "PNG"), "too_large", "10000x10000"),
         ("10000x10000_tiff", pil_bytes(Image.new("1", (10000, 10000)), "TIFF", compression="packbits"),
          "too_large", "10000x10000"),
-        ("4097_wide_jpeg", pil_bytes(Image.new("RGB", (MAX_SIDE + 1, 40)), "JPEG"), "too_large", "4097x40"),
+        ("4097_wide_jpeg", pil_bytes(Image.new("RGB", (DEFAULT_LIMITS.max_side + 1, 40)), "JPEG"), "too_large", "4097x40"),
         ("bomb_png", pil_bytes(Image.new("1", (30000, 30000)), "PNG"), "too_large", "decompression bomb"),
         ("mask_1bit", pil_bytes(Image.new("1", (64, 64)), "PNG"), "unsupported", "1-bit"),
         ("nan_tiff", tiff(nan), "unsupported", "NaN"),
@@ -224,7 +224,7 @@ def test_bad_file_gets_a_clear_error(name, data, reason, words):
 
 def test_file_over_the_byte_limit_is_refused_before_decoding(rgb):
     with pytest.raises(InvalidImageError, match="limit is 0 MB") as e:
-        decode_image(png(rgb), max_bytes=1000)
+        decode_image(png(rgb), limits=Limits(max_bytes=1000))
     assert e.value.reason == "too_big_file"
 
 
@@ -232,5 +232,5 @@ def test_pillow_bomb_warning_is_an_error(rgb, monkeypatch):
     """Past our own limits, Pillow's DecompressionBombWarning is raised as an error, never just printed."""
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     with pytest.raises(InvalidImageError, match="too many pixels") as e:
-        decode_image(png(rgb), max_pixels=10**9)
+        decode_image(png(rgb), limits=Limits(max_pixels=10**9))
     assert e.value.reason == "too_large"

@@ -11,6 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import tifffile
 
 from brainseg.data import read_mask
 from brainseg.metrics import dice_score
@@ -39,7 +40,8 @@ def files_under(path: Path):
 def test_single_slice_with_truth_beside_it(synth_root, models, tmp_path):
     out = tmp_path / "out"
     assert main([str(synth_root / CASE / f"{CASE}_5.tif"), "--out", str(out)] + models) == 0
-    assert files_under(out) == sorted(["predictions.csv", f"{CASE}/{CASE}_5_mask.tif", f"{CASE}/{CASE}_summary.json"])
+    assert files_under(out) == sorted(["predictions.csv", f"{CASE}/{CASE}_5_mask.tif", f"{CASE}/{CASE}_masks.tif",
+                                       f"{CASE}/{CASE}_summary.json"])
     mask = cv2.imread(str(out / CASE / f"{CASE}_5_mask.tif"), cv2.IMREAD_UNCHANGED)
     assert mask.shape == (64, 64) and mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 255}
     (row,) = read_csv(out)
@@ -70,7 +72,17 @@ def test_kaggle_folder(synth_root, models, tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(SYNTH_CASES)
     rows = read_csv(out)
     assert len(rows) == 6 * 12 and {r["case"] for r in rows} == set(SYNTH_CASES)
-    assert "mean per-case Dice over 6 case(s)" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "mean per-case Dice over 6 case(s)" in printed.out
+    # issue 9.8: the count first, a bar over the cases, and each case's line numbered as it ends
+    assert "6 cases to predict" in printed.err and "predicting" in printed.err and "6/6" in printed.err
+    assert [line.split("]")[0] for line in printed.out.splitlines() if line.startswith("[")] == [
+        f"[{k}/6" for k in range(1, 7)]
+    stacked = tifffile.imread(out / CASE / f"{CASE}_masks.tif")  # the app's download, from the same writer
+    np.testing.assert_array_equal(stacked > 0, np.stack([read_mask(out / CASE / f"{CASE}_{n}_mask.tif")
+                                                         for n in range(1, 13)]) > 0)
+    assert main([str(synth_root), "--out", str(tmp_path / "quiet"), "--quiet"] + models) == 0
+    assert "predicting" not in capsys.readouterr().err
 
 
 def test_a_bad_case_in_a_kaggle_folder_is_skipped(synth_root, models, tmp_path, capsys):
@@ -98,8 +110,8 @@ def test_zip_and_unnumbered_png(synth_root, models, tmp_path):
     png = tmp_path / "brain scan.png"
     cv2.imwrite(str(png), make_slice(np.random.default_rng(0), 40)[0])
     assert main([str(png), "--out", str(tmp_path / "b")] + models) == 0
-    assert files_under(tmp_path / "b") == ["brain_scan/brain_scan_1_mask.tif", "brain_scan/brain_scan_summary.json",
-                                           "predictions.csv"]
+    assert files_under(tmp_path / "b") == ["brain_scan/brain_scan_1_mask.tif", "brain_scan/brain_scan_masks.tif",
+                                           "brain_scan/brain_scan_summary.json", "predictions.csv"]
 
 
 def test_traversal_in_a_zip_is_refused_and_nothing_is_written(models, tmp_path, capsys):
@@ -121,7 +133,8 @@ def test_case_names_cannot_escape_out(models, tmp_path):
     cv2.imwrite(str(src / ".._1.tif"), make_slice(np.random.default_rng(0), 32)[0])  # case name '..'
     out = tmp_path / "out"
     assert main([str(src / ".._1.tif"), "--out", str(out)] + models) == 0
-    assert files_under(out) == ["case/case_1_mask.tif", "case/case_summary.json", "predictions.csv"]
+    assert files_under(out) == ["case/case_1_mask.tif", "case/case_masks.tif", "case/case_summary.json",
+                                "predictions.csv"]
 
     outside = tmp_path / "outside"
     outside.mkdir()
