@@ -146,7 +146,7 @@ def bench_classifier(encoder: str, size: int, device: torch.device, runs: int) -
 
 def bench_shipped(device: torch.device, runs: int) -> List[Dict]:
     """Inference timing of the shipped models (models/segmenter, models/classifier) when present."""
-    from .hub import DEFAULT_MODELS, load_model
+    from .sources import DEFAULT_MODELS, load_model
 
     rows = []
     for kind, folder in DEFAULT_MODELS.items():

@@ -204,7 +204,7 @@ class Predictor:
     def from_sources(cls, segmenter: Optional[str] = None, classifier: Optional[str] = None,
                      device: str = "cpu", precision: Optional[str] = None) -> "Predictor":
         """Load from folders or Hub repo ids (None: env var, else the shipped default)."""
-        from .hub import load_model
+        from .sources import load_model
 
         seg, seg_src = load_model("segmenter", segmenter)
         clf, clf_src = load_model("classifier", classifier)

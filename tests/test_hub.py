@@ -472,3 +472,14 @@ def test_package_is_installed_with_its_commands():
                        "brainseg-card": "brainseg.hub:main"}
     requires = {r.split("==")[0].lower() for r in dist.requires or []}
     assert {"torch", "timm", "huggingface_hub", "safetensors", "jinja2"} <= requires  # pins from requirements.txt
+
+
+def test_old_import_path_still_works():
+    """brainseg.hub stays a shim for one release (scripts/ship_models.sh, users' imports)."""
+    from brainseg import upload
+    from brainseg.hub import (DEFAULT_MODELS, ModelSource as OldSource, build_model_card as old_card,
+                              load_model as old_load, plan_model_upload, push, write_model_card as old_write)
+
+    assert old_load is load_model and old_card is build_model_card and old_write is write_model_card
+    assert OldSource is ModelSource and plan_model_upload is upload.plan_model_upload and push is upload.push
+    assert DEFAULT_MODELS is sources.DEFAULT_MODELS

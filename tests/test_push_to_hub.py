@@ -14,7 +14,7 @@ from huggingface_hub import HfApi, constants
 from huggingface_hub.utils import filter_repo_objects
 
 import push_to_hub
-from brainseg import hub, upload
+from brainseg import upload
 from brainseg.cards import PLACEHOLDER_REPOS, is_brainseg_card, write_model_card
 from brainseg.upload import split_front_matter
 
