@@ -483,3 +483,16 @@ def test_old_import_path_still_works():
     assert old_load is load_model and old_card is build_model_card and old_write is write_model_card
     assert OldSource is ModelSource and plan_model_upload is upload.plan_model_upload and push is upload.push
     assert DEFAULT_MODELS is sources.DEFAULT_MODELS
+
+
+def test_readme_loading_snippets_run_verbatim(monkeypatch):
+    """The README's "Loading the models" code, with the lines that name placeholder USER/ repos left out."""
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Loading the models in three lines", 1)[1].split("\n## ", 1)[0]
+    blocks = [b.split("```", 1)[0] for b in section.split("```python\n")[1:]]
+    assert len(blocks) == 3 and "USER/" in blocks[0]
+    monkeypatch.chdir(root)
+    for block in blocks:
+        code = "\n".join(line for line in block.splitlines() if "USER/" not in line.split("#")[0])
+        exec(compile(code, "README.md", "exec"), {})
