@@ -11,9 +11,11 @@
   of the mean of its top-k pixel probabilities), fitted by maximum likelihood on the validation
   slices (three numbers, so it is calibrated by construction); its threshold by Youden's J too.
   A leave-one-case-out refit is reported beside it, to show how much the fit flatters itself.
-- Segmenter: a grid over the pixel threshold, the minimum component size, the detection gate
-  and flip TTA, scored by per-case Dice on the validation cases. TTA is kept only when it gains
-  at least ``--tta-min-gain`` Dice, since it doubles the segmenter's CPU cost.
+- Segmenter: a grid over the pixel threshold, the minimum component size and flip TTA, scored by
+  per-case Dice on the validation cases with the masks the Predictor draws: the one rule of
+  :func:`brainseg.postprocess.postprocess_mask`, gated by the fused detection verdict (a mask is
+  drawn iff the slice is detected, so there is no separate gate to choose). TTA is kept only when
+  it gains at least ``--tta-min-gain`` Dice, since it doubles the segmenter's CPU cost.
 Only the split's validation cases are used; the chosen values go into each ``config.json``.
 """
 import argparse
@@ -29,14 +31,14 @@ import torch
 from safetensors.torch import save_file
 
 from .data import find_cases, load_split, read_image, read_mask, select_cases
-from .inference import fuse_detection, remove_small_components, segmenter_evidence
+from .inference import fuse_detection, segmenter_evidence
 from .metrics import CaseDiceAggregator, auroc, detection_metrics, expected_calibration_error
 from .models import ResUNet, TumorClassifier
+from .postprocess import postprocess_mask
 from .preprocess import preprocess
 
 THRESHOLDS = [0.3, 0.4, 0.5, 0.6, 0.7]
 MIN_COMPONENTS = [0, 10, 25, 50, 100, 200]
-GATES = [0.0, 0.05, 0.1, 0.2, 0.3, 0.5]
 
 
 def nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
@@ -60,7 +62,7 @@ def youden_threshold(probs: np.ndarray, labels: np.ndarray) -> float:
         m = detection_metrics(probs, labels, t)
         j = m["sensitivity"] + m["specificity"] - 1
         if j > best + 1e-9:
-            best, best_t = j, float(t)
+            best, best_t = j, round(float(t), 4)  # 0.4, not float32's 0.4000000059604645
     return best_t
 
 
@@ -97,21 +99,14 @@ def forward_batches(fn, xs: Sequence[torch.Tensor], batch_size: int = 32) -> tor
     return torch.cat([fn(torch.stack(xs[i:i + batch_size])) for i in range(0, len(xs), batch_size)])
 
 
-def slice_counts(probs: np.ndarray, masks: np.ndarray, thr: float, min_px: int) -> np.ndarray:
-    """Per slice (|P∩G|, |P|, |G|) after thresholding and dropping small components; (N, 3)."""
-    out = np.zeros((len(probs), 3), np.int64)
-    for i, (p, m) in enumerate(zip(probs, masks)):
-        pred = remove_small_components((p >= thr).astype(np.uint8), min_px).astype(bool)
-        out[i] = (pred & m).sum(), pred.sum(), m.sum()
-    return out
-
-
-def score_counts(counts: np.ndarray, cases: List[str], det: np.ndarray, gate: float) -> Dict[str, float]:
-    """Per-case metrics of the counts, with slices whose detection probability is under ``gate`` emptied."""
+def score_rule(probs: np.ndarray, masks: np.ndarray, cases: List[str], detected: np.ndarray, thr: float,
+               min_px: int, model_size: int) -> Dict[str, float]:
+    """Per-case metrics of the masks the Predictor would draw: :func:`postprocess_mask` of each slice's
+    map (at the masks' size) at this pixel threshold and minimum component size, drawn iff detected."""
     agg = CaseDiceAggregator()
-    for (inter, ps, gs), c, d in zip(counts, cases, det):
-        gated = gate > 0 and d < gate
-        agg.update_counts(c, 0 if gated else int(inter), 0 if gated else int(ps), int(gs))
+    for p, m, c, d in zip(probs, masks, cases, detected):
+        pred = postprocess_mask(p, thr, min_px, model_size, bool(d)).astype(bool)
+        agg.update_counts(c, int((pred & m).sum()), int(pred.sum()), int(m.sum()))
     return agg.compute()
 
 
@@ -189,19 +184,17 @@ def main(argv=None) -> Dict:
             "leave_one_case_out_at_threshold": detection_metrics(loco, labels, thr)}}
     del plain, flipped, p
     grid = []
-    scale = (size[0] * size[1]) / float(seg.config.image_size ** 2)
     masks_bool = masks_np.astype(bool)
     for tta, thr, min_px in itertools.product([False, True], THRESHOLDS, MIN_COMPONENTS):
-        counts = slice_counts(variants[tta]["probs"], masks_bool, thr, int(round(min_px * scale)))
-        for gate in GATES:
-            grid.append({"tta_flip": tta, "threshold": thr, "min_component_px": min_px, "gate_threshold": gate,
-                         **score_counts(counts, names, variants[tta]["det"], gate)})
+        v = variants[tta]
+        detected = v["det"] >= v["fusion"]["threshold"]
+        grid.append({"tta_flip": tta, "threshold": thr, "min_component_px": min_px,
+                     **score_rule(v["probs"], masks_bool, names, detected, thr, min_px, seg.config.image_size)})
     key = "dice_per_case_mean"
     best_plain = max((g for g in grid if not g["tta_flip"]), key=lambda g: g[key])
     best_tta = max((g for g in grid if g["tta_flip"]), key=lambda g: g[key])
     chosen = best_tta if best_tta[key] >= best_plain[key] + args.tta_min_gain else best_plain
-    default = next(g for g in grid if not g["tta_flip"] and g["threshold"] == 0.5
-                   and g["min_component_px"] == 0 and g["gate_threshold"] == 0.0)
+    default = next(g for g in grid if not g["tta_flip"] and g["threshold"] == 0.5 and g["min_component_px"] == 0)
     seg_report = {"chosen": chosen, "best_without_tta": best_plain, "best_with_tta": best_tta,
                   "defaults": default, "grid_size": len(grid)}
     print("segmenter:", json.dumps(seg_report, indent=1))
@@ -212,8 +205,9 @@ def main(argv=None) -> Dict:
     # write the shippable checkpoints
     clf.config.temperature, clf.config.threshold = t, det_thr
     clf.config.fusion_weights, clf.config.fusion_threshold = fusion["weights"], fusion["threshold"]
-    for k in ("tta_flip", "threshold", "min_component_px", "gate_threshold"):
+    for k in ("tta_flip", "threshold", "min_component_px"):
         setattr(seg.config, k, chosen[k])
+    seg.config.gate_threshold = 0.0  # no longer a separate rule: the detection verdict gates the mask
     for model, src, out, report in ((seg, args.segmenter, args.out_segmenter, seg_report),
                                     (clf, args.classifier, args.out_classifier, clf_report)):
         out = Path(out)

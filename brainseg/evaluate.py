@@ -106,13 +106,9 @@ def evaluate(data_dir: PathLike, predictor, split: Optional[Union[PathLike, Dict
                 detail.append({"case": case.name, "slice": slice_number(path), "probability": pred.tumor_probability,
                                "label": labels[-1], "pred_px": pred.tumor_area_px, "true_px": int(truth.sum())})
 
-    # Detection threshold: the Predictor's (fused or classifier); without a classifier it scores by the max pixel probability.
-    if predictor.classifier is not None:
-        det_threshold = predictor.detection_threshold
-    else:
-        det_threshold = predictor.seg_cfg.threshold if threshold is None else float(threshold)
+    pixel_threshold, det_threshold = predictor.thresholds(threshold)  # the Predictor's, as its verdicts used
     seg = agg.compute()
-    seg["pixel_threshold"] = float(predictor.seg_cfg.threshold if threshold is None else threshold)
+    seg["pixel_threshold"] = pixel_threshold
     n_slices = {c.name: len(c) for c in cases}
     per_case = {name: dict(v, slices=n_slices[name]) for name, v in agg.per_case().items()}
     result = {

@@ -4,7 +4,9 @@
            (counted at the model's input size, so scaled to the map's size), emptied unless detected
 
 The detection verdict is decided elsewhere (:class:`brainseg.inference.Predictor`) and passed in;
-this module never re-decides it, so a slice's mask is drawn iff the slice is called tumour.
+this module never re-decides it, so a slice's mask is drawn iff the slice is called tumour. A
+detected slice always gets a mask: where the rule above leaves nothing (the segmenter's region is
+under ``min_component_px``, or no pixel reaches the pixel threshold) it is :func:`evidence_region`.
 """
 import cv2
 import numpy as np
@@ -28,6 +30,30 @@ def scaled_min_component_px(min_component_px: int, model_size: int, shape) -> in
     return int(round(min_component_px * (h * w) / float(model_size ** 2)))
 
 
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 8-connected component of a 0/1 mask (empty in, empty out)."""
+    mask = np.asarray(mask).astype(np.uint8)
+    if not mask.any():
+        return mask
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    return (labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))).astype(np.uint8)
+
+
+def evidence_region(prob: np.ndarray, pixel_threshold: float) -> np.ndarray:
+    """Where a detected slice's tumour is, when the usual mask is empty: the largest region at the pixel
+    threshold whatever its size; if no pixel reaches it, the region around the most likely pixel at half
+    that pixel's probability (its full width at half maximum). Never empty unless ``prob`` is all zero."""
+    region = largest_component(prob >= pixel_threshold)
+    if region.any():
+        return region
+    peak = float(prob.max())
+    if peak <= 0:
+        return region
+    n, labels = cv2.connectedComponents((prob >= 0.5 * peak).astype(np.uint8), connectivity=8)
+    y, x = np.unravel_index(int(np.argmax(prob)), prob.shape)
+    return (labels == labels[y, x]).astype(np.uint8)
+
+
 def postprocess_mask(prob: np.ndarray, pixel_threshold: float, min_component_px: int, model_size: int,
                      detected: bool = True) -> np.ndarray:
     """One slice's probability map (HxW, any size) -> uint8 0/1 mask of the same size.
@@ -37,7 +63,8 @@ def postprocess_mask(prob: np.ndarray, pixel_threshold: float, min_component_px:
         pixel_threshold: a pixel is tumour when its probability is >= this.
         min_component_px: smallest kept component, in pixels at the model's input size.
         model_size: the model's input side (the config's ``image_size``).
-        detected: the slice's detection verdict; False empties the mask (the gate).
+        detected: the slice's detection verdict; False empties the mask (the gate), True guarantees
+            one (:func:`evidence_region` where the threshold and component rule leave nothing).
     Example:
         >>> postprocess_mask(np.full((4, 4), 0.9), 0.5, 0, 4).sum()
         16
@@ -48,4 +75,5 @@ def postprocess_mask(prob: np.ndarray, pixel_threshold: float, min_component_px:
     if not detected:
         return np.zeros(prob.shape, np.uint8)
     mask = (prob >= pixel_threshold).astype(np.uint8)
-    return remove_small_components(mask, scaled_min_component_px(min_component_px, model_size, prob.shape))
+    mask = remove_small_components(mask, scaled_min_component_px(min_component_px, model_size, prob.shape))
+    return mask if mask.any() else evidence_region(prob, pixel_threshold)

@@ -26,6 +26,18 @@ def to_chw_float(image: ArrayLike) -> torch.Tensor:
     return image.float()
 
 
+def brain_pixels(x: torch.Tensor) -> torch.Tensor:
+    """Brain pixels of a CxHxW slice, flattened (bool, H*W): above the slice's minimum in any channel."""
+    flat = x.reshape(x.shape[0], -1)
+    return flat.amax(0) > flat.min()
+
+
+def brain_area_px(image: ArrayLike) -> int:
+    """How many pixels of a slice (HxWxC array or CxHxW tensor, at its own size) are brain, by the rule
+    the normalisation uses: the figure behind "% of the brain"."""
+    return int(brain_pixels(to_chw_float(image)).sum())
+
+
 def normalize_slice(x: torch.Tensor, clip: float = 5.0, eps: float = 1e-6) -> torch.Tensor:
     """Standardise each channel of one CxHxW slice with the statistics of its brain pixels.
 
@@ -35,7 +47,7 @@ def normalize_slice(x: torch.Tensor, clip: float = 5.0, eps: float = 1e-6) -> to
     changes per channel, give the same tensor, and needs nothing beyond the slice itself.
     """
     flat = x.reshape(x.shape[0], -1)
-    brain = flat.amax(0) > flat.min()
+    brain = brain_pixels(x)
     if brain.sum() < 0.01 * brain.numel():
         brain = torch.ones_like(brain)
     px = flat[:, brain]

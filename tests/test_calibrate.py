@@ -106,8 +106,9 @@ def test_calibrate_cli_writes_fusion_and_rules_from_validation_cases(tiny_checkp
     assert clf_cfg["fusion_weights"] == pytest.approx(fusion["weights"])
     assert clf_cfg["fusion_threshold"] == fusion["threshold"]
     assert clf_cfg["temperature"] == report["classifier"]["temperature"]
-    for k in ("threshold", "min_component_px", "gate_threshold", "tta_flip"):
+    for k in ("threshold", "min_component_px", "tta_flip"):
         assert seg_cfg[k] == report["segmenter"]["chosen"][k]
+    assert seg_cfg["gate_threshold"] == 0.0  # the detection verdict gates the mask; no second threshold
     assert {"leave_one_case_out_auroc", "auroc_segmenter_evidence_alone", "ece", "at_threshold"} <= set(fusion)
     metrics = json.loads((out_clf / "metrics.json").read_text())
     assert metrics["calibration"]["fusion"]["weights"] == pytest.approx(fusion["weights"])
@@ -140,3 +141,23 @@ def test_bf16_masks_agree_with_fp32(tiny_checkpoints, synth_root):
         assert p.precision == precision
         preds[precision] = p.segment_probs(images)
     assert (preds["fp32"] - preds["bf16"]).abs().max().item() < 0.02
+
+
+def test_calibration_scores_the_masks_the_predictor_draws(tiny_checkpoints, synth_root, tmp_path):
+    """One rule in one place: the Dice calibration reports for its chosen rules is the Dice that
+    brainseg.evaluate measures with the checkpoints it wrote (fp32 weights, the same validation cases)."""
+    from brainseg.evaluate import evaluate
+
+    split = make_split(find_cases(synth_root), 0.34, seed=0)
+    save_split(split, tmp_path / "split.json")
+    out_seg, out_clf = tmp_path / "seg", tmp_path / "clf"
+    report = calibrate_main(["--data", str(synth_root), "--split", str(tmp_path / "split.json"),
+                             "--segmenter", str(tiny_checkpoints["segmenter"]),
+                             "--classifier", str(tiny_checkpoints["classifier"]),
+                             "--out-segmenter", str(out_seg), "--out-classifier", str(out_clf)])
+    chosen = report["segmenter"]["chosen"]
+    p = Predictor.from_sources(str(out_seg), str(out_clf), precision="fp32")
+    r = evaluate(synth_root, p, split=split)
+    assert r["seg"]["dice_per_case_mean"] == pytest.approx(chosen["dice_per_case_mean"], abs=1e-6)
+    assert r["seg"]["false_positive_slices"] == chosen["false_positive_slices"]
+    assert r["det"]["threshold"] == report["classifier"]["fusion"]["threshold"] == round(r["det"]["threshold"], 4)

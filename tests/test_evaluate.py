@@ -8,9 +8,9 @@ import pytest
 
 from brainseg.data import find_cases, make_split, read_image, read_mask, save_split
 from brainseg.evaluate import evaluate, main, to_json
-from brainseg.inference import Prediction, Predictor
+from brainseg.inference import Predictor
 from brainseg.metrics import dice_score, iou_score
-from conftest import write_case
+from conftest import FakePredictor, write_case
 
 SEG_KEYS = {"dice_per_case_mean", "dice_per_case_median", "dice_tumor_slices_mean", "iou_per_case_mean",
             "false_positive_slices"}
@@ -50,16 +50,17 @@ def test_required_keys_and_types(result):
 
 
 def test_per_case_dice_is_over_the_stack(synth_root, predictor, result):
-    case = find_cases(synth_root)[2]
-    images = [read_image(p) for p in case.images]
-    truth = np.stack([read_mask(p) for p in case.masks])
-    pred = np.stack([p.mask for p in predictor.predict_batch(images)])
-    got = result["per_case"][case.name]
-    assert got["dice"] == pytest.approx(dice_score(pred, truth))
-    assert got["iou"] == pytest.approx(iou_score(pred, truth))
-    assert got["gt_voxels"] == int(truth.sum()) and got["pred_voxels"] == int(pred.sum())
-    slice_mean = np.mean([dice_score(p, t) for p, t in zip(pred, truth)])
-    assert got["dice"] != pytest.approx(slice_mean)  # the untrained model makes the two differ
+    differ = 0
+    for case in find_cases(synth_root):
+        images = [read_image(p) for p in case.images]
+        truth = np.stack([read_mask(p) for p in case.masks])
+        pred = np.stack([p.mask for p in predictor.predict_batch(images)])
+        got = result["per_case"][case.name]
+        assert got["dice"] == pytest.approx(dice_score(pred, truth))
+        assert got["iou"] == pytest.approx(iou_score(pred, truth))
+        assert got["gt_voxels"] == int(truth.sum()) and got["pred_voxels"] == int(pred.sum())
+        differ += got["dice"] != pytest.approx(np.mean([dice_score(p, t) for p, t in zip(pred, truth)]))
+    assert differ  # the untrained model makes the two differ
 
 
 def test_split_restricts_to_val_cases(synth_root, predictor, tmp_path):
@@ -72,28 +73,20 @@ def test_split_restricts_to_val_cases(synth_root, predictor, tmp_path):
     assert evaluate(synth_root, predictor, split=split)["per_case"] == r["per_case"]  # a loaded dict works too
 
 
-class OraclePredictor:
+class OraclePredictor(FakePredictor):
     """Answers with the ground truth for chosen slices and an empty mask elsewhere: results known by hand."""
 
-    classifier = None
-
-    def __init__(self, root, empty_slices, seg_threshold=0.5):
-        self.truth = {}
+    def __init__(self, root, empty_slices):
+        truth = {}
         for c in find_cases(root):
             for p, m in zip(c.images, c.masks):
-                self.truth[read_image(p).tobytes()] = read_mask(m)
-        self.empty_slices = empty_slices
-        self.seg_cfg = type("Cfg", (), {"threshold": seg_threshold})()
-        self.sources = {"segmenter": "oracle"}
+                truth[read_image(p).tobytes()] = read_mask(m)
 
-    def predict_batch(self, images, threshold=None, batch_size=16):
-        out = []
-        for im in images:
-            m = self.truth[np.asarray(im).tobytes()].copy()
-            if m.sum() in self.empty_slices:
-                m[:] = 0
-            out.append(Prediction(float(m.any()), bool(m.any()), m, list(im.shape)))
-        return out
+        def pixel_map(im):
+            m = truth[np.asarray(im).tobytes()].astype(np.float32)
+            return 0 * m if m.sum() in empty_slices else m
+
+        super().__init__(pixel_map, image_size=32)
 
 
 def test_hand_computed_metrics_with_an_oracle(tmp_path):
@@ -128,10 +121,12 @@ def test_masks_compared_at_original_resolution(tmp_path, predictor):
 
 
 def test_threshold_argument_changes_the_masks(synth_root, predictor, result):
-    everything = evaluate(synth_root, predictor, threshold=0.0)  # every probability is >= 0
+    everything = evaluate(synth_root, predictor, threshold=0.0, keep_slices=True)  # every probability is >= 0
     assert everything["seg"]["pixel_threshold"] == 0.0 and result["seg"]["pixel_threshold"] == 0.5
-    assert all(v["pred_voxels"] == 12 * 64 * 64 for v in everything["per_case"].values())
-    assert everything["seg"]["false_positive_slices"] == 72 - 30
+    detected = [d for d in everything["slices_detail"] if d["probability"] >= everything["det"]["threshold"]]
+    assert 0 < len(detected) < 72  # a mask is drawn iff the slice is detected: whole slices at threshold 0
+    assert all(d["pred_px"] == (64 * 64 if d in detected else 0) for d in everything["slices_detail"])
+    assert everything["seg"]["false_positive_slices"] == sum(d["label"] == 0 for d in detected)
     assert everything["det"] == result["det"]  # detection comes from the classifier, not the pixel threshold
 
 

@@ -12,7 +12,8 @@ from brainseg.config import ClassifierConfig, SegmenterConfig
 from brainseg.data import find_cases, read_image
 from brainseg.inference import Prediction, Predictor, check_threshold
 from brainseg.models import ResUNet, TumorClassifier
-from brainseg.postprocess import postprocess_mask, remove_small_components, scaled_min_component_px
+from brainseg.postprocess import (evidence_region, postprocess_mask, remove_small_components,
+                                  scaled_min_component_px)
 from conftest import FakePredictor, make_slice
 
 
@@ -49,8 +50,23 @@ def test_min_component_px_is_scaled_to_the_map_size():
     assert scaled_min_component_px(100, 256, (128, 256)) == 50
     prob = np.zeros((16, 16))
     prob[:2, :2] = 0.9                       # 4 px: kept at min 4 on a 16 px model ...
-    assert postprocess_mask(prob, 0.5, 4, 16).sum() == 4
-    assert postprocess_mask(prob, 0.5, 4, 8).sum() == 0   # ... dropped when the model saw 8 px (min 16 here)
+    prob[8:13, 8:13] = 0.8                   # 25 px: kept at both sizes
+    assert postprocess_mask(prob, 0.5, 4, 16).sum() == 29
+    assert postprocess_mask(prob, 0.5, 4, 8).sum() == 25  # ... dropped when the model saw 8 px (min 16 here)
+
+
+def test_a_detected_slice_always_has_a_mask():
+    prob = np.zeros((16, 16))
+    prob[:2, :2] = 0.9                       # the only region, under min_component_px
+    np.testing.assert_array_equal(postprocess_mask(prob, 0.5, 10, 16), prob > 0.5)
+    assert postprocess_mask(prob, 0.5, 10, 16, detected=False).sum() == 0
+    low = np.full((16, 16), 0.1)             # nothing reaches 0.5: the peak's region at half its height
+    low[5:8, 5:8] = 0.3
+    low[6, 6] = 0.42
+    low[12:14, 12:14] = 0.3                  # as high, but not joined to the peak
+    np.testing.assert_array_equal(evidence_region(low, 0.5), (low >= 0.21) & (np.arange(16)[:, None] < 10))
+    np.testing.assert_array_equal(postprocess_mask(low, 0.5, 0, 16), evidence_region(low, 0.5))
+    assert postprocess_mask(np.zeros((4, 4)), 0.5, 0, 4).sum() == 0
 
 
 def test_postprocess_threshold_is_inclusive_and_the_gate_empties():

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from brainseg.config import ClassifierConfig, PreprocessConfig, SegmenterConfig
-from brainseg.preprocess import normalize_slice, preprocess
+from brainseg.preprocess import brain_area_px, normalize_slice, preprocess
 from conftest import make_slice
 
 
@@ -80,3 +80,12 @@ def test_unknown_normalization_is_refused(slice_u8):
 def test_blank_slice_stays_finite():
     x = normalize_slice(torch.zeros(3, 16, 16))
     assert torch.isfinite(x).all() and float(x.abs().max()) == 0.0
+
+
+def test_brain_area_is_the_normalisation_rule():
+    img = np.zeros((6, 5, 3), np.uint8)
+    img[1, 1, 0] = 3          # any channel above the slice minimum counts
+    img[2:4, 2:4, 2] = 9
+    assert brain_area_px(img) == 5
+    assert brain_area_px(img.astype(np.float32) - 1) == 5   # the minimum is the slice's own, not 0
+    assert brain_area_px(np.zeros((4, 4, 3), np.uint8)) == 0

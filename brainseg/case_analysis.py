@@ -1,0 +1,236 @@
+"""What the app, the API and the CLI say about a slice or a case, built from the Predictor's answers only.
+
+- :func:`analyze_slice`: one uploaded slice -> its :class:`~brainseg.inference.Prediction`, the
+  ``/predict`` JSON and the text the app shows;
+- :func:`analyze_case`: a stack (a :class:`brainseg.case_io.CaseInput`) -> a :class:`CaseResult`
+  (per-slice probability and area, tumour volume, largest slice, Dice against known masks);
+- :func:`summarize` / :func:`case_summary_text`: the ``/predict_case`` JSON and its short text.
+
+Nothing here re-decides a threshold, a gate or a verdict: every figure comes from
+``Prediction.detected`` and ``Prediction.mask`` (a slice counts as tumour iff it is detected), so
+label, bars, text, masks and counts agree. Readers and writers are in :mod:`brainseg.case_io`,
+figures in :mod:`brainseg.viz`.
+"""
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple, Union
+
+import numpy as np
+
+from .inference import Prediction
+from .metrics import CaseDiceAggregator, dice_score
+from .preprocess import brain_area_px
+
+
+# ---------------------------------------------------------------- one slice
+
+def _pair(p: float, thr: float) -> Tuple[str, str]:
+    """p and thr as text with enough digits that the comparison reads true (0.399 < 0.400, not 0.40 < 0.40)."""
+    for digits in (2, 3, 4, 6):
+        a, b = f"{p:.{digits}f}", f"{thr:.{digits}f}"
+        if a != b or p == thr:
+            return a, b
+    return f"{p:.6f}", f"{thr:.6f}"
+
+
+def verdict_text(pred: Prediction) -> str:
+    """The verdict line: 'Tumour detected: probability 0.44 ≥ detection threshold 0.40'."""
+    p, t = _pair(pred.probability, pred.detection_threshold)
+    if pred.detected:
+        return f"Tumour detected: probability {p} ≥ detection threshold {t}"
+    return f"No tumour detected: probability {p} < detection threshold {t}"
+
+
+@dataclass
+class SliceAnalysis:
+    """One analysed slice: the decoded image, the Predictor's answer, and what is shown about it."""
+
+    image: object  # brainseg.images.DecodedImage
+    prediction: Prediction
+    brain_area_px: int
+    result: Dict
+    summary: str
+
+
+def analyze_slice(predictor, source, threshold: Optional[float] = None,
+                  models: Optional[Dict[str, dict]] = None) -> SliceAnalysis:
+    """Decode one slice, predict, and build the ``/predict`` JSON and the summary text.
+
+    Args:
+        predictor: a :class:`~brainseg.inference.Predictor`.
+        source: the file's bytes, or a :class:`brainseg.images.DecodedImage`.
+        threshold: pixel probability threshold; None: the Predictor's default (it checks the value).
+        models: :meth:`Predictor.describe` (echoed in the JSON); None asks the predictor.
+    Raises:
+        brainseg.images.InvalidImageError for a bad file; ValueError for a bad threshold.
+
+    Example:
+        >>> a = analyze_slice(predictor, open("TCGA_CS_4941_19960909_22.tif", "rb").read())
+        >>> a.result["tumor_detected"], a.result["tumor_area_px"], print(a.summary)
+    """
+    from .images import DecodedImage, decode_image
+
+    image = source if isinstance(source, DecodedImage) else decode_image(source)
+    pred = predictor.predict(image.array, threshold)
+    brain = brain_area_px(image.array)
+    area = pred.tumor_area_px
+    pct = 100.0 * area / brain if brain else 0.0
+    result = {
+        "tumor_probability": round(pred.probability, 4),
+        "tumor_detected": pred.detected,
+        "tumor_area_px": area,
+        "tumor_area_pct_brain": round(pct, 2),
+        "brain_area_px": brain,
+        "input_shape": list(image.shape),
+        "input_dtype": str(image.array.dtype),
+        "channels_replicated": bool(image.channels_replicated),
+        "threshold": pred.pixel_threshold,
+        "detection_threshold": pred.detection_threshold,
+        "models": models if models is not None else predictor.describe(),
+    }
+    if image.multipage:
+        result["tiff_multipage"] = True
+    notes = [verdict_text(pred),
+             f"Area {area:,} px, {pct:.1f} % of the brain ({brain:,} px); pixel threshold {pred.pixel_threshold:.2f}"]
+    if image.channels_replicated:
+        notes.append("FLAIR alone: its channel was replicated to the three input channels.")
+    if image.multipage:
+        notes.append("Multi-page TIFF: only its first page was analysed.")
+    return SliceAnalysis(image, pred, brain, result, "\n".join(notes))
+
+
+# ---------------------------------------------------------------- a case
+
+@dataclass
+class CaseResult:
+    """A case's answer. ``masks`` is (N, H, W) uint8 0/1 in stack order; ``volume_voxels`` is their sum.
+
+    ``threshold`` is the pixel threshold and ``detection_threshold`` the verdict's, as used
+    (tidied). ``dice`` is the per-case Dice over the whole stack (empty prediction and empty truth
+    score 1) when ground-truth masks are known, else None.
+    """
+
+    case: str
+    slice_numbers: List[int]
+    probabilities: List[float]
+    detected: List[bool]
+    masks: np.ndarray
+    areas_px: List[int]
+    volume_voxels: int
+    volume_ml: Optional[float]
+    largest_area_slice: Optional[int]
+    largest_area_px: int
+    threshold: float
+    detection_threshold: float
+    spacing: Optional[Tuple[float, float, float]] = None
+    source_kind: str = "files"
+    dice: Optional[float] = None
+    slice_dice: Optional[List[float]] = None
+    truth_areas_px: Optional[List[int]] = None
+    seconds: float = 0.0
+
+    @property
+    def tumor_slices(self) -> List[int]:
+        """Slice numbers called tumour: the detected ones (each of them, and only they, may have a mask)."""
+        return [n for n, d in zip(self.slice_numbers, self.detected) if d]
+
+
+def analyze_case(predictor, case_input, threshold: Optional[float] = None, batch_size: int = 16) -> CaseResult:
+    """Predict every slice of a case with :meth:`Predictor.predict_batch` and sum the stack up.
+
+    Args:
+        predictor: a :class:`brainseg.inference.Predictor`.
+        case_input: a :class:`brainseg.case_io.CaseInput` (from ``load_case``, or built by hand).
+        threshold: pixel probability threshold; None uses the Predictor's default.
+        batch_size: slices per forward pass (16, as ``brainseg.evaluate``, so results match it).
+    Returns:
+        a :class:`CaseResult`. With ground truth, ``dice`` is the per-case Dice of
+        :class:`~brainseg.metrics.CaseDiceAggregator`, the figure ``brainseg.evaluate`` reports.
+    """
+    t0 = time.perf_counter()
+    preds = predictor.predict_batch(case_input.slices, threshold=threshold, batch_size=batch_size, prob_maps=False)
+    seconds = time.perf_counter() - t0
+    thr, det_thr = (preds[0].pixel_threshold, preds[0].detection_threshold) if preds else predictor.thresholds(threshold)
+    masks = np.stack([p.mask for p in preds]).astype(np.uint8)
+    areas = [p.tumor_area_px for p in preds]
+    volume = int(sum(areas))
+    k = int(np.argmax(areas)) if areas else 0
+    ml = None if case_input.spacing is None else volume * float(np.prod(case_input.spacing)) / 1000.0
+    dice = slice_dice = truth_areas = None
+    if case_input.masks is not None:
+        truth = np.stack(case_input.masks)
+        agg = CaseDiceAggregator()
+        agg.update(case_input.name, masks, truth)
+        dice = float(agg.per_case()[case_input.name]["dice"])
+        slice_dice = [dice_score(p, g) for p, g in zip(masks, truth)]
+        truth_areas = [int(g.sum()) for g in truth]
+    return CaseResult(
+        case=case_input.name, slice_numbers=list(case_input.slice_numbers),
+        probabilities=[p.probability for p in preds], detected=[p.detected for p in preds],
+        masks=masks, areas_px=areas, volume_voxels=volume, volume_ml=ml,
+        largest_area_slice=case_input.slice_numbers[k] if volume > 0 else None,
+        largest_area_px=areas[k] if volume > 0 else 0, threshold=thr, detection_threshold=det_thr,
+        spacing=case_input.spacing, source_kind=case_input.source_kind, dice=dice, slice_dice=slice_dice,
+        truth_areas_px=truth_areas, seconds=seconds)
+
+
+def summarize(result: CaseResult) -> Dict:
+    """The ``/predict_case`` JSON (plain types only; ``null`` where a figure is unknown).
+
+    Keys: case, slices, tumor_slices (how many slices are detected as tumour), tumor_volume_voxels,
+    tumor_volume_ml, largest_area_slice, largest_area_px, per_slice (slice, tumor_probability,
+    tumor_detected, tumor_area_px, dice), dice, plus threshold (pixel), detection_threshold,
+    spacing_mm and source.
+    """
+    per_slice = []
+    for i, n in enumerate(result.slice_numbers):
+        per_slice.append({"slice": int(n), "tumor_probability": round(float(result.probabilities[i]), 6),
+                          "tumor_detected": bool(result.detected[i]), "tumor_area_px": int(result.areas_px[i]),
+                          "dice": None if result.slice_dice is None else round(float(result.slice_dice[i]), 6)})
+    return {
+        "case": result.case,
+        "slices": len(result.slice_numbers),
+        "tumor_slices": len(result.tumor_slices),
+        "tumor_volume_voxels": int(result.volume_voxels),
+        "tumor_volume_ml": None if result.volume_ml is None else round(float(result.volume_ml), 4),
+        "largest_area_slice": result.largest_area_slice,
+        "largest_area_px": int(result.largest_area_px),
+        "per_slice": per_slice,
+        "dice": None if result.dice is None else float(result.dice),  # unrounded: equals brainseg.evaluate's
+        "threshold": float(result.threshold),
+        "detection_threshold": float(result.detection_threshold),
+        "spacing_mm": None if result.spacing is None else [float(s) for s in result.spacing],
+        "source": result.source_kind,
+    }
+
+
+def _ranges(numbers: List[int]) -> str:
+    """[3, 4, 5, 9] -> '3-5, 9'."""
+    out, start = [], None
+    for i, n in enumerate(numbers):
+        if start is None:
+            start = n
+        if i + 1 == len(numbers) or numbers[i + 1] != n + 1:
+            out.append(str(start) if start == n else f"{start}-{n}")
+            start = None
+    return ", ".join(out)
+
+
+def case_summary_text(summary: Union[Dict, CaseResult]) -> str:
+    """A few lines a person reads first: tumour slices, volume, largest slice, Dice, thresholds."""
+    s = summarize(summary) if isinstance(summary, CaseResult) else summary
+    tumour = [r["slice"] for r in s["per_slice"] if r["tumor_detected"]]
+    lines = [f"{s['case']}: {s['slices']} slices, tumour detected in {s['tumor_slices']}"
+             + (f" (slices {_ranges(tumour)})" if tumour else "")]
+    volume = f"Tumour volume {s['tumor_volume_voxels']:,} voxels"
+    if s["tumor_volume_ml"] is not None:
+        volume += f" = {s['tumor_volume_ml']:.2f} mL"
+    else:
+        volume += " (give the voxel spacing for mL)"
+    lines.append(volume)
+    if s["largest_area_slice"] is not None:
+        lines.append(f"Largest area: slice {s['largest_area_slice']}, {s['largest_area_px']:,} px")
+    if s["dice"] is not None:
+        lines.append(f"Dice against the case's masks: {s['dice']:.3f}")
+    lines.append(f"Detection threshold {s['detection_threshold']:g}, pixel threshold {s['threshold']:g}")
+    return "\n".join(lines)
