@@ -11,8 +11,8 @@ from PIL import Image, ImageOps
 
 from brainseg.config import PreprocessConfig
 from brainseg.data import read_image
-from brainseg.images import (DEFAULT_LIMITS, InvalidImageError, Limits, apply_orientation, decode_image,
-                             header_size, sniff_format)
+from brainseg.images import (DEFAULT_LIMITS, InvalidImageError, Limits, apply_orientation, decode_image, decode_mask,
+                             header_size, load_slice, sniff_format)
 from brainseg.preprocess import preprocess
 from conftest import SHARED_DATA, make_slice, needs_shared_data
 
@@ -234,3 +234,64 @@ def test_pillow_bomb_warning_is_an_error(rgb, monkeypatch):
     with pytest.raises(InvalidImageError, match="too many pixels") as e:
         decode_image(png(rgb), limits=Limits(max_pixels=10**9))
     assert e.value.reason == "too_large"
+
+
+# ---------------------------------------------------------------- one decoder: files, masks, limits in bytes
+
+def test_load_slice_keeps_the_file_channel_order_where_cv2_reverses_it(tmp_path):
+    """Issue 9.3: the README's snippet read slices with cv2.imread, which gives BGR."""
+    a = np.zeros((40, 48, 3), np.uint8)
+    a[..., 0], a[..., 1], a[..., 2] = 10, 120, 230  # pre-contrast, FLAIR, post-contrast
+    tifffile.imwrite(tmp_path / "s.tif", a, photometric="rgb")
+    got = load_slice(tmp_path / "s.tif")
+    assert got.dtype == np.uint8 and tuple(got[0, 0]) == (10, 120, 230)
+    assert tuple(cv2.imread(str(tmp_path / "s.tif"))[0, 0]) == (230, 120, 10)
+    np.testing.assert_array_equal(load_slice(tmp_path / "s.tif"), read_image(tmp_path / "s.tif"))
+    (tmp_path / "big.png").write_bytes(png(np.zeros((64, 64), np.uint8)))
+    with pytest.raises(InvalidImageError, match=r"big\.png: the file is 0\.0 MB; the limit is 0 MB"):
+        load_slice(tmp_path / "big.png", limits=Limits(max_bytes=10))
+
+
+def test_masks_of_every_encoding_decode_to_0_1(tmp_path):
+    m = np.zeros((40, 40), np.uint8)
+    m[5:15, 8:20] = 1
+    for data in [png(m * 255), tiff(m * 255), png(m), tiff(m.astype(np.uint16) * 65535), png(np.dstack([m * 255] * 3)),
+                 pil_bytes(Image.fromarray(m * 255).convert("1"), "PNG")]:
+        got = decode_mask(data)
+        assert got.dtype == np.uint8
+        np.testing.assert_array_equal(got, m)
+    with pytest.raises(InvalidImageError, match=r"^m_1_mask\.tif: The file is not a TIFF, PNG or JPEG"):
+        decode_mask(b"nope", name="m_1_mask.tif")
+
+
+def test_every_refusal_names_the_file():
+    for data in [b"", b"text" * 100, png(np.zeros((4, 4), np.uint8))]:
+        with pytest.raises(InvalidImageError, match=r"^c_7\.png: "):
+            decode_image(data, name="c_7.png")
+
+
+def test_finite_float64_beyond_float32_is_not_called_nan(rgb):
+    """Issue 10.5: a finite 1e308 was refused as 'NaN or infinite (float32)' after the cast overflowed."""
+    a = rgb.astype(np.float64)
+    a[3, 3, 1] = 1e308
+    with pytest.raises(InvalidImageError, match=r"values up to 1e\+308, beyond the float32 range") as e:
+        decode_image(tiff(a))
+    assert "NaN" not in str(e.value) and e.value.reason == "unsupported"
+
+
+def test_float64_tiff_is_budgeted_in_bytes_before_decoding(rgb, monkeypatch):
+    """Issue 10.4: memory counted as pixels x channels x bytes per sample, from the header."""
+    data = tiff(rgb.astype(np.float64))  # 96 x 80 x 3 x 8 = 184,320 bytes once decoded
+    assert decode_image(data, limits=Limits(max_decoded_bytes=184_320)).array.dtype == np.float32
+    monkeypatch.setattr(tifffile.TiffPage, "asarray", lambda *a, **k: pytest.fail("decoded before the check"))
+    with pytest.raises(InvalidImageError, match=r"would decode to 0 MiB .*over the limit of 0 MiB") as e:
+        decode_image(data, limits=Limits(max_decoded_bytes=184_319))
+    assert e.value.reason == "too_large"
+
+
+def test_16bit_rgb_tiff_reads_the_same_for_one_slice_and_training(rgb, tmp_path):
+    a = rgb.astype(np.uint16) * 257 + 3
+    tifffile.imwrite(tmp_path / "c_1.tif", a, photometric="rgb")
+    for got in (decode_image((tmp_path / "c_1.tif").read_bytes()).array, read_image(tmp_path / "c_1.tif")):
+        assert got.dtype == np.uint16
+        np.testing.assert_array_equal(got, a)
