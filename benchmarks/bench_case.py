@@ -6,7 +6,7 @@
 
 The case is built from examples/*.png when there are some (cycled to 40 slices), else from
 synthetic 256x256 slices, written as kaggle_3m TIFFs and zipped: the upload a user sends. One
-run is :func:`brainseg.cases.predict_case_files` on that zip: read and check the zip, predict
+run is :func:`brainseg.case_analysis.predict_case_files` on that zip: read and check the zip, predict
 every slice (batches of 16, both models), write the probability plot, the overlay montage, the
 multi-page mask TIFF and the summary. The API run sends the same zip to ``/predict_case`` with
 ``gradio_client`` on 127.0.0.1 (upload, queue, the same call, download of the three files): the
@@ -40,7 +40,8 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from brainseg.cases import analyze_case, load_case, predict_case_files  # noqa: E402
+from brainseg.case_analysis import analyze_case, predict_case_files  # noqa: E402
+from brainseg.case_io import load_case  # noqa: E402
 from brainseg.config import ClassifierConfig, SegmenterConfig  # noqa: E402
 from brainseg.inference import Predictor  # noqa: E402
 from brainseg.models import ResUNet, TumorClassifier  # noqa: E402

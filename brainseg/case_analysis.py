@@ -4,19 +4,23 @@
   ``/predict`` JSON and the text the app shows;
 - :func:`analyze_case`: a stack (a :class:`brainseg.case_io.CaseInput`) -> a :class:`CaseResult`
   (per-slice probability and area, tumour volume, largest slice, Dice against known masks);
-- :func:`summarize` / :func:`case_summary_text`: the ``/predict_case`` JSON and its short text.
+- :func:`summarize` / :func:`case_summary_text`: the ``/predict_case`` JSON and its short text;
+- :func:`predict_case_files`: files in (read by :mod:`brainseg.case_io`), summary and files out.
 
 Nothing here re-decides a threshold, a gate or a verdict: every figure comes from
 ``Prediction.detected`` and ``Prediction.mask`` (a slice counts as tumour iff it is detected), so
 label, bars, text, masks and counts agree. Readers and writers are in :mod:`brainseg.case_io`,
 figures in :mod:`brainseg.viz`.
 """
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
+from .case_io import load_case, write_case_outputs
 from .inference import Prediction
 from .metrics import CaseDiceAggregator, dice_score
 from .preprocess import brain_area_px
@@ -234,3 +238,31 @@ def case_summary_text(summary: Union[Dict, CaseResult]) -> str:
         lines.append(f"Dice against the case's masks: {s['dice']:.3f}")
     lines.append(f"Detection threshold {s['detection_threshold']:g}, pixel threshold {s['threshold']:g}")
     return "\n".join(lines)
+
+
+def predict_case_files(predictor, paths, threshold: Optional[float] = None,
+                       out_dir: Optional[Union[str, Path]] = None) -> Tuple[Dict, str, str, str]:
+    """The whole-case call: files in, a summary and three files out.
+
+    Args:
+        predictor: a :class:`brainseg.inference.Predictor`.
+        paths: one zip of a case folder, one multi-page TIFF, one NIfTI file, or several slice
+            files (``<case>_<n>.tif``/``.png``, optional ``_mask`` files), in any order.
+        threshold: pixel probability threshold; None uses the Predictor's default.
+        out_dir: where the files go (created); None makes a fresh temporary folder. Nothing is
+            written before the input has passed every check, and nothing outside ``out_dir``.
+    Returns:
+        (summary dict as :func:`summarize`, probability plot PNG path, overlay montage PNG path,
+        masks path: a multi-page uint8 0/255 TIFF, or a uint8 0/1 ``.nii.gz`` for NIfTI input).
+    Raises:
+        ValueError naming what is wrong with the input or the threshold.
+
+    Example:
+        >>> summary, plot, montage, masks = predict_case_files(p, ["case.zip"], None, "out")
+        >>> summary["tumor_volume_voxels"], summary["dice"]
+    """
+    case = load_case(list(paths) if not isinstance(paths, (str, Path)) else paths)
+    result = analyze_case(predictor, case, threshold)
+    out = Path(tempfile.mkdtemp(prefix="brainseg_case_") if out_dir is None else out_dir)
+    written = write_case_outputs(case, result, out, figures=True)
+    return summarize(result), str(written["probability"]), str(written["overlays"]), str(written["masks"])

@@ -369,7 +369,7 @@ def write_case_outputs(case_input: CaseInput, result, out_dir: PathLike, *, figu
     """
     import cv2
 
-    from .cases import summarize  # noqa: PLC0415 - the analysis module imports this one
+    from .case_analysis import summarize  # noqa: PLC0415 - the analysis module imports this one
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

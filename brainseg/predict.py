@@ -121,7 +121,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         first = load_case(sources[0]) if len(sources) == 1 else None  # bad single input fails before the models load
         from .inference import Predictor  # torch loads only once the input has passed its checks
 
-        from .cases import analyze_case
+        from .case_analysis import analyze_case
 
         predictor = Predictor.from_sources(args.segmenter, args.classifier, device=args.device)
     except (FileNotFoundError, ValueError, OSError, RuntimeError) as e:  # RuntimeError: a checkpoint that does not fit

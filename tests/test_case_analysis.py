@@ -2,18 +2,22 @@
 (issue 9.2: label, text, masks and counts agree). Expected values by hand, with conftest's FakePredictor;
 the shipped models on the dev data where it is present."""
 import json
+import random
+import zipfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+import tifffile
 
-from brainseg.case_analysis import (CaseResult, analyze_case, analyze_slice, case_summary_text, summarize,
+from brainseg.case_analysis import (analyze_case, analyze_slice, case_summary_text, predict_case_files, summarize,
                                     verdict_text)
-from brainseg.cases import CaseInput
+from brainseg.case_io import CaseInput, load_case
 from brainseg.data import find_cases, read_image, read_mask
-from brainseg.inference import Prediction
-from conftest import SHARED_DATA, FakePredictor, make_slice, needs_shared_data
+from brainseg.inference import Prediction, Predictor
+from brainseg.metrics import dice_score
+from conftest import SHARED_DATA, FakePredictor, flair_map, make_slice, needs_shared_data
 
 ROOT = Path(__file__).resolve().parent.parent
 CASE = "TCGA_CS_0001_20000101"
@@ -119,6 +123,94 @@ def test_detected_slice_with_nothing_over_the_pixel_threshold_shows_its_peak():
     assert a.prediction.detected and a.result["tumor_area_px"] == 16
     assert a.summary.startswith("Tumour detected") and "Area 16 px" in a.summary
     assert set(a.result["models"]) == {"segmenter", "classifier"}
+
+
+# ---------------------------------------------------------------- files in, files out
+
+def zip_folder(folder: Path, path: Path) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for p in sorted(folder.iterdir()):
+            zf.write(p, f"{folder.name}/{p.name}")
+    return path
+
+
+def shifted(im):
+    """Finds the synthetic tumours two pixels off: partial masks, a Dice strictly between 0 and 1."""
+    return np.roll(flair_map(im), 2, axis=1)
+
+
+def test_case_dice_equals_evaluate(synth_root, tmp_path):
+    """The per-case Dice of analyze_case is brainseg.evaluate's, for the same case, folder or zip."""
+    from brainseg.evaluate import evaluate
+
+    p = FakePredictor(shifted)
+    case = load_case(zip_folder(synth_root / CASE, tmp_path / "case.zip"))
+    ours = analyze_case(p, case)
+    theirs = evaluate(synth_root, p, split={"train": [], "val": [CASE]})
+    assert 0 < ours.dice < 1
+    assert ours.dice == theirs["per_case"][CASE]["dice"]
+    assert ours.volume_voxels == theirs["per_case"][CASE]["pred_voxels"]
+    assert analyze_case(p, load_case(synth_root / CASE)).dice == ours.dice
+
+
+def test_predict_case_files_outputs(synth_root, tmp_path):
+    z = zip_folder(synth_root / CASE, tmp_path / "case.zip")
+    summary, plot, montage, masks = predict_case_files(FakePredictor(shifted), [z], 0.47, tmp_path / "out")
+    assert {Path(p).parent for p in (plot, montage, masks)} == {tmp_path / "out"}
+    assert cv2.imread(plot) is not None and cv2.imread(montage) is not None
+    pages = tifffile.imread(masks)
+    assert pages.shape == (12, 64, 64) and pages.dtype == np.uint8 and set(np.unique(pages)) <= {0, 255}
+    assert [int(v) for v in (pages > 0).reshape(12, -1).sum(1)] == [r["tumor_area_px"] for r in summary["per_slice"]]
+    assert json.loads((tmp_path / "out" / f"{CASE}_summary.json").read_text()) == summary
+    assert 0 < summary["dice"] < 1 and summary["threshold"] == 0.47
+    with pytest.raises(ValueError, match="finite"):
+        predict_case_files(FakePredictor(), [z], float("inf"), tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()  # refused before anything is written
+
+
+def test_flair_only_case_and_its_figures(tmp_path):
+    from brainseg.viz import case_montage, plot_probabilities
+
+    rng = np.random.default_rng(0)
+    case = CaseInput("grey", [make_slice(rng, 40)[0][..., 1:2] for _ in range(3)], [7, 8, 9])
+    result = analyze_case(FakePredictor(image_size=40), case)
+    assert result.masks.shape == (3, 40, 40) and result.tumor_slices == [7, 8, 9]
+    assert case_montage(case, result).ndim == 3
+    assert plot_probabilities(result, tmp_path / "p.png").exists()
+
+
+def test_old_names_still_import():
+    from brainseg import cases
+
+    assert cases.analyze_case is analyze_case and cases.summarize is summarize and cases.load_case is load_case
+    p = FakePredictor()
+    img, _ = make_slice(np.random.default_rng(0), 64)
+    np.testing.assert_array_equal(cases.predict_slices(p, [img])[0].mask, p.predict(img).mask)
+
+
+EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.png") if not p.stem.endswith("_mask"))
+
+
+@pytest.mark.skipif(not EXAMPLES, reason="no examples/*.png")
+def test_example_slices_as_a_case(tiny_checkpoints, tmp_path):
+    """The shipped example slices (from different patients) stacked as one case, with their masks."""
+    predictor = Predictor.from_sources(str(tiny_checkpoints["segmenter"]), str(tiny_checkpoints["classifier"]))
+    paths = []
+    for k, p in enumerate(EXAMPLES, start=1):
+        paths.append(tmp_path / f"examples_{k}.png")
+        paths[-1].write_bytes(p.read_bytes())
+        truth = p.with_name(p.stem + "_mask.png")
+        if truth.exists():
+            paths.append(tmp_path / f"examples_{k}_mask.png")
+            paths[-1].write_bytes(truth.read_bytes())
+    random.Random(0).shuffle(paths)
+    case = load_case(paths)
+    assert case.slice_numbers == list(range(1, len(EXAMPLES) + 1))
+    summary, plot, montage, masks = predict_case_files(predictor, paths, None, tmp_path / "out")
+    assert summary["slices"] == len(EXAMPLES) and tifffile.imread(masks).shape[0] == len(EXAMPLES)
+    pred = tifffile.imread(masks) > 0
+    assert summary["dice"] == pytest.approx(dice_score(pred, np.stack(case.masks)), abs=1e-6)
+    assert summary["dice"] == analyze_case(predictor, case).dice
 
 
 # ---------------------------------------------------------------- the shipped models on the dev data

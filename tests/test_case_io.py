@@ -14,7 +14,7 @@ import pytest
 import tifffile
 
 from brainseg.case_io import CaseInput, load_case, write_case_outputs
-from brainseg.cases import analyze_case
+from brainseg.case_analysis import analyze_case
 from brainseg.data import find_cases, read_image, read_mask
 from brainseg.images import Limits, decode_image, load_slice
 from conftest import FakePredictor, make_slice
