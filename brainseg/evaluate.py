@@ -2,6 +2,9 @@
 
     python -m brainseg.evaluate ../shared/data/lgg/kaggle_3m --split splits/lgg_dev_seed42.json --json eval.json
     python -m brainseg.evaluate DATA --segmenter runs/segmenter --classifier user/brainseg-classifier@v1
+    python -m brainseg.evaluate DATA --cases 'TCGA_CS_*' TCGA_DU_7010_19860307   # a subset of cases
+
+A bar over the cases (done, slices seen, time left) goes to stderr; ``--quiet`` hides it.
 
 Conventions (see :mod:`brainseg.metrics`):
 
@@ -22,6 +25,7 @@ Conventions (see :mod:`brainseg.metrics`):
   post-processing) divided by the number of slices; reading the files is not counted.
 """
 import argparse
+import fnmatch
 import json
 import math
 import sys
@@ -30,6 +34,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
+from tqdm import tqdm
 
 from .data import Case, find_cases, load_split, read_image, read_mask, select_cases, slice_number
 from .inference import PRECISIONS, Predictor
@@ -38,27 +43,33 @@ from .metrics import CaseDiceAggregator, detection_metrics, expected_calibration
 PathLike = Union[str, Path]
 
 
-def select_eval_cases(data_dir: PathLike, split: Optional[Union[PathLike, Dict]] = None) -> List[Case]:
-    """Every case under ``data_dir`` (sorted), or only the split's ``"val"`` cases.
+def select_eval_cases(data_dir: PathLike, split: Optional[Union[PathLike, Dict]] = None,
+                      only: Optional[Sequence[str]] = None) -> List[Case]:
+    """Every case under ``data_dir`` (sorted), or only the split's ``"val"`` cases, or only those named.
 
     Args:
         data_dir: a folder in the kaggle_3m layout.
         split: None, a split JSON path (see :func:`brainseg.data.load_split`) or an already loaded split dict.
+        only: case names or shell patterns (``"TCGA_CS_*"``); a case is kept when one matches.
     Raises:
         FileNotFoundError naming the path when the folder is missing or holds no case;
-        KeyError when the split names a case the folder lacks.
+        KeyError when the split names a case the folder lacks, or a name or pattern matches no case.
     """
     cases = find_cases(data_dir)
-    if split is None:
-        return cases
-    if not isinstance(split, dict):
-        split = load_split(split)
-    return select_cases(cases, split["val"])
+    if split is not None:
+        cases = select_cases(cases, (split if isinstance(split, dict) else load_split(split))["val"])
+    if only:
+        unmatched = [pat for pat in only if not any(fnmatch.fnmatchcase(c.name, pat) for c in cases)]
+        if unmatched:
+            raise KeyError(f"No case in {data_dir}{' (split val cases)' if split is not None else ''} matches "
+                           f"{', '.join(map(repr, unmatched))}")
+        cases = [c for c in cases if any(fnmatch.fnmatchcase(c.name, pat) for pat in only)]
+    return cases
 
 
 def evaluate(data_dir: PathLike, predictor, split: Optional[Union[PathLike, Dict]] = None,
              threshold: Optional[float] = None, batch_size: int = 16, keep_slices: bool = False,
-             progress: bool = False) -> Dict:
+             progress: bool = False, only: Optional[Sequence[str]] = None) -> Dict:
     """Segmentation and detection metrics of ``predictor`` on the cases of a kaggle_3m folder.
 
     Args:
@@ -69,7 +80,8 @@ def evaluate(data_dir: PathLike, predictor, split: Optional[Union[PathLike, Dict
         batch_size: slices per forward pass.
         keep_slices: also return ``"slices_detail"``: per-slice case, slice number, probability and
             label (what a calibration step needs).
-        progress: show a tqdm bar over cases.
+        progress: show a tqdm bar over cases on stderr (cases done, slices seen, time left).
+        only: evaluate only these cases (names or shell patterns, see :func:`select_eval_cases`).
     Returns:
         ``{"cases", "slices", "seg": {...}, "det": {...}, "seconds_per_slice", "per_case", "ece",
         "sources"}``. Per-case Dice is over the whole stack; empty-vs-empty counts 1 (see module doc).
@@ -81,18 +93,15 @@ def evaluate(data_dir: PathLike, predictor, split: Optional[Union[PathLike, Dict
         >>> r = evaluate("../shared/data/lgg/kaggle_3m", p, split="splits/lgg_dev_seed42.json")
         >>> r["seg"]["dice_per_case_mean"], r["det"]["auroc"]
     """
-    cases = select_eval_cases(data_dir, split)
+    cases = select_eval_cases(data_dir, split, only)
     agg = CaseDiceAggregator()
     probs: List[float] = []
     labels: List[int] = []
     detail: List[Dict] = []
     seconds = 0.0
-    if progress:
-        from tqdm import tqdm
-        cases_iter = tqdm(cases, desc="evaluating", unit="case")
-    else:
-        cases_iter = cases
-    for case in cases_iter:
+    bar = tqdm(cases, desc="evaluating", unit="case", file=sys.stderr, disable=not progress)
+    for case in bar:
+        bar.set_postfix_str(f"{case.name}, {len(labels) + len(case)} slices", refresh=False)
         images = [read_image(p) for p in case.images]
         truths = [read_mask(p) for p in case.masks]
         t0 = time.perf_counter()
@@ -180,20 +189,26 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     p.add_argument("--segmenter", help="model folder or Hub repo id 'user/repo[@rev]' (default: the shipped model)")
     p.add_argument("--classifier", help="model folder or Hub repo id 'user/repo[@rev]' (default: the shipped model)")
     p.add_argument("--split", help="split JSON: evaluate only its 'val' cases")
+    p.add_argument("--cases", nargs="+", metavar="NAME",
+                   help="evaluate only these cases: names or shell patterns such as 'TCGA_CS_*' (quote them)")
     p.add_argument("--json", dest="json_out", help="write the metrics here as JSON")
     p.add_argument("--threshold", type=float, help="pixel probability threshold (default: the segmenter config's)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", choices=PRECISIONS,
                    help="segmenter arithmetic (default: $BRAINSEG_PRECISION, else auto: bf16 where the hardware has it)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
     args = p.parse_args(argv)
 
     try:
-        select_eval_cases(args.data_dir, args.split)  # fail on a bad folder before loading models
+        cases = select_eval_cases(args.data_dir, args.split, args.cases)  # fail on a bad folder before loading models
+        if not args.quiet:
+            print(f"{len(cases)} case{'s' if len(cases) != 1 else ''}, {sum(len(c) for c in cases)} slices to "
+                  f"evaluate", file=sys.stderr)
         predictor = Predictor.from_sources(args.segmenter, args.classifier, device=args.device,
                                            precision=args.precision)
         result = evaluate(args.data_dir, predictor, split=args.split, threshold=args.threshold,
-                          batch_size=args.batch_size, progress=sys.stderr.isatty())
+                          batch_size=args.batch_size, progress=not args.quiet, only=args.cases)
     except (FileNotFoundError, KeyError, ValueError, OSError) as e:
         p.error(str(e.args[0]) if e.args else str(e))  # exit status 2, the message (naming the path) on stderr
     print(format_table(result))
