@@ -264,5 +264,6 @@ def predict_case_files(predictor, paths, threshold: Optional[float] = None,
     case = load_case(list(paths) if not isinstance(paths, (str, Path)) else paths)
     result = analyze_case(predictor, case, threshold)
     out = Path(tempfile.mkdtemp(prefix="brainseg_case_") if out_dir is None else out_dir)
-    written = write_case_outputs(case, result, out, figures=True)
-    return summarize(result), str(written["probability"]), str(written["overlays"]), str(written["masks"])
+    summary = summarize(result)
+    written = write_case_outputs(case, result, out, figures=True, summary=summary)
+    return summary, str(written["probability"]), str(written["overlays"]), str(written["masks"])

@@ -27,7 +27,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .images import decode_image, decode_mask, to_slice
+from .images import apply_orientation, decode_image, decode_mask, to_slice
 from .limits import DEFAULT_LIMITS, InvalidImageError, Limits, MiB, named
 from .nifti_io import read_nifti, write_nifti_mask
 from .safe_zip import JUNK, zip_members
@@ -245,8 +245,6 @@ def load_case_folder(folder: PathLike, limits: Limits = DEFAULT_LIMITS) -> CaseI
 
 def load_case_tiff(path: PathLike, limits: Limits = DEFAULT_LIMITS) -> CaseInput:
     """A multi-page TIFF: one slice a page, in page order (numbered 1..N); grey or RGB pages."""
-    from .images import apply_orientation
-
     path = Path(path)
     check_file_size(path, limits)
 
@@ -352,7 +350,8 @@ def write_mask_nifti(result, case_input: CaseInput, path: PathLike) -> Path:
 
 
 def write_case_outputs(case_input: CaseInput, result, out_dir: PathLike, *, figures: bool = False,
-                       slice_masks: bool = False, name: Optional[str] = None) -> Dict[str, Path]:
+                       slice_masks: bool = False, name: Optional[str] = None,
+                       summary: Optional[Dict] = None) -> Dict[str, Path]:
     """Write a case's results into ``out_dir`` (created), nothing outside it; the app's and the CLI's one writer.
 
     Args:
@@ -361,15 +360,15 @@ def write_case_outputs(case_input: CaseInput, result, out_dir: PathLike, *, figu
         out_dir: the folder to write into.
         figures: also the probability plot and the overlay montage (PNG, drawn by :mod:`brainseg.viz`).
         slice_masks: also one ``<case>_<n>_mask.tif`` (uint8 0/255) a slice, the kaggle_3m naming.
-        name: the case name for file names and the summary (default: the input's, made file-safe).
+        name: the case name for file names (default: the input's, made file-safe).
+        summary: the case summary (:func:`brainseg.case_analysis.summarize`), written as JSON when
+            given (its ``case`` set to ``name`` when one is given).
     Returns:
-        paths by role: ``summary`` (JSON), ``masks`` (a multi-page uint8 0/255 TIFF, or a uint8 0/1
-        ``.nii.gz`` on the input's grid for NIfTI input), ``probability`` and ``overlays`` with
-        ``figures``, ``slice_<n>`` with ``slice_masks``.
+        paths by role: ``masks`` (a multi-page uint8 0/255 TIFF, or a uint8 0/1 ``.nii.gz`` on the
+        input's grid for NIfTI input), ``summary`` with ``summary``, ``probability`` and
+        ``overlays`` with ``figures``, ``slice_<n>`` with ``slice_masks``.
     """
     import cv2
-
-    from .case_analysis import summarize  # noqa: PLC0415 - the analysis module imports this one
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -392,8 +391,8 @@ def write_case_outputs(case_input: CaseInput, result, out_dir: PathLike, *, figu
         paths["overlays"] = inside(out, out / f"{base}_overlays.png")
         if not cv2.imwrite(str(paths["overlays"]), cv2.cvtColor(case_montage(case_input, result), cv2.COLOR_RGB2BGR)):
             raise OSError(f"Could not write {paths['overlays']}")
-    summary = summarize(result)
-    summary["case"] = base
-    paths["summary"] = inside(out, out / f"{base}_summary.json")
-    paths["summary"].write_text(json.dumps(summary, indent=2) + "\n")
+    if summary is not None:
+        summary = dict(summary, case=base) if name else summary
+        paths["summary"] = inside(out, out / f"{base}_summary.json")
+        paths["summary"].write_text(json.dumps(summary, indent=2) + "\n")
     return {k: Path(v) for k, v in paths.items()}

@@ -25,7 +25,6 @@ hides both); one line a case goes to stdout. The files are written by
 """
 import argparse
 import csv
-import json
 import sys
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
@@ -79,8 +78,11 @@ def write_case(case: CaseInput, result, out: Path, used: set, figures: bool = Fa
                          f"_mask files would be overwritten; choose another --out")
     folder.mkdir(parents=True, exist_ok=True)
     inside(out, folder)  # again, now that it exists: a symbolic link planted at out/<case> is caught
-    paths = write_case_outputs(case, result, folder, figures=figures, slice_masks=True, name=name)
-    return folder, json.loads(paths["summary"].read_text())
+    from .case_analysis import summarize
+
+    summary = dict(summarize(result), case=name)
+    write_case_outputs(case, result, folder, figures=figures, slice_masks=True, name=name, summary=summary)
+    return folder, summary
 
 
 def csv_rows(summary: dict) -> List[dict]:

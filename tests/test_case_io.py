@@ -14,7 +14,7 @@ import pytest
 import tifffile
 
 from brainseg.case_io import CaseInput, load_case, write_case_outputs
-from brainseg.case_analysis import analyze_case
+from brainseg.case_analysis import analyze_case, summarize
 from brainseg.data import find_cases, read_image, read_mask
 from brainseg.images import Limits, decode_image, load_slice
 from conftest import FakePredictor, make_slice
@@ -165,7 +165,7 @@ def test_nifti_slices_spacing_and_mask_roundtrip(tmp_path, axcodes):
     result = analyze_case(over(400, channel=0, size=48), case)
     assert result.volume_voxels == int((vol > 400).sum()) and result.largest_area_slice in (3, 4)
 
-    paths = write_case_outputs(case, result, tmp_path / "out")
+    paths = write_case_outputs(case, result, tmp_path / "out", summary=summarize(result))
     assert paths["masks"].name == "vol_masks.nii.gz"
     m = nib.load(paths["masks"])
     assert m.shape == vol.shape and np.allclose(m.affine, nib.load(path).affine)
@@ -186,7 +186,7 @@ def test_nifti_with_three_channels_and_nan_background(tmp_path):
 def test_write_case_outputs_for_the_app_and_the_cli(case_dir, tmp_path):
     case = load_case(case_dir)
     result = analyze_case(over(199), case)
-    paths = write_case_outputs(case, result, tmp_path / "app", figures=True)
+    paths = write_case_outputs(case, result, tmp_path / "app", figures=True, summary=summarize(result))
     assert set(paths) == {"masks", "summary", "probability", "overlays"}
     assert {p.parent for p in paths.values()} == {(tmp_path / "app").resolve()}
     pages = tifffile.imread(paths["masks"])
@@ -196,11 +196,12 @@ def test_write_case_outputs_for_the_app_and_the_cli(case_dir, tmp_path):
     summary = json.loads(paths["summary"].read_text())
     assert summary["case"] == CASE and summary["dice"] == 1.0
 
-    cli = write_case_outputs(case, result, tmp_path / "cli", slice_masks=True, name="renamed")
+    cli = write_case_outputs(case, result, tmp_path / "cli", slice_masks=True, name="renamed", summary=summarize(result))
     assert sorted(p.name for p in cli.values()) == sorted(
         ["renamed_masks.tif", "renamed_summary.json"] + [f"renamed_{n}_mask.tif" for n in range(1, 13)])
     np.testing.assert_array_equal(read_mask(cli["slice_5"]), case.masks[4])
     assert json.loads(cli["summary"].read_text())["case"] == "renamed"
+    assert set(write_case_outputs(case, result, tmp_path / "bare")) == {"masks"}  # the app keeps its JSON in memory
 
 
 def test_writer_refuses_a_symlink_out_of_its_folder(case_dir, tmp_path):
@@ -209,10 +210,10 @@ def test_writer_refuses_a_symlink_out_of_its_folder(case_dir, tmp_path):
     out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
     out.mkdir()
     elsewhere.mkdir()
-    (out / f"{CASE}_summary.json").symlink_to(elsewhere / "planted.json")
+    (out / f"{CASE}_masks.tif").symlink_to(elsewhere / "planted.tif")
     with pytest.raises(ValueError, match=r"outside the output folder"):
         write_case_outputs(case, result, out)
-    assert not (elsewhere / "planted.json").exists()
+    assert not (elsewhere / "planted.tif").exists()
 
 
 # ---------------------------------------------------------------- bad inputs: a clear ValueError naming the file
