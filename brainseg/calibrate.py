@@ -1,8 +1,15 @@
-"""Choose the decision rules on the validation cases and write the shippable checkpoints.
+"""Choose the decision rules on held-out cases and write the shippable checkpoints.
 
-    python -m brainseg.calibrate --data DIR --split splits/lgg_dev_seed42.json \
+    python -m brainseg.calibrate --data DIR --cv runs/cv \
         --segmenter runs/segmenter --classifier runs/classifier \
         --out-segmenter models/segmenter --out-classifier models/classifier --fp16
+    python -m brainseg.calibrate --data DIR --split SPLIT.json --segmenter ... --classifier ... --out-...
+
+With ``--cv DIR`` (folders ``segmenter_<f>`` and ``classifier_<f>``, each with the ``split.json`` its
+training wrote) every fold's models predict that fold's validation cases, and all choices below are
+made on the pooled out-of-fold predictions: every case of the folds, not the ~17 of one split. The
+chosen values are then written into ``--segmenter`` / ``--classifier``, the same recipe trained on
+all cases. With ``--split`` the one split's validation cases are used, as before.
 
 - Classifier: temperature scaling (the NLL-optimal temperature on the validation slices), so the
   confidence the app shows means what it says; then the decision threshold with the best
@@ -16,7 +23,9 @@
   :func:`brainseg.postprocess.postprocess_mask`, gated by the fused detection verdict (a mask is
   drawn iff the slice is detected, so there is no separate gate to choose). TTA is kept only when
   it gains at least ``--tta-min-gain`` Dice, since it doubles the segmenter's CPU cost.
-Only the split's validation cases are used; the chosen values go into each ``config.json``.
+- Cases (reported, not yet applied): 3-D connected components across a case's slices
+  (:mod:`brainseg.volume`): keep all, the largest only, or those of at least N voxels.
+The chosen values go into each ``config.json``; the figures and their spread over folds into metrics.json.
 """
 import argparse
 import itertools
@@ -24,11 +33,12 @@ import json
 import shutil
 from dataclasses import asdict
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
 from safetensors.torch import save_file
+from sklearn.linear_model import LogisticRegression
 
 from .data import find_cases, load_split, read_image, read_mask, select_cases
 from .inference import fuse_detection, segmenter_evidence
@@ -36,9 +46,11 @@ from .metrics import CaseDiceAggregator, auroc, detection_metrics, expected_cali
 from .models import ResUNet, TumorClassifier
 from .postprocess import postprocess_mask
 from .preprocess import preprocess
+from .volume import filter_components_3d
 
 THRESHOLDS = [0.3, 0.4, 0.5, 0.6, 0.7]
 MIN_COMPONENTS = [0, 10, 25, 50, 100, 200]
+CASE_RULES = [("none", 0), ("largest", 0)] + [("min_voxels", n) for n in (100, 250, 500, 1000, 2000)]
 
 
 def nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
@@ -67,20 +79,10 @@ def youden_threshold(probs: np.ndarray, labels: np.ndarray) -> float:
 
 
 def fit_fusion(logits: np.ndarray, evidence: np.ndarray, labels: np.ndarray) -> List[float]:
-    """Maximum-likelihood ``[w0, w1, b]`` of ``sigmoid(w0 * logits + w1 * evidence + b)`` (L-BFGS)."""
-    x = torch.tensor(np.stack([logits, evidence], 1), dtype=torch.float64)
-    y = torch.tensor(labels, dtype=torch.float64)
-    w = torch.zeros(3, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w], max_iter=500, tolerance_grad=1e-10, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(x @ w[:2] + w[2], y)
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return [float(v) for v in w.detach()]
+    """Maximum-likelihood ``[w0, w1, b]`` of ``sigmoid(w0 * logits + w1 * evidence + b)`` (unpenalised
+    logistic regression, scikit-learn)."""
+    fit = LogisticRegression(C=np.inf, max_iter=1000).fit(np.stack([logits, evidence], 1), np.asarray(labels))
+    return [float(fit.coef_[0, 0]), float(fit.coef_[0, 1]), float(fit.intercept_[0])]
 
 
 def leave_one_case_out(logits: np.ndarray, evidence: np.ndarray, labels: np.ndarray, cases: Sequence[str]) -> np.ndarray:
@@ -99,15 +101,94 @@ def forward_batches(fn, xs: Sequence[torch.Tensor], batch_size: int = 32) -> tor
     return torch.cat([fn(torch.stack(xs[i:i + batch_size])) for i in range(0, len(xs), batch_size)])
 
 
-def score_rule(probs: np.ndarray, masks: np.ndarray, cases: List[str], detected: np.ndarray, thr: float,
-               min_px: int, model_size: int) -> Dict[str, float]:
-    """Per-case metrics of the masks the Predictor would draw: :func:`postprocess_mask` of each slice's
+def rule_aggregator(probs: np.ndarray, masks: np.ndarray, cases: List[str], detected: np.ndarray, thr: float,
+                    min_px: int, model_size: int) -> CaseDiceAggregator:
+    """Per-case counts of the masks the Predictor would draw: :func:`postprocess_mask` of each slice's
     map (at the masks' size) at this pixel threshold and minimum component size, drawn iff detected."""
     agg = CaseDiceAggregator()
     for p, m, c, d in zip(probs, masks, cases, detected):
         pred = postprocess_mask(p, thr, min_px, model_size, bool(d)).astype(bool)
         agg.update_counts(c, int((pred & m).sum()), int(pred.sum()), int(m.sum()))
-    return agg.compute()
+    return agg
+
+
+def score_rule(probs: np.ndarray, masks: np.ndarray, cases: List[str], detected: np.ndarray, thr: float,
+               min_px: int, model_size: int) -> Dict[str, float]:
+    """Per-case metrics of :func:`rule_aggregator`."""
+    return rule_aggregator(probs, masks, cases, detected, thr, min_px, model_size).compute()
+
+
+def score_case_rules(probs: np.ndarray, masks: np.ndarray, cases: List[str], detected: np.ndarray, thr: float,
+                     min_px: int, model_size: int) -> List[Dict]:
+    """Per-case metrics of each 3-D rule of :data:`CASE_RULES` applied to the Predictor's masks of each case."""
+    cases = np.asarray(cases)
+    drawn = np.stack([postprocess_mask(p, thr, min_px, model_size, bool(d)) for p, d in zip(probs, detected)])
+    out = []
+    for rule, n in CASE_RULES:
+        agg = CaseDiceAggregator()
+        for c in dict.fromkeys(cases):
+            idx = np.flatnonzero(cases == c)
+            pred = filter_components_3d(drawn[idx], rule, n).astype(bool)
+            for p, m in zip(pred, masks[idx]):
+                agg.update_counts(c, int((p & m).sum()), int(p.sum()), int(m.sum()))
+        out.append({"case_rule": rule, "min_voxels": n, **agg.compute()})
+    return out
+
+
+def fold_summary(per_case: Dict[str, Dict[str, float]], folds: Dict[str, int]) -> Dict[str, float]:
+    """Mean and sd over folds of the per-fold mean per-case Dice (as the published k-fold figures are)."""
+    by_fold: Dict[int, List[float]] = {}
+    for case, m in per_case.items():
+        by_fold.setdefault(folds[case], []).append(m["dice"])
+    means = [float(np.mean(v)) for _, v in sorted(by_fold.items())]
+    return {"folds": len(means), "dice_per_case_mean_by_fold": means,
+            "dice_per_case_mean_over_folds": float(np.mean(means)),
+            "dice_per_case_sd_over_folds": float(np.std(means, ddof=1)) if len(means) > 1 else float("nan")}
+
+
+def cv_runs(cv_dir: Path) -> List[Tuple[Path, Path, List[str]]]:
+    """(segmenter dir, classifier dir, validation case names) of each fold under ``cv_dir``."""
+    runs = []
+    for seg_dir in sorted(cv_dir.glob("segmenter_*")):
+        clf_dir = cv_dir / seg_dir.name.replace("segmenter_", "classifier_")
+        for d in (seg_dir, clf_dir):
+            if not (d / "model.safetensors").exists():
+                raise FileNotFoundError(f"Fold checkpoint missing: {d} (has its training finished?)")
+        runs.append((seg_dir, clf_dir, load_split(seg_dir / "split.json")["val"]))
+    if not runs:
+        raise FileNotFoundError(f"No fold folders segmenter_<f> in {cv_dir}")
+    seen = [n for _, _, val in runs for n in val]
+    if len(seen) != len(set(seen)):
+        raise ValueError(f"The folds in {cv_dir} validate some case twice: their splits are not one k-fold")
+    return runs
+
+
+def held_out_predictions(data: str, runs: Sequence[Tuple[str, str, Sequence[str]]]) -> Dict:
+    """Each run's models on its own held-out cases, pooled: images' masks, case names, fold index,
+    classifier logits and the segmenter's plain and flipped probabilities at its input size."""
+    all_cases = find_cases(data)
+    out = {k: [] for k in ("masks", "names", "fold", "logits", "plain", "flipped")}
+    seg = clf = None
+    for f, (seg_dir, clf_dir, val) in enumerate(runs):
+        seg, clf = ResUNet.from_pretrained(seg_dir), TumorClassifier.from_pretrained(clf_dir)
+        images = []
+        for c in select_cases(all_cases, val):
+            for ip, mp in zip(c.images, c.masks):
+                images.append(read_image(ip))
+                out["masks"].append(read_mask(mp))
+                out["names"].append(c.name)
+                out["fold"].append(f)
+        out["logits"].append(forward_batches(clf, [preprocess(im, clf.config) for im in images])[:, 0])
+        xs = [preprocess(im, seg.config) for im in images]
+        out["plain"].append(forward_batches(lambda x: torch.sigmoid(seg(x)), xs, 16))
+        out["flipped"].append(forward_batches(lambda x: torch.sigmoid(seg(x.flip(-1))).flip(-1), xs, 16))
+        print(f"fold {f}: {len(val)} held-out cases, {len(images)} slices ({seg_dir}, {clf_dir})", flush=True)
+    for k in ("logits", "plain", "flipped"):
+        out[k] = torch.cat(out[k])
+    out["logits"] = out["logits"].numpy()
+    out["masks"] = np.stack(out["masks"])
+    out["top_k"], out["model_size"] = clf.config.fusion_top_k, seg.config.image_size
+    return out
 
 
 def save_checkpoint(model, out: Path, fp16: bool) -> None:
@@ -121,7 +202,9 @@ def save_checkpoint(model, out: Path, fp16: bool) -> None:
 def main(argv=None) -> Dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True)
-    ap.add_argument("--split", required=True)
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--split", help="choose on this split's validation cases, with --segmenter/--classifier")
+    src.add_argument("--cv", help="choose on the out-of-fold predictions of the fold runs in this folder")
     ap.add_argument("--segmenter", required=True)
     ap.add_argument("--classifier", required=True)
     ap.add_argument("--out-segmenter", required=True)
@@ -130,21 +213,18 @@ def main(argv=None) -> Dict:
     ap.add_argument("--tta-min-gain", type=float, default=0.005)
     args = ap.parse_args(argv)
 
-    seg = ResUNet.from_pretrained(args.segmenter)
+    runs = cv_runs(Path(args.cv)) if args.cv else [
+        (args.segmenter, args.classifier, load_split(args.split)["val"])]
+    held = held_out_predictions(args.data, runs)
+    seg = ResUNet.from_pretrained(args.segmenter)  # the checkpoints the choices are written into
     clf = TumorClassifier.from_pretrained(args.classifier)
-    val_cases = select_cases(find_cases(args.data), load_split(args.split)["val"])
-    images, masks, names = [], [], []
-    for c in val_cases:
-        for ip, mp in zip(c.images, c.masks):
-            images.append(read_image(ip))
-            masks.append(read_mask(mp))
-            names.append(c.name)
-    masks_np = np.stack(masks)
-    labels = masks_np.reshape(len(masks_np), -1).any(1).astype(np.int64)
-    print(f"calibrating on {len(val_cases)} validation cases, {len(images)} slices ({labels.sum()} with tumour)")
+    masks_np, names, logits = held["masks"], held["names"], held["logits"]
+    labels = masks_np.any(axis=(1, 2)).astype(np.int64)
+    n_cases = len(set(names))
+    source = f"out-of-fold predictions of {len(runs)} folds ({args.cv})" if args.cv else f"{args.split} validation"
+    print(f"calibrating on {n_cases} held-out cases, {len(names)} slices ({labels.sum()} with tumour): {source}")
 
     # classifier: temperature, then threshold
-    logits = forward_batches(clf, [preprocess(im, clf.config) for im in images])[:, 0].numpy()
     raw = 1 / (1 + np.exp(-logits))
     t = fit_temperature(logits, labels)
     cal = 1 / (1 + np.exp(-logits / t))
@@ -157,13 +237,11 @@ def main(argv=None) -> Dict:
                   "at_0.5": detection_metrics(cal, labels, 0.5)}
     print("classifier:", json.dumps(clf_report, indent=1))
 
-    # segmenter: probability maps once (plain and flipped), at its input size for the evidence and
-    # at the masks' size for the rules
-    xs = [preprocess(im, seg.config) for im in images]
+    # segmenter: probability maps (plain and flipped) at its input size for the evidence and at the
+    # masks' size for the rules
     size = masks_np.shape[1:]
-    top_k = clf.config.fusion_top_k
-    plain = forward_batches(lambda x: torch.sigmoid(seg(x)), xs, 16)
-    flipped = forward_batches(lambda x: torch.sigmoid(seg(x.flip(-1))).flip(-1), xs, 16)
+    top_k, model_size = held["top_k"], held["model_size"]
+    plain, flipped = held.pop("plain"), held.pop("flipped")
     variants = {}
     for tta in (False, True):
         p = 0.5 * (plain + flipped) if tta else plain
@@ -189,16 +267,24 @@ def main(argv=None) -> Dict:
         v = variants[tta]
         detected = v["det"] >= v["fusion"]["threshold"]
         grid.append({"tta_flip": tta, "threshold": thr, "min_component_px": min_px,
-                     **score_rule(v["probs"], masks_bool, names, detected, thr, min_px, seg.config.image_size)})
+                     **score_rule(v["probs"], masks_bool, names, detected, thr, min_px, model_size)})
     key = "dice_per_case_mean"
     best_plain = max((g for g in grid if not g["tta_flip"]), key=lambda g: g[key])
     best_tta = max((g for g in grid if g["tta_flip"]), key=lambda g: g[key])
     chosen = best_tta if best_tta[key] >= best_plain[key] + args.tta_min_gain else best_plain
     default = next(g for g in grid if not g["tta_flip"] and g["threshold"] == 0.5 and g["min_component_px"] == 0)
-    seg_report = {"chosen": chosen, "best_without_tta": best_plain, "best_with_tta": best_tta,
-                  "defaults": default, "grid_size": len(grid)}
+    v = variants[chosen["tta_flip"]]
+    detected = v["det"] >= v["fusion"]["threshold"]
+    rule = (v["probs"], masks_bool, names, detected, chosen["threshold"], chosen["min_component_px"], model_size)
+    seg_report = {"chosen_on": source, "cases": n_cases, "slices": len(names),
+                  "chosen": chosen, "best_without_tta": best_plain, "best_with_tta": best_tta,
+                  "defaults": default, "grid_size": len(grid), "case_rules": score_case_rules(*rule)}
+    if args.cv:
+        seg_report["cross_validation"] = fold_summary(rule_aggregator(*rule).per_case(),
+                                                      dict(zip(names, held["fold"])))
     print("segmenter:", json.dumps(seg_report, indent=1))
-    fusion = variants[chosen["tta_flip"]]["fusion"]
+    fusion = v["fusion"]
+    clf_report["chosen_on"] = source
     clf_report["fusion"] = fusion
     print("detection (fused):", json.dumps(fusion, indent=1))
 

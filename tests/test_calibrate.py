@@ -161,3 +161,85 @@ def test_calibration_scores_the_masks_the_predictor_draws(tiny_checkpoints, synt
     assert r["seg"]["dice_per_case_mean"] == pytest.approx(chosen["dice_per_case_mean"], abs=1e-6)
     assert r["seg"]["false_positive_slices"] == chosen["false_positive_slices"]
     assert r["det"]["threshold"] == report["classifier"]["fusion"]["threshold"] == round(r["det"]["threshold"], 4)
+
+
+# ---------------------------------------------------------------- out-of-fold calibration (--cv)
+
+def _fold_runs(tmp_path, synth_root, k=3):
+    """Fold folders as train.py --folds writes them: tiny untrained models and each fold's split.json."""
+    from brainseg.config import ClassifierConfig, SegmenterConfig
+    from brainseg.data import fold_split, make_folds
+
+    folds = make_folds(find_cases(synth_root), k=k, seed=0)
+    for f in range(k):
+        torch.manual_seed(f)
+        ResUNet(SegmenterConfig(encoder="test_resnet", image_size=64)).save_pretrained(tmp_path / f"segmenter_{f}")
+        TumorClassifier(ClassifierConfig(encoder="test_resnet", image_size=64)).save_pretrained(
+            tmp_path / f"classifier_{f}")
+        save_split(fold_split(folds, f), tmp_path / f"segmenter_{f}" / "split.json")
+    return folds
+
+
+def test_cv_calibration_chooses_on_every_case_of_the_folds(tiny_checkpoints, synth_root, tmp_path):
+    folds = _fold_runs(tmp_path / "cv", synth_root)
+    out_seg, out_clf = tmp_path / "seg", tmp_path / "clf"
+    report = calibrate_main(["--data", str(synth_root), "--cv", str(tmp_path / "cv"),
+                             "--segmenter", str(tiny_checkpoints["segmenter"]),
+                             "--classifier", str(tiny_checkpoints["classifier"]),
+                             "--out-segmenter", str(out_seg), "--out-classifier", str(out_clf)])
+    seg = report["segmenter"]
+    assert seg["cases"] == 6 and seg["slices"] == 72  # all six cases, each predicted by the fold that held it out
+    cv = seg["cross_validation"]
+    assert cv["folds"] == 3 and len(cv["dice_per_case_mean_by_fold"]) == 3
+    assert cv["dice_per_case_mean_over_folds"] == pytest.approx(np.mean(cv["dice_per_case_mean_by_fold"]))
+    assert [r["case_rule"] for r in seg["case_rules"]][:2] == ["none", "largest"]
+    assert seg["case_rules"][0]["dice_per_case_mean"] == pytest.approx(seg["chosen"]["dice_per_case_mean"])
+    assert "out-of-fold" in report["classifier"]["chosen_on"]
+    # the choices land in the final checkpoints, which were not among the fold models
+    assert json.loads((out_clf / "config.json").read_text())["temperature"] == report["classifier"]["temperature"]
+    assert json.loads((out_seg / "config.json").read_text())["threshold"] == seg["chosen"]["threshold"]
+    assert sorted(n for f in folds["folds"] for n in f) == sorted(c.name for c in find_cases(synth_root))
+
+
+def test_cv_runs_refuse_unfinished_or_overlapping_folds(synth_root, tmp_path):
+    from brainseg.calibrate import cv_runs
+
+    _fold_runs(tmp_path, synth_root)
+    assert len(cv_runs(tmp_path)) == 3
+    (tmp_path / "classifier_2" / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="classifier_2"):
+        cv_runs(tmp_path)
+    _fold_runs(tmp_path, synth_root)
+    split = json.loads((tmp_path / "segmenter_1" / "split.json").read_text())
+    save_split(split, tmp_path / "segmenter_0" / "split.json")
+    with pytest.raises(ValueError, match="validate some case twice"):
+        cv_runs(tmp_path)
+    with pytest.raises(FileNotFoundError, match="No fold folders"):
+        cv_runs(tmp_path / "nothing")
+
+
+def test_fold_summary_is_the_mean_and_sd_of_fold_means():
+    from brainseg.calibrate import fold_summary
+
+    per_case = {"a": {"dice": 0.8}, "b": {"dice": 0.6}, "c": {"dice": 0.9}, "d": {"dice": 0.5}}
+    s = fold_summary(per_case, {"a": 0, "b": 0, "c": 1, "d": 1})
+    assert s["dice_per_case_mean_by_fold"] == pytest.approx([0.7, 0.7])
+    assert s["dice_per_case_sd_over_folds"] == pytest.approx(0.0)
+    s = fold_summary(per_case, {"a": 0, "b": 1, "c": 1, "d": 1})
+    assert s["dice_per_case_mean_by_fold"] == pytest.approx([0.8, 2.0 / 3])
+    assert s["dice_per_case_sd_over_folds"] == pytest.approx(np.std([0.8, 2.0 / 3], ddof=1))
+
+
+def test_case_rules_score_the_3d_filtered_masks():
+    from brainseg.calibrate import score_case_rules
+
+    probs = np.zeros((3, 16, 16))
+    masks = np.zeros((3, 16, 16), bool)
+    probs[0:2, 2:8, 2:8] = 0.9  # the tumour, on slices 0-1: 72 voxels
+    masks[0:2, 2:8, 2:8] = True
+    probs[2, 12:14, 12:14] = 0.9  # a 4-voxel false positive on slice 2
+    rows = {r["case_rule"] + str(r["min_voxels"]): r for r in
+            score_case_rules(probs, masks, ["c"] * 3, np.ones(3, bool), 0.5, 0, 16)}
+    assert rows["none0"]["dice_per_case_mean"] == pytest.approx(2 * 72 / (76 + 72))
+    assert rows["largest0"]["dice_per_case_mean"] == pytest.approx(1.0)
+    assert rows["min_voxels100"]["dice_per_case_mean"] == pytest.approx(0.0)  # 100 > 72: the tumour goes too
