@@ -15,14 +15,23 @@ SEG="--encoder resnet18 --decoder-channels 128 64 32 16 16 --batch-size 16 --lr 
 CLF="--encoder resnet18 --image-size 128 --batch-size 32 --lr 1e-3 --ema-decay 0.993 --select last --workers 1
      --resume auto"
 
-# 1. Cross-validation by patient (reduced schedule: the segmenter at 128x128): the recipe's figures with their
-#    spread, and out-of-fold predictions of all 88 cases on which every threshold, temperature and fusion weight
-#    is fitted. The classifier of fold f starts from the encoder of segmenter f (same training patients).
+# Both models run at 128x128: the masks lose little at that size (ground-truth masks taken down to 128 and
+# back keep a per-case Dice of 0.993 on the 88 cases), and each step is ~4.7x cheaper than at 256, which
+# pays for cross-validation, more epochs and a faster app.
+#
+# 1. Cross-validation by patient, the recipe as shipped: its figures with their spread over folds, and
+#    out-of-fold predictions of all 88 cases, on which every threshold, temperature and fusion weight is
+#    fitted (brainseg.calibrate --cv). The classifier of fold f starts from the encoder of segmenter f
+#    (the same training patients).
 for f in 0 1 2 3; do
     $PY train.py segmenter --data "$DATA" --folds $FOLDS --fold $f --out "$RUNS/cv/segmenter_$f" \
-        $SEG --image-size 128 --epochs 12
+        $SEG --image-size 128 --epochs 16
 done
 for f in 0 1 2 3; do
     $PY train.py classifier --data "$DATA" --folds $FOLDS --fold $f --out "$RUNS/cv/classifier_$f" \
         $CLF --epochs 8 --init-encoder-from "$RUNS/cv/segmenter_$f"
 done
+# 2. The shipped models: the same recipe on all 88 cases (no validation cases: nothing is chosen on them).
+$PY train.py segmenter --data "$DATA" --val-fraction 0 --out "$RUNS/segmenter" $SEG --image-size 128 --epochs 16
+$PY train.py classifier --data "$DATA" --val-fraction 0 --out "$RUNS/classifier" $CLF --epochs 8 \
+    --init-encoder-from "$RUNS/segmenter"
