@@ -68,8 +68,8 @@ def read_tiff_stack(data: bytes, limits: Limits, first_only: bool = False,
                     raise InvalidImageError(f"The TIFF has more than {limits.max_pages} pages, the limit of slices "
                                             f"in a case. Send at most {limits.max_pages} slices.", "too_large")
                 multipage = n > 1
-            out, spent, pixels, fallback = [], 0, 0, _LibTiff(data)
-            for k in range(n):
+            spent, pixels = 0, 0
+            for k in range(n):  # every page's header first: a stack over its budget decodes nothing
                 try:
                     page = tif.pages[k]
                     ysize, xsize = int(page.imagelength), int(page.imagewidth)
@@ -82,7 +82,12 @@ def read_tiff_stack(data: bytes, limits: Limits, first_only: bool = False,
                     samples = max(1, int(np.prod(page.shape)) // max(ysize * xsize, 1))
                     spent += decoded_bytes(ysize, xsize, samples, page.dtype if page.dtype is not None else np.uint8)
                     check_budget(spent, limits, "The TIFF" if first_only else "The pages up to this one")
-                    tp = _read_page(page, k, len(data), fallback)
+                except InvalidImageError as e:
+                    raise e if first_only else InvalidImageError(f"page {k + 1}: {e}", e.reason) from None
+            out, libtiff = [], _LibTiff(data)
+            for k in range(n):
+                try:
+                    tp = _read_page(tif.pages[k], k, len(data), libtiff)
                 except InvalidImageError as e:
                     raise e if first_only else InvalidImageError(f"page {k + 1}: {e}", e.reason) from None
                 out.append(convert(tp, k) if convert is not None else tp)

@@ -324,7 +324,7 @@ def test_input_file_size_limit_on_every_kind(case_dir, tmp_path):
             load_case(path, small)
 
 
-def test_decoded_bytes_are_budgeted_before_decoding(case_dir, tmp_path):
+def test_decoded_bytes_are_budgeted_before_decoding(case_dir, tmp_path, monkeypatch):
     """Issue 10.4: memory in bytes (pixels x channels x bytes per sample), for slice files and TIFF stacks."""
     files = [p for p in case_dir.iterdir() if not p.stem.endswith("_mask")]
     with pytest.raises(ValueError, match=rf"{CASE}_4\.tif: The TIFF would decode to 0 MiB"):
@@ -332,6 +332,7 @@ def test_decoded_bytes_are_budgeted_before_decoding(case_dir, tmp_path):
     stack = np.zeros((3, 40, 40, 3), np.float64)  # 38,400 B a page once decoded
     tifffile.imwrite(tmp_path / "f64.tif", stack, photometric="rgb")
     assert len(load_case(tmp_path / "f64.tif", Limits(max_decoded_bytes=3 * 38_400))) == 3
+    monkeypatch.setattr(tifffile.TiffPage, "asarray", lambda *a, **k: pytest.fail("a page decoded before the check"))
     with pytest.raises(ValueError, match=r"f64\.tif: page 3: The pages up to this one would decode to 0 MiB"):
         load_case(tmp_path / "f64.tif", Limits(max_decoded_bytes=2 * 38_400 + 1))
 
