@@ -210,26 +210,17 @@ def test_truncated_weights_fail_with_one_line_naming_the_file(tmp_path, keep):
     assert isinstance(err.value, ValueError)  # what the app's start-up and the CLIs catch
 
 
-def test_app_start_up_refuses_truncated_weights_in_one_line(tmp_checkpoint_copy):
+def test_app_start_up_refuses_truncated_weights_in_one_line(tiny_checkpoints, tmp_path):
+    import shutil
+
     import app
 
-    seg = tmp_checkpoint_copy("segmenter")
+    seg = shutil.copytree(tiny_checkpoints["segmenter"], tmp_path / "segmenter")
     weights = seg / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(SystemExit) as exit_:
-        app.main(["--segmenter", str(seg), "--classifier", str(tmp_checkpoint_copy("classifier"))])
+        app.main(["--segmenter", str(seg), "--classifier", str(tiny_checkpoints["classifier"])])
     assert f"{weights} cannot be read" in str(exit_.value.code).splitlines()[0]
-
-
-@pytest.fixture
-def tmp_checkpoint_copy(tiny_checkpoints, tmp_path):
-    import shutil
-
-    def copy(kind):
-        d = tmp_path / kind
-        shutil.copytree(tiny_checkpoints[kind], d)
-        return d
-    return copy
 
 
 def test_timm_local_dir_loads_the_classifier(tiny_checkpoints):
