@@ -61,13 +61,17 @@ def read_tiff_stack(data: bytes, limits: Limits, first_only: bool = False,
     try:
         with tifffile.TiffFile(io.BytesIO(data)) as tif:
             if first_only:
-                n, multipage = 1, count_pages(tif, 2) > 1
+                found = count_pages(tif, 2)
+                n, multipage = min(found, 1), found > 1
             else:
                 n = count_pages(tif, limits.max_pages + 1)
                 if n > limits.max_pages:
                     raise InvalidImageError(f"The TIFF has more than {limits.max_pages} pages, the limit of slices "
                                             f"in a case. Send at most {limits.max_pages} slices.", "too_large")
                 multipage = n > 1
+            if n == 0:
+                raise InvalidImageError("The TIFF is truncated or corrupt: it holds no readable page. Export the "
+                                        "slice again.", "corrupt")
             spent, pixels = 0, 0
             for k in range(n):  # every page's header first: a stack over its budget decodes nothing
                 try:
