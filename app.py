@@ -98,11 +98,11 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
                     opacity = gr.Slider(0, 1, value=0.35, step=0.05, label="Overlay opacity", elem_id="opacity")
                     analyse_btn = gr.Button("Analyse", variant="primary", elem_id="analyse")
                     if examples:
-                        gallery = gr.Gallery([(str(e.image), e.label) for e in examples], label="Examples (click one)",
+                        gallery = gr.Gallery([(str(e.image), e.caption) for e in examples], label="Examples (click one)",
                                              columns=3, height="auto", allow_preview=False, buttons=[],
                                              elem_id="examples")
                 with gr.Column(scale=2):
-                    detection = gr.Label(label="Detection", num_top_classes=2, elem_id="detection")
+                    detection = w.VerdictLabel(label="Detection", elem_id="detection")
                     with gr.Row():
                         flair_img = gr.Image(label="FLAIR", type="filepath", interactive=False, height=384,
                                              buttons=IMAGE_BUTTONS, elem_id="flair")
@@ -163,8 +163,8 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
                       "predict")
             slice_file.clear(lambda: [None] * len(clear), outputs=clear, api_name="cleared_slice",
                              api_visibility="private", queue=False)
-            opacity.release(show_overlay, inputs=[shown, opacity], outputs=[overlay_img], api_name="opacity",
-                            api_visibility="private", show_progress="hidden")
+            opacity.change(show_overlay, inputs=[shown, opacity], outputs=[overlay_img], api_name="opacity",
+                           api_visibility="private", show_progress="hidden", trigger_mode="always_last")
             if examples:
                 def load_example(evt: gr.SelectData):
                     return [str(examples[evt.index].image)] + [None] * len(clear)

@@ -23,10 +23,13 @@ from typing import Dict, List, Optional, Sequence
 import cv2
 import gradio as gr
 import numpy as np
+from gradio.components.label import LabelConfidence, LabelData
 from gradio.utils import NamedString
 from gradio_client import utils as client_utils
 
 from . import viz
+from .case_analysis import analyze_case, analyze_slice, case_summary_text, summarize
+from .case_io import load_case, write_case_outputs
 from .images import decode_image, load_mask
 from .metrics import dice_score
 
@@ -41,7 +44,8 @@ EXPIRED = "This upload is no longer on the server (uploads are deleted after fiv
 
 # What each output of the API is, in the order the endpoints return them (the API page shows these).
 SLICE_OUTPUTS = (
-    "Detection: {'label': 'tumour' or 'no tumour', 'confidences': [...]}, the tumour probability of the slice.",
+    "Detection: {'label': the verdict, 'tumour' or 'no tumour', 'confidences': [{'label': 'tumour', "
+    "'confidence': the slice's tumour probability}]}.",
     "The FLAIR channel as shown (PNG).",
     "FLAIR with the predicted tumour in red (and the truth outlined in green for an example), PNG, at most "
     f"{OVERLAY_MAX_SIDE} px a side.",
@@ -122,6 +126,18 @@ class CaseFiles(_UploadsOnly, gr.File):
         if self.file_types and not client_utils.is_valid_file(f.path, self.file_types):
             raise gr.Error(f"Invalid file type: send one of {', '.join(self.file_types)}.", print_exception=False)
         return NamedString(f.path)
+
+
+class VerdictLabel(gr.Label):
+    """gr.Label whose heading is the verdict it is given, not the larger bar: at p = 0.44 with a detection
+    threshold of 0.40 the heading says "tumour" and the one bar 44 %, as the summary does."""
+
+    is_template = True
+
+    def postprocess(self, value):
+        if isinstance(value, dict) and isinstance(value.get("confidences"), list):
+            return LabelData(label=value["label"], confidences=[LabelConfidence(**c) for c in value["confidences"]])
+        return super().postprocess(value)
 
 
 class FiniteSlider(gr.Slider):
@@ -242,6 +258,7 @@ class Example:
     image: Path
     mask: Optional[Path]
     label: str
+    caption: str = ""  # short enough for a thumbnail
 
 
 def _natural_key(path: Path):
@@ -259,9 +276,10 @@ def find_examples(folder: Path) -> List[Example]:
         mask = next((m for m in (p.with_name(p.stem + "_mask" + s) for s in SLICE_TYPES) if m.exists()), None)
         m = re.match(r"^(?:TCGA_)?(?P<case>.+?)(?:_\d{8})?_(?P<num>\d+)$", p.stem)
         label = f"{m['case']} · slice {m['num']}" if m else p.stem
+        caption = f"{m['case']} · {m['num']}" if m else p.stem
         if mask is not None:
             label += " · tumour" if load_mask(mask).any() else " · no tumour"
-        found.append(Example(p, mask, label))
+        found.append(Example(p, mask, label, caption))
     return found
 
 
@@ -292,11 +310,6 @@ def models_text(models: Dict[str, dict]) -> str:
 
 # ---------------------------------------------------------------- one slice
 
-def brain_area(image: np.ndarray) -> int:
-    """Pixels above the slice's minimum in any channel: the brain, as the normalisation defines it."""
-    return int((image.max(axis=-1) > image.min()).sum())
-
-
 @dataclass
 class SliceOutputs:
     """One answered /predict: what each output shows, the files already written to the temp root."""
@@ -310,64 +323,26 @@ class SliceOutputs:
     shown: dict  # for redrawing the overlay at another opacity without running the models again
 
 
-def slice_result(pred, image, models: dict, dice: Optional[float]) -> dict:
-    """The API's JSON for one slice; every figure in it comes from the Prediction."""
-    brain = brain_area(image.array)
-    area = pred.tumor_area_px
-    result = {
-        "tumor_probability": round(pred.probability, 4),
-        "tumor_detected": pred.detected,
-        "tumor_area_px": area,
-        "tumor_area_pct_brain": round(100.0 * area / brain, 2) if brain else 0.0,
-        "brain_area_px": brain,
-        "input_shape": image.shape,
-        "input_dtype": str(image.array.dtype),
-        "channels_replicated": image.channels_replicated,
-        "threshold": pred.pixel_threshold,
-        "detection_threshold": pred.detection_threshold,
-        "dice": None if dice is None else round(dice, 4),
-        "models": models,
-    }
-    if image.multipage:
-        result["tiff_multipage"] = True
-    return result
-
-
-def slice_text(result: dict) -> str:
-    """The result in words, from the JSON (so the two cannot differ)."""
-    r = result
-    verdict, sign = ("Tumour detected", "≥") if r["tumor_detected"] else ("No tumour detected", "<")
-    notes = [f"{verdict}: probability {r['tumor_probability']:.2f} {sign} detection threshold "
-             f"{r['detection_threshold']:.2f}",
-             f"Area {r['tumor_area_px']:,} px, {r['tumor_area_pct_brain']:.1f} % of the brain "
-             f"({r['brain_area_px']:,} px); pixel threshold {r['threshold']:.2f}"]
-    if r.get("dice") is not None:
-        notes.append(f"Dice with the example's ground truth: {r['dice']:.3f}")
-    if r["channels_replicated"]:
-        notes.append("FLAIR alone: its channel was replicated to the three input channels.")
-    if r.get("tiff_multipage"):
-        notes.append("Multi-page TIFF: only its first page was analysed.")
-    return "\n".join(notes)
-
-
 def analyse_slice(predictor, data: bytes, threshold: Optional[float], truth: Dict[str, np.ndarray], models: dict,
                   cache_dir: str, opacity: float = viz.DEFAULT_ALPHA) -> SliceOutputs:
     """Decode one uploaded file, predict, and write what the page shows. Raises InvalidImageError for a
     bad file, ValueError for a bad threshold (both name the problem)."""
     image = decode_image(data)
-    pred = predictor.predict(image.array, threshold)
+    a = analyze_slice(predictor, image, threshold, models)
+    pred, result, summary = a.prediction, a.result, a.summary
     gt = truth.get(hashlib.sha256(data).hexdigest())
     if gt is not None and gt.shape != pred.mask.shape:
         gt = None
-    result = slice_result(pred, image, models, None if gt is None else dice_score(pred.mask, gt))
+    result["dice"] = None if gt is None else round(dice_score(pred.mask, gt), 4)
+    if gt is not None:
+        summary += f"\nDice with the example's ground truth: {result['dice']:.3f}"
     flair = viz.fit(viz.to_display(viz.flair_of(image.array)), OVERLAY_MAX_SIDE, min_side=DISPLAY_MIN_SIDE)
     small = lambda m: None if m is None else cv2.resize(m, flair.shape[::-1], interpolation=cv2.INTER_NEAREST)  # noqa: E731
     shown = {"flair": flair, "mask": small(pred.mask), "truth": small(gt)}
-    p = pred.probability
     return SliceOutputs(
-        {"tumour": p, "no tumour": 1.0 - p}, write_to_cache(png(flair), cache_dir, "flair.png"),
+        {"label": pred.label, "confidences": [{"label": "tumour", "confidence": pred.probability}]}, write_to_cache(png(flair), cache_dir, "flair.png"),
         redraw_overlay(shown, opacity, cache_dir), write_to_cache(png(pred.mask * np.uint8(255)), cache_dir, "mask.png"),
-        slice_text(result), result, shown)
+        summary, result, shown)
 
 
 def redraw_overlay(shown: dict, opacity: float, cache_dir: str) -> str:
@@ -406,25 +381,6 @@ def parse_spacing(text: Optional[str]):
     return values
 
 
-def case_text(summary: dict) -> str:
-    """The case summary in a few lines, from the JSON (so the two cannot differ)."""
-    s = summary
-    lines = [f"{s['case']}: {s['slices']} slices, tumour on {s['tumor_slices']} "
-             f"(detection threshold {s['detection_threshold']:.2f}, pixel threshold {s['threshold']:.2f})"]
-    vol = f"Tumour volume {s['tumor_volume_voxels']:,} voxels"
-    if s.get("tumor_volume_ml") is not None:
-        sp = s.get("spacing_mm") or []
-        vol += f" = {s['tumor_volume_ml']:.2f} mL (spacing {' x '.join(f'{v:g}' for v in sp)} mm)"
-    else:
-        vol += " (give the voxel spacing for mL)"
-    lines.append(vol)
-    if s.get("largest_area_slice") is not None:
-        lines.append(f"Largest tumour area: slice {s['largest_area_slice']}, {s['largest_area_px']:,} px")
-    if s.get("dice") is not None:
-        lines.append(f"Dice with the case's ground-truth masks: {s['dice']:.3f}")
-    return "\n".join(lines)
-
-
 @dataclass
 class CaseOutputs:
     text: str
@@ -439,22 +395,13 @@ def analyse_case(predictor, files: Sequence[str], threshold: Optional[float], sp
                  out_dir: Path) -> CaseOutputs:
     """Read, analyse and draw a case; every file goes into ``out_dir`` (inside the temp root). ValueError
     names what is wrong with the input."""
-    from .cases import analyze_case, load_case, safe_name, summarize, write_mask_nifti, write_mask_tiff
-
     spacing = parse_spacing(spacing_text)
     case = load_case(list(files) if len(files) != 1 else files[0])
     if spacing is not None:
         case.spacing = spacing
     result = analyze_case(predictor, case, threshold)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    base = safe_name(case.name)
-    plot = viz.plot_probabilities(result, out_dir / f"{base}_probability.png")
-    montage = out_dir / f"{base}_overlays.png"
-    montage.write_bytes(png(viz.case_montage(case, result)))
-    if case.source_kind == "nifti":
-        masks = write_mask_nifti(result, case, out_dir / f"{base}_masks.nii.gz")
-    else:
-        masks = write_mask_tiff(result, out_dir / f"{base}_masks.tif")
+    paths = write_case_outputs(case, result, out_dir, figures=True)  # no summary JSON: it goes back in the response
+    base = paths["masks"].name.rsplit("_masks", 1)[0]
     frames = []
     for i, n in enumerate(result.slice_numbers):
         path = out_dir / f"{base}_slice_{n}.png"
@@ -463,8 +410,8 @@ def analyse_case(predictor, files: Sequence[str], threshold: Optional[float], sp
     summary = summarize(result)
     numbers = [int(n) for n in result.slice_numbers]
     start = result.largest_area_slice if result.largest_area_slice is not None else numbers[len(numbers) // 2]
-    return CaseOutputs(case_text(summary), str(plot), str(montage), str(masks), summary,
-                       {"numbers": numbers, "frames": frames, "start": int(start)})
+    return CaseOutputs(case_summary_text(summary), str(paths["probability"]), str(paths["overlays"]),
+                       str(paths["masks"]), summary, {"numbers": numbers, "frames": frames, "start": int(start)})
 
 
 def viewer_frame(viewer: Optional[dict], number) -> Optional[str]:

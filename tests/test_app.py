@@ -248,8 +248,9 @@ def test_settings_for_a_shared_host(server):
 def test_api_predict_outputs_as_documented(client, files, predictor):
     label, flair_path, overlay_path, mask_path, area, result = call(client, files["png"])
     assert JSON_KEYS <= set(result)
-    assert label["label"] in {"tumour", "no tumour"}
+    assert label["label"] == ("tumour" if result["tumor_detected"] else "no tumour")  # the heading is the verdict
     conf = {c["label"]: c["confidence"] for c in label["confidences"]}
+    assert list(conf) == ["tumour"]  # one bar: the probability the verdict compares with its threshold
     assert conf["tumour"] == pytest.approx(result["tumor_probability"], abs=1e-4)
     mask = cv2.imread(mask_path, cv2.IMREAD_UNCHANGED)
     assert mask.shape == (128, 128) and set(np.unique(mask)) <= {0, 255}
@@ -581,3 +582,17 @@ def test_readme_security_section_states_the_limits_in_force():
                   f"{lim.max_ratio}:1", f"{app.CONCURRENCY_LIMIT} slice requests", f"{app.MAX_QUEUE} waiting"):
         assert words in section, words
     assert lim.max_pixels == lim.max_side ** 2 and lim.max_bytes // mib == int(app.MAX_FILE_SIZE[:-2])
+
+
+def test_one_answer_between_the_thresholds(files, tmp_path):
+    """Issue 9.2 on the page: at p = 0.44 with the detection threshold 0.40 the heading, the bar, the
+    summary, the JSON and the mask all say tumour (the heading once said "no tumour 56 %")."""
+    from conftest import FakePredictor
+
+    fake = FakePredictor(detection=lambda im: 0.44, detection_threshold=0.4, image_size=128)
+    with serve(fake, tmp_path) as (_, url):
+        label, _, _, mask_path, summary, result = call(Client(url, verbose=False), files["png"], 0.5)
+    assert label["label"] == "tumour" and label["confidences"] == [{"label": "tumour", "confidence": 0.44}]
+    assert result["tumor_detected"] is True and result["tumor_probability"] == 0.44
+    assert summary.startswith("Tumour detected: probability 0.44 ≥ detection threshold 0.40")
+    assert (cv2.imread(mask_path, cv2.IMREAD_GRAYSCALE) > 0).sum() == result["tumor_area_px"]

@@ -104,6 +104,7 @@ def test_a_case_leaves_nothing_behind(predictor, case_zip, tmp_path):
         assert "event: complete" in stream, stream[-300:]
         new = files_under(TEMP_ROOT) - before
         assert any(p.endswith("_masks.tif") for p in new) and any("_slice_" in p for p in new)
+        assert not [p for p in new if p.endswith(".json")]  # the summary goes back in the response only
         assert not [p for p in new if Path(p).parent == TEMP_ROOT and Path(p).name.startswith("tmp")]
         assert wait_until_gone(sorted(new)) == []
 
