@@ -199,7 +199,8 @@ def save_checkpoint(model, out: Path, fp16: bool) -> None:
         save_file({k: v.contiguous() for k, v in state.items()}, str(out / "model.safetensors"))
 
 
-def main(argv=None) -> Dict:
+def calibrate(argv=None) -> Dict:
+    """Parse ``argv``, choose, write the checkpoints; returns the report (what :func:`main` prints)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True)
     src = ap.add_mutually_exclusive_group(required=True)
@@ -311,5 +312,11 @@ def main(argv=None) -> Dict:
     return {"classifier": clf_report, "segmenter": seg_report}
 
 
+def main(argv=None) -> int:
+    """Command-line entry point: exit code 0 when the checkpoints were written."""
+    calibrate(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from brainseg.calibrate import fit_fusion, fit_temperature, leave_one_case_out, main as calibrate_main
+from brainseg.calibrate import calibrate as calibrate_main, fit_fusion, fit_temperature, leave_one_case_out, main
 from brainseg.data import find_cases, make_split, read_image, save_split
 from brainseg.inference import Predictor, fuse_detection, segmenter_evidence
 from brainseg.models import ResUNet, TumorClassifier
@@ -243,3 +243,11 @@ def test_case_rules_score_the_3d_filtered_masks():
     assert rows["none0"]["dice_per_case_mean"] == pytest.approx(2 * 72 / (76 + 72))
     assert rows["largest0"]["dice_per_case_mean"] == pytest.approx(1.0)
     assert rows["min_voxels100"]["dice_per_case_mean"] == pytest.approx(0.0)  # 100 > 72: the tumour goes too
+
+
+def test_main_returns_an_exit_code(tiny_checkpoints, synth_root, tmp_path):
+    split = make_split(find_cases(synth_root), 0.34, seed=0)
+    save_split(split, tmp_path / "split.json")
+    assert main(["--data", str(synth_root), "--split", str(tmp_path / "split.json"),
+                 "--segmenter", str(tiny_checkpoints["segmenter"]), "--classifier", str(tiny_checkpoints["classifier"]),
+                 "--out-segmenter", str(tmp_path / "s"), "--out-classifier", str(tmp_path / "c")]) == 0
