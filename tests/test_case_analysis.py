@@ -72,6 +72,15 @@ def test_case_counts_are_the_detections_and_thresholds_read_rounded(case):
     assert case_summary_text(analyze_case(p, case)) == text
 
 
+def test_a_slice_counts_as_tumour_iff_detected():
+    """Even where the segmenter sees nothing at all (an all-zero map, so no mask can be drawn), the
+    verdict decides the count, not the area."""
+    img, _ = make_slice(np.random.default_rng(1), 64)
+    p = FakePredictor(pixel_map=lambda im: np.zeros(im.shape[:2], np.float32), detection=lambda im: 0.9)
+    r = analyze_case(p, CaseInput("c", [img, img], [1, 2]))
+    assert r.tumor_slices == [1, 2] and r.volume_voxels == 0 and summarize(r)["tumor_slices"] == 2
+
+
 def test_a_case_with_no_tumour_and_no_spacing():
     empty, _ = make_slice(np.random.default_rng(1), 64, tumor=False)
     r = analyze_case(FakePredictor(), CaseInput("c", [empty, empty], [1, 2]))

@@ -102,6 +102,8 @@ def test_detected_slice_keeps_its_mask_whatever_the_old_gate():
     assert (pred.pixel_threshold, pred.detection_threshold) == (0.5, 0.4)   # tidied, as people read it
     q = FakePredictor(detection=lambda im: 0.39, detection_threshold=0.4).predict(img)
     assert not q.detected and q.label == "no tumour" and q.tumor_area_px == 0
+    at = FakePredictor(detection=lambda im: 0.4, detection_threshold=0.4).predict(img)
+    assert at.detected and at.tumor_area_px > 0                     # the threshold itself counts as detected
 
 
 def test_a_prediction_breaking_the_rule_cannot_be_built():
