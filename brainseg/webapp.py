@@ -78,6 +78,9 @@ class _UploadsOnly:
     def get_block_name(self) -> str:
         return "file"  # the page renders it as the gr.File it is
 
+    def get_block_class(self) -> str:
+        return "file"  # and the API page calls it one
+
     @staticmethod
     def _refuse_unless_file(path) -> None:
         if path is None:
@@ -100,8 +103,10 @@ class _UploadsOnly:
         return super().move_resource_to_block_cache(url_or_file_path)
 
     def example_payload(self):
+        """The API page's example call: a shipped example (a path in a clone of the repo), not Gradio's sample PDF."""
         name = "TCGA_CS_4943_20000902_17.png" if self.file_count == "single" else "TCGA_HT_A616_19991226_slices_11-23.zip"
-        one = {"path": name, "meta": {"_type": "gradio.FileData"}, "orig_name": name}
+        one = {"path": f"examples/{name}", "url": f"examples/{name}", "meta": {"_type": "gradio.FileData"},
+               "orig_name": name}  # with a url, the page writes handle_file('examples/...')
         return one if self.file_count == "single" else [one]
 
 

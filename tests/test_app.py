@@ -298,6 +298,10 @@ def test_api_names_are_short_distinct_and_described(client):
             assert len(item["python_type"]["description"]) > 15, (name, item["label"])
         assert ep["description"], name
     assert "sample_file.pdf" not in json.dumps(api)
+    image, files_in = api["/predict"]["parameters"][0], api["/predict_case"]["parameters"][0]
+    assert image["component"] == files_in["component"] == "File"
+    for example in (image["example_input"], files_in["example_input"][0]):  # the page writes handle_file(<url>)
+        assert (ROOT / example["url"]).is_file(), example
     assert all(p["parameter_has_default"] for p in api["/predict_case"]["parameters"][1:])
 
 
