@@ -92,14 +92,20 @@ def test_fuse_detection_matches_the_formula():
     np.testing.assert_allclose(out.numpy(), 1 / (1 + np.exp(-np.array([1.5, -0.5]))), rtol=1e-6)
 
 
-def test_calibrate_cli_writes_fusion_and_rules_from_validation_cases(tiny_checkpoints, synth_root, tmp_path):
+def run_calibration(tiny_checkpoints, synth_root, tmp_path, *extra):
+    """calibrate's CLI on a fixed split of the synthetic cases: (report, split, segmenter dir, classifier dir)."""
     split = make_split(find_cases(synth_root), 0.34, seed=0)
     save_split(split, tmp_path / "split.json")
     out_seg, out_clf = tmp_path / "seg", tmp_path / "clf"
     report = calibrate_main(["--data", str(synth_root), "--split", str(tmp_path / "split.json"),
                              "--segmenter", str(tiny_checkpoints["segmenter"]),
                              "--classifier", str(tiny_checkpoints["classifier"]),
-                             "--out-segmenter", str(out_seg), "--out-classifier", str(out_clf), "--fp16"])
+                             "--out-segmenter", str(out_seg), "--out-classifier", str(out_clf), *extra])
+    return report, split, out_seg, out_clf
+
+
+def test_calibrate_cli_writes_fusion_and_rules_from_validation_cases(tiny_checkpoints, synth_root, tmp_path):
+    report, _, out_seg, out_clf = run_calibration(tiny_checkpoints, synth_root, tmp_path, "--fp16")
     clf_cfg = json.loads((out_clf / "config.json").read_text())
     seg_cfg = json.loads((out_seg / "config.json").read_text())
     fusion = report["classifier"]["fusion"]
@@ -148,13 +154,7 @@ def test_calibration_scores_the_masks_the_predictor_draws(tiny_checkpoints, synt
     brainseg.evaluate measures with the checkpoints it wrote (fp32 weights, the same validation cases)."""
     from brainseg.evaluate import evaluate
 
-    split = make_split(find_cases(synth_root), 0.34, seed=0)
-    save_split(split, tmp_path / "split.json")
-    out_seg, out_clf = tmp_path / "seg", tmp_path / "clf"
-    report = calibrate_main(["--data", str(synth_root), "--split", str(tmp_path / "split.json"),
-                             "--segmenter", str(tiny_checkpoints["segmenter"]),
-                             "--classifier", str(tiny_checkpoints["classifier"]),
-                             "--out-segmenter", str(out_seg), "--out-classifier", str(out_clf)])
+    report, split, out_seg, out_clf = run_calibration(tiny_checkpoints, synth_root, tmp_path)
     chosen = report["segmenter"]["chosen"]
     p = Predictor.from_sources(str(out_seg), str(out_clf), precision="fp32")
     r = evaluate(synth_root, p, split=split)
