@@ -120,9 +120,7 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
             shown = gr.State(time_to_live=delete_cache[1] if delete_cache else None)
 
             outputs = [detection, flair_img, overlay_img, mask_img, summary, result_json]
-            w.describe_io(slice_file, "An MRI slice file: TIFF, PNG or JPEG, 3 channels or FLAIR alone.")
-            w.describe_io(threshold, "Pixel probability threshold, 0.01-0.99 (default: the model's).")
-            for comp, text in zip(outputs, w.SLICE_OUTPUTS):
+            for comp, text in zip([slice_file, threshold, *outputs], w.SLICE_API):
                 w.describe_io(comp, text)
 
             def predict(image: Optional[bytes], threshold: float = default_threshold):
@@ -154,7 +152,7 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
                 event.then(lambda b: w.preview(b, slice_file.GRADIO_CACHE), inputs=[slice_file], outputs=[preview],
                            api_name=f"preview_{api_name}", api_visibility="private", show_progress="hidden").then(
                     predict, inputs=[slice_file, threshold], outputs=[*outputs, shown], api_name=api_name,
-                    api_visibility=visibility).then(
+                    api_visibility=visibility, concurrency_id="slice").then(
                     show_overlay, inputs=[shown, opacity], outputs=[overlay_img], api_name=f"opacity_{api_name}",
                     api_visibility="private", show_progress="hidden")
 
@@ -187,7 +185,7 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
                     case_btn = gr.Button("Analyse case", variant="primary", elem_id="analyse-case")
                     if example_cases:
                         case_examples = gr.Examples([[[str(p)]] for p in example_cases], inputs=[case_files],
-                                                    label="Example case (click, then Analyse case)",
+                                                    label="Example case (click to run it)",
                                                     example_labels=[w.case_label(p) for p in example_cases],
                                                     api_name="load_example_case", elem_id="case-examples")
                 with gr.Column(scale=2):
@@ -206,12 +204,7 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
                         case_json = gr.JSON(label="Case result", open=False)
             frames = gr.State(time_to_live=delete_cache[1] if delete_cache else None)
             case_outputs = [case_summary, case_plot, case_montage, case_masks, case_json]
-            w.describe_io(case_files, "The case: one zip of a case folder, one multi-page TIFF, one NIfTI file, "
-                                      "or several slice files <case>_<n>.tif/.png (optional _mask files).")
-            w.describe_io(case_threshold, "Pixel probability threshold, 0.01-0.99 (default: the model's).")
-            w.describe_io(spacing, "Voxel spacing in mm as 'row, column, slice' for the volume in mL; '' keeps "
-                                   "the file's own.")
-            for comp, text in zip(case_outputs, w.CASE_OUTPUTS):
+            for comp, text in zip([case_files, case_threshold, spacing, *case_outputs], w.CASE_API):
                 w.describe_io(comp, text)
 
             def predict_case(files: Optional[List[str]], threshold: float = default_threshold, spacing_mm: str = ""):
@@ -232,14 +225,24 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
                 log.info("predicted a case of %d slices", out.json["slices"])
                 return out.text, out.plot, out.montage, out.masks, out.json, out.viewer
 
-            case_btn.click(lambda: [None] * (len(case_outputs) + 2), outputs=[*case_outputs, frames, viewer],
-                           api_name="clear_case", api_visibility="private", queue=False).then(
-                predict_case, inputs=[case_files, case_threshold, spacing], outputs=[*case_outputs, frames],
-                api_name="predict_case", concurrency_limit=1).then(
-                w.first_frame, inputs=[frames], outputs=[viewer_slider, viewer], api_name="first_frame",
-                api_visibility="private").then(
-                None, js="() => document.getElementById('case-summary')?.scrollIntoView({behavior: 'smooth'})",
-                api_name="scroll_to_case", api_visibility="private")
+            case_clear = [*case_outputs, frames, viewer]
+
+            def run_case_chain(first, api_name: str, visibility: str = "public"):
+                """Old results cleared (by ``first``), the analysis, the viewer at its slice, then the page scrolled to it."""
+                first.then(predict_case, inputs=[case_files, case_threshold, spacing], outputs=[*case_outputs, frames],
+                           api_name=api_name, api_visibility=visibility, concurrency_id="case", concurrency_limit=1).then(
+                    w.first_frame, inputs=[frames], outputs=[viewer_slider, viewer], api_name=f"viewer_{api_name}",
+                    api_visibility="private").then(
+                    None, js="() => document.getElementById('case-summary')?.scrollIntoView({behavior: 'smooth'})",
+                    api_name=f"scroll_{api_name}", api_visibility="private")
+
+            clear_case = dict(outputs=case_clear, api_visibility="private", queue=False, show_progress="hidden")
+            run_case_chain(case_btn.click(lambda: [None] * len(case_clear), api_name="clear_case", **clear_case),
+                           "predict_case")
+            if example_cases:  # a click on the example case runs it
+                run_case_chain(case_examples.load_input_event.then(lambda: [None] * len(case_clear),
+                                                                   api_name="clear_example_case", **clear_case),
+                               "predict_example_case", "private")
             viewer_slider.change(w.viewer_frame, inputs=[frames, viewer_slider], outputs=[viewer],
                                  api_name="show_frame", api_visibility="private", show_progress="hidden",
                                  trigger_mode="always_last")

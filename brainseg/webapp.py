@@ -42,8 +42,11 @@ DISPLAY_MIN_SIDE = 512   # a 256 px slice is shown twice its size: readable, and
 PREVIEW_MAX_SIDE = 512
 EXPIRED = "This upload is no longer on the server (uploads are deleted after five minutes). Upload the file again."
 
-# What each output of the API is, in the order the endpoints return them (the API page shows these).
-SLICE_OUTPUTS = (
+# What each input and output of the API is, in the endpoints' order (the API page and view_api() show these).
+THRESHOLD_API = "Pixel probability threshold, 0.01-0.99 (default: the model's)."
+SLICE_API = (
+    "An MRI slice file: TIFF, PNG or JPEG, 3 channels or FLAIR alone.",
+    THRESHOLD_API,
     "Detection: {'label': the verdict, 'tumour' or 'no tumour', 'confidences': [{'label': 'tumour', "
     "'confidence': the slice's tumour probability}]}.",
     "The FLAIR channel as shown (PNG).",
@@ -53,7 +56,11 @@ SLICE_OUTPUTS = (
     "The verdict, area and thresholds in words.",
     "The result as JSON: tumor_probability, tumor_detected, tumor_area_px, thresholds, models, ...",
 )
-CASE_OUTPUTS = (
+CASE_API = (
+    "The case: one zip of a case folder, one multi-page TIFF, one NIfTI file, or several slice files "
+    "<case>_<n>.tif/.png (optional _mask files).",
+    THRESHOLD_API,
+    "Voxel spacing in mm as 'row, column, slice' for the volume in mL; '' keeps the file's own.",
     "The case in words: slices, tumour slices, volume, largest slice, Dice when masks came with it.",
     "Tumour probability and area along the stack (PNG).",
     "Every slice with its overlay, numbered (PNG).",
