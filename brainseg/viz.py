@@ -147,7 +147,13 @@ def case_montage(case_input, result, cols: Optional[int] = None, tile: int = 128
 
 
 def plot_probabilities(result, path: PathLike) -> Path:
-    """PNG: tumour probability along the stack (top) and tumour area per slice (bottom).
+    """PNG of :func:`case_figure`: tumour probability along the stack (top), tumour area per slice (bottom)."""
+    case_figure(result).savefig(str(path))
+    return Path(path)
+
+
+def case_figure(result):
+    """The case plot as a matplotlib Figure.
 
     Names are drawn as plain text (a ``$`` in a file name is not maths) and slices are whole
     numbers on the axis. ``result`` is a case analysis result (slice_numbers, probabilities,
@@ -189,5 +195,4 @@ def plot_probabilities(result, path: PathLike) -> Path:
     bottom.set_xlabel("slice")
     bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
-    fig.savefig(str(path))
-    return Path(path)
+    return fig
