@@ -256,7 +256,9 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
 
 THEME = gr.themes.Soft(primary_hue="blue", font=["ui-sans-serif", "system-ui", "sans-serif"],
                        font_mono=["ui-monospace", "monospace"])  # system fonts: the page fetches nothing outside
-CSS = ".notice { border-left: 4px solid #dc2626; padding: 4px 12px; background: #fef2f2; }"
+CSS = (".notice { border-left: 4px solid #dc2626; padding: 4px 12px; background: #fef2f2; }\n"
+       # a 256 px slice fills its frame (the browser enlarges it; the files stay at the slice's own size)
+       "#flair img, #overlay img, #mask img, #viewer img { width: 100%; height: 100%; object-fit: contain; }")
 
 
 def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: Optional[int] = 7860, **kwargs):

@@ -76,32 +76,23 @@ def overlay(flair: np.ndarray, pred: Optional[np.ndarray], truth: Optional[np.nd
     return rgb
 
 
-def fit(image: np.ndarray, max_side: int, nearest: bool = False, min_side: Optional[int] = None) -> np.ndarray:
-    """``image`` shrunk so its longer side is at most ``max_side``; with ``min_side``, a smaller one is
-    enlarged by a whole factor to at least that, so a 256 px slice reads well on a page."""
+def fit(image: np.ndarray, max_side: int, nearest: bool = False) -> np.ndarray:
+    """``image`` shrunk so its longer side is at most ``max_side`` (never enlarged: the page does that)."""
     h, w = image.shape[:2]
     s = max_side / max(h, w)
     if s >= 1:
-        if not min_side or max(h, w) >= min_side:
-            return image
-        s = float(-(-min_side // max(h, w)))  # a whole factor: pixels stay square blocks
+        return image
     size = (max(1, round(w * s)), max(1, round(h * s)))
-    if nearest:
-        interp = cv2.INTER_NEAREST
-    else:
-        interp = cv2.INTER_AREA if s < 1 else cv2.INTER_CUBIC
-    out = cv2.resize(image, size, interpolation=interp)
-    return np.clip(out, 0, 255).astype(image.dtype) if image.dtype == np.uint8 else out
+    return cv2.resize(image, size, interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_AREA)
 
 
 def slice_overlay(image: np.ndarray, pred: Optional[np.ndarray], truth: Optional[np.ndarray] = None,
-                  alpha: float = DEFAULT_ALPHA, max_side: Optional[int] = None,
-                  min_side: Optional[int] = None) -> np.ndarray:
-    """:func:`overlay` on a slice's FLAIR, first brought to display size with :func:`fit` when
-    ``max_side`` is given (a large slice stays quick to send, a small one readable)."""
+                  alpha: float = DEFAULT_ALPHA, max_side: Optional[int] = None) -> np.ndarray:
+    """:func:`overlay` on a slice's FLAIR, first shrunk with :func:`fit` when ``max_side`` is given
+    (a large slice stays quick to send)."""
     flair = to_display(flair_of(image))
     if max_side:
-        flair = fit(flair, max_side, min_side=min_side)
+        flair = fit(flair, max_side)
         size = flair.shape[1], flair.shape[0]
         if pred is not None:
             pred = cv2.resize(np.asarray(pred, np.uint8), size, interpolation=cv2.INTER_NEAREST)
@@ -125,12 +116,12 @@ def montage(images: Sequence[np.ndarray], cols: int = 8, tile: int = 128) -> np.
 
 # ---------------------------------------------------------------- a case
 
-def case_frame(case_input, result, index: int, alpha: float = DEFAULT_ALPHA, max_side: Optional[int] = None,
-               min_side: Optional[int] = None) -> np.ndarray:
+def case_frame(case_input, result, index: int, alpha: float = DEFAULT_ALPHA,
+               max_side: Optional[int] = None) -> np.ndarray:
     """One slice of a case (at full size, or fitted as :func:`fit`): FLAIR, predicted tumour in red,
     ground truth outlined green."""
     truth = case_input.masks[index] if case_input.masks is not None else None
-    return slice_overlay(case_input.slices[index], result.masks[index], truth, alpha, max_side, min_side)
+    return slice_overlay(case_input.slices[index], result.masks[index], truth, alpha, max_side)
 
 
 def case_montage(case_input, result, cols: Optional[int] = None, tile: int = 128) -> np.ndarray:

@@ -38,7 +38,6 @@ log = logging.getLogger("brainseg.app")
 SLICE_TYPES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 CASE_TYPES = (".zip", ".tif", ".tiff", ".png", ".nii", ".gz")
 OVERLAY_MAX_SIDE = 1024  # overlays are for the eye; the mask keeps the input's full size
-DISPLAY_MIN_SIDE = 512   # a 256 px slice is shown twice its size: readable, and sharp in fullscreen
 PREVIEW_MAX_SIDE = 512
 EXPIRED = "This upload is no longer on the server (uploads are deleted after five minutes). Upload the file again."
 
@@ -348,7 +347,7 @@ def analyse_slice(predictor, data: bytes, threshold: Optional[float], truth: Dic
     result["dice"] = None if gt is None else round(dice_score(pred.mask, gt), 4)
     if gt is not None:
         summary += f"\nDice with the example's ground truth: {result['dice']:.3f}"
-    flair = viz.fit(viz.to_display(viz.flair_of(image.array)), OVERLAY_MAX_SIDE, min_side=DISPLAY_MIN_SIDE)
+    flair = viz.fit(viz.to_display(viz.flair_of(image.array)), OVERLAY_MAX_SIDE)
     small = lambda m: None if m is None else cv2.resize(m, flair.shape[::-1], interpolation=cv2.INTER_NEAREST)  # noqa: E731
     shown = {"flair": flair, "mask": small(pred.mask), "truth": small(gt)}
     return SliceOutputs(
@@ -417,7 +416,7 @@ def analyse_case(predictor, files: Sequence[str], threshold: Optional[float], sp
     frames = []
     for i, n in enumerate(result.slice_numbers):
         path = out_dir / f"{base}_slice_{n}.png"
-        path.write_bytes(png(viz.case_frame(case, result, i, max_side=OVERLAY_MAX_SIDE, min_side=DISPLAY_MIN_SIDE)))
+        path.write_bytes(png(viz.case_frame(case, result, i, max_side=OVERLAY_MAX_SIDE)))
         frames.append(str(path))
     summary = summarize(result)
     numbers = [int(n) for n in result.slice_numbers]

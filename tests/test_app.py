@@ -141,8 +141,8 @@ def test_analyse_outputs(predictor, files):
     assert set(r["models"]) == {"segmenter", "classifier"} and r["models"]["segmenter"]["encoder"] == "test_resnet"
     mask = read_png(a.mask_path)
     assert mask.shape == (128, 128) and mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 255}
-    # shown at a readable size: a 128 px slice is drawn 4x, the FLAIR and its overlay side by side at one size
-    assert read_png(a.overlay_path).shape == (512, 512, 3) and read_png(a.flair_path).shape == (512, 512)
+    # the FLAIR and its overlay at the slice's own size (the page enlarges both to fill their frames)
+    assert read_png(a.overlay_path).shape == (128, 128, 3) and read_png(a.flair_path).shape == (128, 128)
     json.dumps(r)  # the API returns it as JSON
 
 
@@ -255,8 +255,8 @@ def test_api_predict_outputs_as_documented(client, files, predictor):
     mask = cv2.imread(mask_path, cv2.IMREAD_UNCHANGED)
     assert mask.shape == (128, 128) and set(np.unique(mask)) <= {0, 255}
     assert int((mask > 0).sum()) == result["tumor_area_px"]
-    assert Path(overlay_path).suffix == ".png" and cv2.imread(overlay_path).shape == (512, 512, 3)
-    assert cv2.imread(flair_path, cv2.IMREAD_UNCHANGED).shape == (512, 512)
+    assert Path(overlay_path).suffix == ".png" and cv2.imread(overlay_path).shape == (128, 128, 3)
+    assert cv2.imread(flair_path, cv2.IMREAD_UNCHANGED).shape == (128, 128)
     assert f"{result['tumor_area_px']:,} px" in area and "% of the brain" in area
     assert set(result["models"]) == {"segmenter", "classifier"}
     # the same answer as the function in-process
