@@ -15,13 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from .sources import MODEL_CLASSES, PROJECT_ROOT
+from .hub_meta import (BASE_TAGS, LIBRARY_NAME, LICENSE, MODEL_CLASSES, PIPELINE_TAGS,  # noqa: F401
+                       PROJECT_ROOT, REPO_URL, mixin_metadata)
 
-LICENSE = "cc-by-nc-sa-4.0"
-LIBRARY_NAME = "brainseg"
-REPO_URL = "https://github.com/brainseg/brainseg"
-BASE_TAGS = ("medical-imaging", "mri", "brain-tumor")
-PIPELINE_TAGS = {"segmenter": "image-segmentation", "classifier": "image-classification"}
 DATASET_ID = "mateuszbuda/lgg-mri-segmentation"
 DATASET_NAME = "LGG MRI Segmentation (kaggle_3m)"
 DATASET_CASES = 110
@@ -31,15 +27,6 @@ TEMPLATE = Path(__file__).with_name("templates") / "model_card.md"
 # Repo ids written into cards before the real ones are known; push_to_hub.py fills in the real ones.
 PLACEHOLDER_REPOS = {"segmenter": "USER/brainseg-segmenter", "classifier": "USER/brainseg-classifier",
                      "space": "USER/brainseg"}
-
-
-def mixin_metadata(kind: str) -> dict:
-    """The Hub mixin's class arguments for a model of ``kind`` (models.py); the cards use the same values.
-
-    A new tag list each call: the mixin appends its own tags to the list it is given.
-    """
-    return dict(library_name=LIBRARY_NAME, license=LICENSE, repo_url=REPO_URL, tags=list(BASE_TAGS),
-                pipeline_tag=PIPELINE_TAGS[kind])
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from huggingface_hub import PyTorchModelHubMixin, hf_hub_download
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from .cards import mixin_metadata
+from .hub_meta import MODEL_CLASSES, kind_of_config, mixin_metadata
 from .config import ClassifierConfig, SegmenterConfig
 
 # Keys of config.json that are not config fields: the class to load with, and timm's own fields.
@@ -260,8 +260,6 @@ def build_model(task: str, config: Union[SegmenterConfig, ClassifierConfig]) -> 
 
 def rewrite_config_metadata(model_dir: Union[str, Path]) -> bool:
     """Rewrite a folder's config.json metadata (``model_class``, timm's fields); config values stay. True if changed."""
-    from .sources import MODEL_CLASSES, kind_of_config
-
     path = Path(model_dir) / "config.json"
     raw = json.loads(path.read_text(encoding="utf-8"))
     cls = {"ResUNet": ResUNet, "TumorClassifier": TumorClassifier}[MODEL_CLASSES[kind_of_config(raw, str(path))]]

@@ -11,12 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from .hub_meta import MODEL_CLASSES, PROJECT_ROOT, kind_of_config  # noqa: F401 (re-exported)
+
 DEFAULT_MODELS = {"segmenter": PROJECT_ROOT / "models" / "segmenter",
                   "classifier": PROJECT_ROOT / "models" / "classifier"}
 ENV_VARS = {"segmenter": "BRAINSEG_SEGMENTER", "classifier": "BRAINSEG_CLASSIFIER"}
-# The class each kind of checkpoint loads into; config.json names it under "model_class".
-MODEL_CLASSES = {"segmenter": "ResUNet", "classifier": "TumorClassifier"}
 
 
 class SourceNotFoundError(FileNotFoundError, ValueError):
@@ -95,21 +94,6 @@ def resolve_source(kind: str, spec: Optional[str] = None, revision: Optional[str
     """The source to use for ``kind`` ('segmenter' or 'classifier'): argument, env var, else shipped default."""
     spec = spec or os.environ.get(ENV_VARS[kind]) or str(DEFAULT_MODELS[kind])
     return parse_source(spec, revision)
-
-
-def kind_of_config(cfg: dict, where: str = "config.json") -> str:
-    """'segmenter' or 'classifier': from ``model_class``, else (configs saved before it) from the fields."""
-    name = cfg.get("model_class")
-    if name is not None:
-        kinds = {v: k for k, v in MODEL_CLASSES.items()}
-        if name not in kinds:
-            raise ValueError(f"{where} names model_class {name!r}; brainseg knows {', '.join(kinds)}")
-        return kinds[name]
-    if "decoder_channels" in cfg:
-        return "segmenter"
-    if "temperature" in cfg or "fusion_weights" in cfg:
-        return "classifier"
-    raise ValueError(f"Cannot tell whether {where} is a segmenter's or a classifier's: it has no model_class")
 
 
 def _hub_error(src: ModelSource, e: Exception) -> FileNotFoundError:

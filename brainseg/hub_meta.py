@@ -1,0 +1,37 @@
+"""Hub metadata and the model kinds, defined once; imports nothing else of brainseg, so the model
+classes (:mod:`brainseg.models`), the loaders (:mod:`brainseg.sources`) and the cards
+(:mod:`brainseg.cards`) all read it without importing one another in a circle."""
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+LICENSE = "cc-by-nc-sa-4.0"
+LIBRARY_NAME = "brainseg"
+REPO_URL = "https://github.com/brainseg/brainseg"
+BASE_TAGS = ("medical-imaging", "mri", "brain-tumor")
+PIPELINE_TAGS = {"segmenter": "image-segmentation", "classifier": "image-classification"}
+# The class each kind of checkpoint loads into; config.json names it under "model_class".
+MODEL_CLASSES = {"segmenter": "ResUNet", "classifier": "TumorClassifier"}
+
+
+def mixin_metadata(kind: str) -> dict:
+    """The Hub mixin's class arguments for a model of ``kind`` (models.py); the cards use the same values.
+
+    A new tag list each call: the mixin appends its own tags to the list it is given.
+    """
+    return dict(library_name=LIBRARY_NAME, license=LICENSE, repo_url=REPO_URL, tags=list(BASE_TAGS),
+                pipeline_tag=PIPELINE_TAGS[kind])
+
+
+def kind_of_config(cfg: dict, where: str = "config.json") -> str:
+    """'segmenter' or 'classifier': from ``model_class``, else (configs saved before it) from the fields."""
+    name = cfg.get("model_class")
+    if name is not None:
+        kinds = {v: k for k, v in MODEL_CLASSES.items()}
+        if name not in kinds:
+            raise ValueError(f"{where} names model_class {name!r}; brainseg knows {', '.join(kinds)}")
+        return kinds[name]
+    if "decoder_channels" in cfg:
+        return "segmenter"
+    if "temperature" in cfg or "fusion_weights" in cfg:
+        return "classifier"
+    raise ValueError(f"Cannot tell whether {where} is a segmenter's or a classifier's: it has no model_class")
