@@ -198,7 +198,8 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def main(argv: Optional[Sequence[str]] = None) -> Dict:
+def run(argv: Optional[Sequence[str]] = None) -> Dict:
+    """Parse ``argv``, run, print; returns the figures (what :func:`main` prints and writes)."""
     p = argparse.ArgumentParser(prog="python -m brainseg.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--encoders", nargs="+", default=["resnet18", "resnet34"], help="segmenter encoders (timm names)")
@@ -236,5 +237,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     return result
 
 
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command-line entry point: exit code 0 on success (argument and data errors exit 2 with a message)."""
+    run(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -182,7 +182,8 @@ def to_json(result: Dict) -> str:
     return json.dumps(clean(result), indent=2, allow_nan=False) + "\n"
 
 
-def main(argv: Optional[Sequence[str]] = None) -> Dict:
+def run(argv: Optional[Sequence[str]] = None) -> Dict:
+    """Parse ``argv``, run, print; returns the figures (what :func:`main` prints and writes)."""
     p = argparse.ArgumentParser(prog="python -m brainseg.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data_dir", help="kaggle_3m-layout folder")
@@ -219,5 +220,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     return result
 
 
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command-line entry point: exit code 0 on success (argument and data errors exit 2 with a message)."""
+    run(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from brainseg.data import find_cases, make_split, read_image, read_mask, save_split
-from brainseg.evaluate import evaluate, main, to_json
+from brainseg.evaluate import evaluate, main, run, to_json
 from brainseg.inference import Predictor
 from brainseg.metrics import dice_score, iou_score
 from conftest import FakePredictor, write_case
@@ -167,12 +167,12 @@ def test_json_writes_undefined_metrics_as_null():
 def test_cli_shows_a_bar_over_the_cases_and_takes_a_subset(synth_root, tiny_checkpoints, tmp_path, capsys):
     """Issue 9.8: the command printed nothing until it ended; the README shows how to evaluate a subset."""
     models = ["--segmenter", str(tiny_checkpoints["segmenter"]), "--classifier", str(tiny_checkpoints["classifier"])]
-    r = main([str(synth_root), "--cases", "TCGA_DU_*", "TCGA_CS_0001_20000101"] + models)
+    r = run([str(synth_root), "--cases", "TCGA_DU_*", "TCGA_CS_0001_20000101"] + models)
     assert set(r["per_case"]) == {"TCGA_DU_0003_20000101", "TCGA_DU_0004_20000101", "TCGA_CS_0001_20000101"}
     err = capsys.readouterr().err
     assert "3 cases, 36 slices to evaluate" in err
     assert "evaluating" in err and "3/3" in err and "36 slices" in err  # the tqdm bar, on stderr
-    main([str(synth_root), "--cases", "TCGA_HT_0005_20000101", "--quiet"] + models)
+    assert main([str(synth_root), "--cases", "TCGA_HT_0005_20000101", "--quiet"] + models) == 0
     assert "evaluating" not in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         main([str(synth_root), "--cases", "TCGA_XX_*"] + models)
