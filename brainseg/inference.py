@@ -202,12 +202,18 @@ class Predictor:
 
     @classmethod
     def from_sources(cls, segmenter: Optional[str] = None, classifier: Optional[str] = None,
-                     device: str = "cpu", precision: Optional[str] = None) -> "Predictor":
-        """Load from folders or Hub repo ids (None: env var, else the shipped default)."""
-        from .sources import load_model
+                     device: str = "cpu", precision: Optional[str] = None, *,
+                     segmenter_revision: Optional[str] = None,
+                     classifier_revision: Optional[str] = None) -> "Predictor":
+        """Load from folders or Hub repo ids (None: env var, else the shipped default).
 
-        seg, seg_src = load_model("segmenter", segmenter)
-        clf, clf_src = load_model("classifier", classifier)
+        Each revision (Hub branch, tag or commit) goes with its own repo, as ``user/repo@rev`` does;
+        see :func:`brainseg.sources.parse_source`.
+        """
+        from . import sources
+
+        seg, seg_src = sources.load_model("segmenter", segmenter, segmenter_revision)
+        clf, clf_src = sources.load_model("classifier", classifier, classifier_revision)
         return cls(seg, clf, device, {"segmenter": seg_src, "classifier": clf_src}, precision)
 
     # ------------------------------------------------------------ the rules, from the configs

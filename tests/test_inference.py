@@ -219,3 +219,24 @@ def test_predict_reads_a_path_in_file_channel_order(real_tiny, tmp_path):
     swapped = p.predict(img[..., ::-1].copy())                     # what cv2.imread would hand over
     assert abs(swapped.probability - b.probability) > 1e-4
     assert p.predict_batch([path, img])[0].probability == pytest.approx(b.probability, abs=1e-6)
+
+
+# ---------------------------------------------------------------- revisions reach the loader (issue 11.7)
+
+def test_from_sources_passes_each_revision_to_the_loader(monkeypatch, tiny_checkpoints):
+    """``Predictor.from_sources(segmenter_revision=..., classifier_revision=...)`` hands each revision to
+    :func:`brainseg.sources.load_model`, offline: the loader is replaced, so no Hub call is made."""
+    import brainseg.sources as sources
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    calls = []
+
+    def fake_load_model(kind, spec=None, revision=None):
+        calls.append((kind, spec, revision))
+        src = sources.ModelSource(spec, revision, local=False)
+        return sources.from_pretrained(str(tiny_checkpoints[kind])), src
+
+    monkeypatch.setattr(sources, "load_model", fake_load_model)
+    p = Predictor.from_sources("user/seg", "user/clf", segmenter_revision="v1", classifier_revision="abc123")
+    assert calls == [("segmenter", "user/seg", "v1"), ("classifier", "user/clf", "abc123")]
+    assert str(p.sources["segmenter"]) == "user/seg@v1" and str(p.sources["classifier"]) == "user/clf@abc123"
