@@ -33,9 +33,9 @@ from typing import List, Optional, Sequence  # noqa: E402
 
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from brainseg import webapp as w  # noqa: E402
+from brainseg.cli import add_model_args, add_runtime_args, predictor_from_args  # noqa: E402
 from brainseg.images import InvalidImageError  # noqa: E402
 from brainseg.inference import Predictor  # noqa: E402
 
@@ -276,27 +276,26 @@ def warm_up(predictor: Predictor) -> None:
     predictor.predict(np.zeros((256, 256, 3), np.uint8))
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Serve until the server is closed (Ctrl-C); exit code 0 then, and a one-line message if the models fail."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     # GRADIO_SERVER_NAME/PORT are how Hugging Face Spaces (and Docker set-ups) say where to listen.
     ap.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
                     help="address to listen on (default 127.0.0.1; 0.0.0.0 serves the network)")
     ap.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
-    ap.add_argument("--segmenter", default=None, help="folder or Hub repo id[@revision]")
-    ap.add_argument("--classifier", default=None, help="folder or Hub repo id[@revision]")
+    add_model_args(ap)
+    add_runtime_args(ap)
     ap.add_argument("--examples", type=Path, default=EXAMPLES_DIR)
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.threads:
-        torch.set_num_threads(args.threads)
     try:
-        predictor = Predictor.from_sources(args.segmenter, args.classifier)
+        predictor = predictor_from_args(args)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"Cannot load the models: {e}\nTrain them (make train) or pass --segmenter/--classifier.")
     warm_up(predictor)
     launch(build_demo(predictor, args.examples), args.host, args.port)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

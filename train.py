@@ -23,6 +23,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
 from brainseg import engine
+from brainseg.cli import add_data_arg, data_arg
 from brainseg.config import ClassifierConfig, SegmenterConfig, TrainConfig
 from brainseg.data import (BalancedSampler, SliceDataset, find_cases, fold_split, load_split, make_split, save_split,
                            select_cases)
@@ -33,7 +34,7 @@ from brainseg.viz import plot_curves
 # ---------------------------------------------------------------- arguments -> configs
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 p.add_argument("task", choices=["segmenter", "classifier"])
-p.add_argument("--data", required=True, help="kaggle_3m-layout folder")
+add_data_arg(p, "kaggle_3m-layout folder")
 p.add_argument("--out", required=True)
 p.add_argument("--split", help="split JSON to read, or to write if missing (default: OUT/split.json)")
 p.add_argument("--val-fraction", type=float, default=TrainConfig.val_fraction,
@@ -67,6 +68,7 @@ p.add_argument("--encoder", help="timm model name")
 p.add_argument("--image-size", type=int)
 p.add_argument("--pretrained", action="store_true", help="start from timm's ImageNet weights (needs the Hub)")
 args = p.parse_args()
+args.data = data_arg(p, args)
 
 model_cfg = SegmenterConfig() if args.task == "segmenter" else ClassifierConfig()
 if args.encoder:

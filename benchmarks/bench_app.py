@@ -7,7 +7,7 @@ Starts the app in-process on 127.0.0.1, sends ``--n`` requests one after another
 what a user of the API waits for) and times ``Predictor.predict`` on the same decoded slices,
 alternately. The client skips loading CA certificates for the plain-HTTP URL (see below); a
 default client is timed beside it.
-Uses the shipped models and examples/ when present, else the sources given and synthetic slices.
+Uses the models given (default: the shipped ones) and examples/ when present, else synthetic slices.
 Target: p50 end-to-end <= 1.5x the bare forward, and under 250 ms.
 """
 import argparse
@@ -29,7 +29,7 @@ import torch  # noqa: E402
 from gradio_client import Client, handle_file  # noqa: E402
 
 from brainseg.images import decode_image  # noqa: E402
-from brainseg.inference import Predictor  # noqa: E402
+from brainseg.cli import add_model_args, add_runtime_args, predictor_from_args  # noqa: E402
 
 
 def percentiles(ms):
@@ -57,21 +57,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def main(argv=None) -> dict:
+def run(argv=None) -> dict:
+    """Parse ``argv``, measure, print; returns the figures (what :func:`main` prints and writes)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=50, help="requests through the API (and bare forwards)")
-    ap.add_argument("--segmenter", default=None, help="used when models/segmenter is absent")
-    ap.add_argument("--classifier", default=None, help="used when models/classifier is absent")
+    add_model_args(ap)
+    add_runtime_args(ap)
     ap.add_argument("--examples", type=Path, default=app.EXAMPLES_DIR)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
 
-    shipped = (ROOT / "models" / "segmenter" / "config.json").exists()
-    predictor = (Predictor.from_sources() if shipped
-                 else Predictor.from_sources(args.segmenter, args.classifier))
+    predictor = predictor_from_args(args)
     tmp = tempfile.TemporaryDirectory(prefix="bench_app_")
     paths = [e.image for e in app.find_examples(args.examples)] or synthetic_slices(Path(tmp.name))
     arrays = [decode_image(p.read_bytes()).array for p in paths]
@@ -128,5 +124,11 @@ def main(argv=None) -> dict:
     return figures
 
 
+def main(argv=None) -> int:
+    """Command-line entry point: exit code 0 once the figures are printed."""
+    run(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -12,9 +12,9 @@ multi-page mask TIFF and the summary. The API run sends the same zip to ``/predi
 ``gradio_client`` on 127.0.0.1 (upload, queue, the same call, download of the three files): the
 app's own endpoint when app.py has one, else a stand-in Blocks wired the same way.
 
-``--models auto`` uses models/segmenter and models/classifier when present, else untrained
-models of the shipped architecture (ResUNet resnet34 at 256, classifier resnet18 at 128, the
-config defaults): the time does not depend on the weights. ``tiny`` is the test models' size.
+``--segmenter``/``--classifier`` time those models. Else ``--models auto`` uses models/segmenter and
+models/classifier when present, else untrained models of the shipped architecture (ResUNet
+resnet34 at 256, classifier resnet18 at 128, the config defaults): the time does not depend on the weights. ``tiny`` is the test models' size.
 The first run of each kind is a warm-up and is not counted. Figures on a loaded machine are
 slower; the CPU seconds of the process divided by the torch threads estimate the wall time on an
 idle machine (an upper bound where busy-waiting threads are counted).
@@ -42,6 +42,7 @@ import torch  # noqa: E402
 
 from brainseg.case_analysis import analyze_case, predict_case_files  # noqa: E402
 from brainseg.case_io import load_case  # noqa: E402
+from brainseg.cli import add_model_args, add_runtime_args, apply_threads, predictor_from_args  # noqa: E402
 from brainseg.config import ClassifierConfig, SegmenterConfig  # noqa: E402
 from brainseg.inference import Predictor  # noqa: E402
 from brainseg.models import ResUNet, TumorClassifier  # noqa: E402
@@ -78,21 +79,22 @@ def build_case_zip(folder: Path, n: int = 40) -> tuple:
     return z, source
 
 
-def load_predictor(kind: str):
+def load_predictor(args):
+    """The Predictor to time and a line naming its models: ``--segmenter``/``--classifier`` when given, else ``--models``."""
     shipped = (ROOT / "models" / "segmenter" / "config.json").exists() and (ROOT / "models" / "classifier" / "config.json").exists()
-    if kind == "shipped" or (kind == "auto" and shipped):
-        p = Predictor.from_sources(str(ROOT / "models" / "segmenter"), str(ROOT / "models" / "classifier"))
-        return p, "shipped models (models/segmenter, models/classifier)"
-    if kind == "tiny":
-        torch.manual_seed(0)
-        return (Predictor(ResUNet(SegmenterConfig(encoder="test_resnet", image_size=64)),
-                          TumorClassifier(ClassifierConfig(encoder="test_resnet", image_size=64))),
-                "tiny test models (test_resnet at 64): NOT the shipped size")
+    if args.segmenter or args.classifier or args.models == "shipped" or (args.models == "auto" and shipped):
+        p = predictor_from_args(args)  # unnamed sources: $BRAINSEG_SEGMENTER / $BRAINSEG_CLASSIFIER, else models/
+        return p, f"segmenter {p.sources['segmenter']}, classifier {p.sources['classifier']}"
+    apply_threads(args)
     torch.manual_seed(0)
-    seg, clf = SegmenterConfig(), ClassifierConfig()
-    return (Predictor(ResUNet(seg), TumorClassifier(clf)),
-            f"untrained models of the shipped architecture (ResUNet {seg.encoder} at {seg.image_size}, classifier "
-            f"{clf.encoder} at {clf.image_size}; models/ has no checkpoint)")
+    if args.models == "tiny":
+        seg, clf = SegmenterConfig(encoder="test_resnet", image_size=64), ClassifierConfig(encoder="test_resnet", image_size=64)
+        what = "tiny test models (test_resnet at 64): NOT the shipped size"
+    else:
+        seg, clf = SegmenterConfig(), ClassifierConfig()
+        what = (f"untrained models of the shipped architecture (ResUNet {seg.encoder} at {seg.image_size}, classifier "
+                f"{clf.encoder} at {clf.image_size}; models/ has no checkpoint)")
+    return Predictor(ResUNet(seg), TumorClassifier(clf), args.device, precision=args.precision), what
 
 
 def timed(fn, repeats: int, cpu: list = None) -> list:
@@ -165,21 +167,22 @@ def api_times(predictor, zip_path: Path, repeats: int) -> tuple:
         demo.close()
 
 
-def main(argv=None) -> dict:
+def run(argv=None) -> dict:
+    """Parse ``argv``, measure, print; returns the figures (what :func:`main` prints and writes)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--slices", type=int, default=40)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--models", choices=["auto", "shipped", "shipped-arch", "tiny"], default="auto")
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--models", choices=["auto", "shipped", "shipped-arch", "tiny"], default="auto",
+                    help="which models, when --segmenter/--classifier are not given (see above)")
+    add_model_args(ap)
+    add_runtime_args(ap)
     ap.add_argument("--no-api", action="store_true", help="skip the gradio_client run")
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
 
     work = Path(tempfile.mkdtemp(prefix="brainseg_bench_case_"))
     zip_path, source = build_case_zip(work, args.slices)
-    predictor, models = load_predictor(args.models)
+    predictor, models = load_predictor(args)
     print(f"case: {args.slices} slices ({source}), zip {zip_path.stat().st_size / 2**20:.1f} MiB")
     print(f"models: {models}; segmenter precision {predictor.precision}, detection "
           f"{'fused (segmenter on every slice)' if predictor.fused else 'classifier'}")
@@ -232,5 +235,11 @@ def main(argv=None) -> dict:
     return res
 
 
+def main(argv=None) -> int:
+    """Command-line entry point: exit code 0 once the figures are printed."""
+    run(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -40,12 +40,14 @@ import torch
 from safetensors.torch import save_file
 from sklearn.linear_model import LogisticRegression
 
+from .cli import KINDS, add_data_arg, add_model_args, add_runtime_args, apply_threads, data_arg
 from .data import find_cases, load_split, read_image, read_mask, select_cases
 from .inference import fuse_detection, segmenter_evidence
 from .metrics import CaseDiceAggregator, auroc, detection_metrics, expected_calibration_error
 from .models import ResUNet, TumorClassifier
 from .postprocess import postprocess_mask
 from .preprocess import preprocess
+from .sources import model_folder
 from .volume import filter_components_3d
 
 THRESHOLDS = [0.3, 0.4, 0.5, 0.6, 0.7]
@@ -202,17 +204,21 @@ def save_checkpoint(model, out: Path, fp16: bool) -> None:
 def calibrate(argv=None) -> Dict:
     """Parse ``argv``, choose, write the checkpoints; returns the report (what :func:`main` prints)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", required=True)
+    add_data_arg(ap, "kaggle_3m-layout folder")
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--split", help="choose on this split's validation cases, with --segmenter/--classifier")
     src.add_argument("--cv", help="choose on the out-of-fold predictions of the fold runs in this folder")
-    ap.add_argument("--segmenter", required=True)
-    ap.add_argument("--classifier", required=True)
+    add_model_args(ap, required=True)
+    add_runtime_args(ap, device=False, precision=False)
     ap.add_argument("--out-segmenter", required=True)
     ap.add_argument("--out-classifier", required=True)
     ap.add_argument("--fp16", action="store_true", help="store weights as fp16 (half the size)")
     ap.add_argument("--tta-min-gain", type=float, default=0.005)
     args = ap.parse_args(argv)
+    args.data = data_arg(ap, args)
+    apply_threads(args)
+    for kind in KINDS:  # the checkpoints the choices are written into, as folders (a Hub repo is fetched)
+        setattr(args, kind, str(model_folder(getattr(args, kind), getattr(args, f"{kind}_revision"))))
 
     runs = cv_runs(Path(args.cv)) if args.cv else [
         (args.segmenter, args.classifier, load_split(args.split)["val"])]

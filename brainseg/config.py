@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 CHANNEL_ORDER = ["pre-contrast", "FLAIR", "post-contrast"]
+PRECISIONS = ("auto", "fp32", "bf16")  # the segmenter's arithmetic: auto picks bf16 where the hardware has it
 FLAIR_INDEX = 1
 
 

@@ -3,6 +3,7 @@
     python -m brainseg.evaluate ../shared/data/lgg/kaggle_3m --split splits/lgg_dev_seed42.json --json eval.json
     python -m brainseg.evaluate DATA --segmenter runs/segmenter --classifier user/brainseg-classifier@v1
     python -m brainseg.evaluate DATA --cases 'TCGA_CS_*' TCGA_DU_7010_19860307   # a subset of cases
+    python -m brainseg.evaluate --data DATA ...   # the data folder as train.py and calibrate spell it
 
 A bar over the cases (done, slices seen, time left) goes to stderr; ``--quiet`` hides it.
 
@@ -37,7 +38,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .data import Case, find_cases, load_split, read_image, read_mask, select_cases, slice_number
-from .inference import PRECISIONS, Predictor
+from .cli import add_data_arg, add_model_args, add_runtime_args, data_arg, predictor_from_args
 from .metrics import CaseDiceAggregator, detection_metrics, expected_calibration_error
 
 PathLike = Union[str, Path]
@@ -186,29 +187,26 @@ def run(argv: Optional[Sequence[str]] = None) -> Dict:
     """Parse ``argv``, run, print; returns the figures (what :func:`main` prints and writes)."""
     p = argparse.ArgumentParser(prog="python -m brainseg.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("data_dir", help="kaggle_3m-layout folder")
-    p.add_argument("--segmenter", help="model folder or Hub repo id 'user/repo[@rev]' (default: the shipped model)")
-    p.add_argument("--classifier", help="model folder or Hub repo id 'user/repo[@rev]' (default: the shipped model)")
+    add_data_arg(p, "kaggle_3m-layout folder")
+    add_model_args(p)
     p.add_argument("--split", help="split JSON: evaluate only its 'val' cases")
     p.add_argument("--cases", nargs="+", metavar="NAME",
                    help="evaluate only these cases: names or shell patterns such as 'TCGA_CS_*' (quote them)")
     p.add_argument("--json", dest="json_out", help="write the metrics here as JSON")
     p.add_argument("--threshold", type=float, help="pixel probability threshold (default: the segmenter config's)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--precision", choices=PRECISIONS,
-                   help="segmenter arithmetic (default: $BRAINSEG_PRECISION, else auto: bf16 where the hardware has it)")
+    add_runtime_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
     args = p.parse_args(argv)
+    data_dir = data_arg(p, args)
 
     try:
-        cases = select_eval_cases(args.data_dir, args.split, args.cases)  # fail on a bad folder before loading models
+        cases = select_eval_cases(data_dir, args.split, args.cases)  # fail on a bad folder before loading models
         if not args.quiet:
             print(f"{len(cases)} case{'s' if len(cases) != 1 else ''}, {sum(len(c) for c in cases)} slices to "
                   f"evaluate", file=sys.stderr)
-        predictor = Predictor.from_sources(args.segmenter, args.classifier, device=args.device,
-                                           precision=args.precision)
-        result = evaluate(args.data_dir, predictor, split=args.split, threshold=args.threshold,
+        predictor = predictor_from_args(args)
+        result = evaluate(data_dir, predictor, split=args.split, threshold=args.threshold,
                           batch_size=args.batch_size, progress=not args.quiet, only=args.cases)
     except (FileNotFoundError, KeyError, ValueError, OSError) as e:
         p.error(str(e.args[0]) if e.args else str(e))  # exit status 2, the message (naming the path) on stderr

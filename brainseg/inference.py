@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .config import PRECISIONS  # noqa: F401  (also imported from here)
 from .postprocess import postprocess_mask, remove_small_components  # noqa: F401  (old import path)
 from .preprocess import preprocess
 
@@ -126,9 +127,6 @@ def as_three_channels(image: np.ndarray, in_chans: int = 3):
         raise ValueError(f"Expected {in_chans} channels (pre-contrast, FLAIR, post-contrast) or 1 (FLAIR), "
                          f"got {image.shape[-1]}")
     return image, False
-
-
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def cpu_has_native_bf16() -> bool:

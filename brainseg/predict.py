@@ -4,6 +4,7 @@
     python -m brainseg.predict ../shared/data/lgg/kaggle_3m/TCGA_CS_4941_19960909 --out preds --figures
     python -m brainseg.predict ../shared/data/lgg/kaggle_3m --out preds --segmenter user/brainseg-segmenter@v1
     python -m brainseg.predict case.zip --out preds          # also a multi-page TIFF or a NIfTI volume
+    python -m brainseg.predict --data ../shared/data/lgg/kaggle_3m --out preds   # the input as --data, too
 
 INPUT is one slice file (its ``<stem>_mask.tif`` beside it is used as ground truth when present),
 a case folder, a folder of case folders (the kaggle_3m layout), a zip of a case folder, a
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 from .case_io import IMAGE_EXTS, CaseInput, file_ext, inside, load_case, parse_slice_name, safe_name, write_case_outputs
+from .cli import add_data_arg, add_model_args, add_runtime_args, data_arg, predictor_from_args
 
 CSV_FIELDS = ["case", "slice", "tumor_probability", "tumor_detected", "tumor_area_px", "dice"]
 
@@ -94,18 +96,18 @@ def csv_rows(summary: dict) -> List[dict]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m brainseg.predict", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("input", help="slice file, case folder, kaggle_3m folder, zip, multi-page TIFF or NIfTI")
+    add_data_arg(p, "slice file, case folder, kaggle_3m folder, zip, multi-page TIFF or NIfTI", metavar="INPUT")
     p.add_argument("--out", required=True, help="output folder (created); nothing is written outside it")
-    p.add_argument("--segmenter", help="model folder or Hub repo id 'user/repo[@rev]' (default: the shipped model)")
-    p.add_argument("--classifier", help="model folder or Hub repo id 'user/repo[@rev]' (default: the shipped model)")
+    add_model_args(p)
     p.add_argument("--threshold", type=float, help="pixel probability threshold (default: the segmenter config's)")
     p.add_argument("--spacing", type=float, nargs=3, metavar=("ROW", "COL", "SLICE"),
                    help="voxel size in mm, for volumes in mL when the input does not carry it")
     p.add_argument("--figures", action="store_true", help="also write the probability plot and the overlay montage")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--device", default="cpu")
+    add_runtime_args(p)
     p.add_argument("--quiet", action="store_true", help="no case count and progress bar on stderr")
     args = p.parse_args(argv)
+    args.input = data_arg(p, args)
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         p.error(f"--threshold must lie in [0, 1], got {args.threshold}")
 
@@ -121,11 +123,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 raise ValueError(f"--out {out} holds the input case folder {folder.name}: its _mask files would be "
                                  f"overwritten; choose another --out")
         first = load_case(sources[0]) if len(sources) == 1 else None  # bad single input fails before the models load
-        from .inference import Predictor  # torch loads only once the input has passed its checks
+        from .case_analysis import analyze_case  # torch loads only once the input has passed its checks
 
-        from .case_analysis import analyze_case
-
-        predictor = Predictor.from_sources(args.segmenter, args.classifier, device=args.device)
+        predictor = predictor_from_args(args)
     except (FileNotFoundError, ValueError, OSError, RuntimeError) as e:  # RuntimeError: a checkpoint that does not fit
         p.error(str(e))
 

@@ -166,3 +166,18 @@ def from_pretrained(source: str, revision: Optional[str] = None):
         >>> model = brainseg.from_pretrained("user/brainseg-segmenter", revision="v1")  # USER: a placeholder
     """
     return _load(parse_source(source, revision), None)
+
+
+def model_folder(spec: str, revision: Optional[str] = None) -> Path:
+    """A folder holding the source's files: the folder itself, or the Hub repo's files fetched into the
+    Hub cache (config, safetensors weights and the metrics and curves beside them), for code that reads files."""
+    src = parse_source(spec, revision)
+    if src.local:
+        return Path(src.location)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(src.location, revision=src.revision,
+                                      allow_patterns=["config.json", "model.safetensors", "metrics.json", "curves.png"]))
+    except Exception as e:  # offline without a cached copy, a missing repo or revision
+        raise _hub_error(src, e) from e
