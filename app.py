@@ -96,7 +96,7 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
                                                label="Pixel threshold",
                                                info="Probability above which a pixel of a detected slice is tumour")
                     opacity = gr.Slider(0, 1, value=0.35, step=0.05, label="Overlay opacity", elem_id="opacity")
-                    analyse_btn = gr.Button("Analyse", variant="primary", elem_id="analyse")
+                    analyze_btn = gr.Button("Analyse", variant="primary", elem_id="analyze")
                     if examples:
                         gallery = gr.Gallery([(str(e.image), e.caption) for e in examples], label="Examples (click one)",
                                              columns=3, height="auto", allow_preview=False, buttons=[],
@@ -133,7 +133,7 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
                     raise gr.Error("No file: upload an MRI slice (TIFF, PNG or JPEG) first.", print_exception=False)
                 start = time.perf_counter()
                 try:
-                    out = w.analyse_slice(predictor, image, threshold, truth, models, slice_file.GRADIO_CACHE)
+                    out = w.analyze_slice(predictor, image, threshold, truth, models, slice_file.GRADIO_CACHE)
                 except (InvalidImageError, ValueError) as e:
                     log.info("rejected upload (%s, %d bytes)", getattr(e, "reason", type(e).__name__), len(image))
                     raise gr.Error(str(e), print_exception=False) from None
@@ -156,7 +156,7 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
                     show_overlay, inputs=[shown, opacity], outputs=[overlay_img], api_name=f"opacity_{api_name}",
                     api_visibility="private", show_progress="hidden")
 
-            run_chain(gr.on([analyse_btn.click, slice_file.upload], lambda: [None] * len(clear), outputs=clear,
+            run_chain(gr.on([analyze_btn.click, slice_file.upload], lambda: [None] * len(clear), outputs=clear,
                             api_name="clear_slice", api_visibility="private", queue=False, show_progress="hidden"),
                       "predict")
             slice_file.clear(lambda: [None] * len(clear), outputs=clear, api_name="cleared_slice",
@@ -182,7 +182,7 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
                     spacing = gr.Textbox("", label="Voxel spacing (mm)", placeholder="row, column, slice: e.g. 0.94, 0.94, 3",
                                          info="Gives the volume in mL. Blank: the file's own spacing, if any.",
                                          elem_id="spacing")
-                    case_btn = gr.Button("Analyse case", variant="primary", elem_id="analyse-case")
+                    case_btn = gr.Button("Analyse case", variant="primary", elem_id="analyze-case")
                     if example_cases:
                         case_examples = gr.Examples([[[str(p)]] for p in example_cases], inputs=[case_files],
                                                     label="Example case (click to run it)",
@@ -217,7 +217,7 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
                     raise gr.Error("No files: upload a zipped case folder, slice files, a multi-page TIFF or "
                                    "a NIfTI volume.", print_exception=False)
                 try:
-                    out = w.analyse_case(predictor, files, threshold, spacing_mm,
+                    out = w.analyze_case(predictor, files, threshold, spacing_mm,
                                          Path(case_masks.GRADIO_CACHE) / uuid.uuid4().hex)
                 except ValueError as e:
                     log.info("rejected case upload (%s)", type(e).__name__)

@@ -28,7 +28,8 @@ from gradio.utils import NamedString
 from gradio_client import utils as client_utils
 
 from . import viz
-from .case_analysis import analyze_case, analyze_slice, case_summary_text, summarize
+from . import case_analysis
+from .case_analysis import case_summary_text, summarize
 from .case_io import load_case, write_case_outputs
 from .images import decode_image, load_mask
 from .metrics import dice_score
@@ -334,12 +335,12 @@ class SliceOutputs:
     shown: dict  # for redrawing the overlay at another opacity without running the models again
 
 
-def analyse_slice(predictor, data: bytes, threshold: Optional[float], truth: Dict[str, np.ndarray], models: dict,
+def analyze_slice(predictor, data: bytes, threshold: Optional[float], truth: Dict[str, np.ndarray], models: dict,
                   cache_dir: str, opacity: float = viz.DEFAULT_ALPHA) -> SliceOutputs:
     """Decode one uploaded file, predict, and write what the page shows. Raises InvalidImageError for a
     bad file, ValueError for a bad threshold (both name the problem)."""
     image = decode_image(data)
-    a = analyze_slice(predictor, image, threshold, models)
+    a = case_analysis.analyze_slice(predictor, image, threshold, models)
     pred, result, summary = a.prediction, a.result, a.summary
     gt = truth.get(hashlib.sha256(data).hexdigest())
     if gt is not None and gt.shape != pred.mask.shape:
@@ -357,7 +358,7 @@ def analyse_slice(predictor, data: bytes, threshold: Optional[float], truth: Dic
 
 
 def redraw_overlay(shown: dict, opacity: float, cache_dir: str) -> str:
-    """The overlay PNG at ``opacity``, from what :func:`analyse_slice` kept (display size, no model run)."""
+    """The overlay PNG at ``opacity``, from what :func:`analyze_slice` kept (display size, no model run)."""
     rgb = viz.overlay(shown["flair"], shown["mask"], shown["truth"], alpha=float(np.nan_to_num(opacity, nan=0.35)))
     return write_to_cache(png(rgb), cache_dir, "overlay.png")
 
@@ -402,15 +403,15 @@ class CaseOutputs:
     viewer: dict  # slice numbers, frame PNGs and the slice to open at, for the slice viewer
 
 
-def analyse_case(predictor, files: Sequence[str], threshold: Optional[float], spacing_text: Optional[str],
+def analyze_case(predictor, files: Sequence[str], threshold: Optional[float], spacing_text: Optional[str],
                  out_dir: Path) -> CaseOutputs:
-    """Read, analyse and draw a case; every file goes into ``out_dir`` (inside the temp root). ValueError
+    """Read, analyze and draw a case; every file goes into ``out_dir`` (inside the temp root). ValueError
     names what is wrong with the input."""
     spacing = parse_spacing(spacing_text)
     case = load_case(list(files) if len(files) != 1 else files[0])
     if spacing is not None:
         case.spacing = spacing
-    result = analyze_case(predictor, case, threshold)
+    result = case_analysis.analyze_case(predictor, case, threshold)
     paths = write_case_outputs(case, result, out_dir, figures=True)  # no summary JSON: it goes back in the response
     base = paths["masks"].name.rsplit("_masks", 1)[0]
     frames = []

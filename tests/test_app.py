@@ -118,9 +118,9 @@ def bad_uploads(d: Path) -> dict:
 
 # ---------------------------------------------------------------- in-process
 
-def analyse(predictor, path_or_bytes, threshold=None, truth=None, cache=None):
+def analyze(predictor, path_or_bytes, threshold=None, truth=None, cache=None):
     data = path_or_bytes if isinstance(path_or_bytes, bytes) else Path(path_or_bytes).read_bytes()
-    return webapp.analyse_slice(predictor, data, threshold, truth or {}, predictor.describe(),
+    return webapp.analyze_slice(predictor, data, threshold, truth or {}, predictor.describe(),
                                 str(cache or Path(app.os.environ["GRADIO_TEMP_DIR"])))
 
 
@@ -128,8 +128,8 @@ def read_png(path) -> np.ndarray:
     return cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
 
 
-def test_analyse_outputs(predictor, files):
-    a = analyse(predictor, files["png"], 0.4)
+def test_analyze_outputs(predictor, files):
+    a = analyze(predictor, files["png"], 0.4)
     r = a.result
     assert JSON_KEYS <= set(r)
     assert isinstance(r["tumor_probability"], float) and 0 <= r["tumor_probability"] <= 1
@@ -146,31 +146,31 @@ def test_analyse_outputs(predictor, files):
     json.dumps(r)  # the API returns it as JSON
 
 
-def test_analyse_same_answer_for_8bit_16bit_and_flair_only(predictor, files):
-    r8 = analyse(predictor, files["png"]).result
-    r16 = analyse(predictor, files["tif16"]).result
+def test_analyze_same_answer_for_8bit_16bit_and_flair_only(predictor, files):
+    r8 = analyze(predictor, files["png"]).result
+    r16 = analyze(predictor, files["tif16"]).result
     assert r16["input_dtype"] == "uint16"
     assert r16["tumor_probability"] == pytest.approx(r8["tumor_probability"], abs=1e-4)
     assert abs(r16["tumor_area_px"] - r8["tumor_area_px"]) <= 2
-    flair = analyse(predictor, files["flair"])
+    flair = analyze(predictor, files["flair"])
     assert flair.result["channels_replicated"] and flair.result["input_shape"] == [128, 128, 1]
     assert "replicated" in flair.summary
 
 
-def test_analyse_large_slice_keeps_mask_size_and_shrinks_overlay(predictor, files):
-    a = analyse(predictor, files["large"])
+def test_analyze_large_slice_keeps_mask_size_and_shrinks_overlay(predictor, files):
+    a = analyze(predictor, files["large"])
     assert a.result["input_shape"] == [1500, 1200, 3]
     assert read_png(a.mask_path).shape == (1500, 1200)
     assert max(read_png(a.overlay_path).shape[:2]) == webapp.OVERLAY_MAX_SIDE
 
 
-def test_analyse_refuses_bad_file(predictor, files):
+def test_analyze_refuses_bad_file(predictor, files):
     with pytest.raises(InvalidImageError, match="1x1"):
-        analyse(predictor, files["bad"]["tiny.png"][0])
+        analyze(predictor, files["bad"]["tiny.png"][0])
 
 
 def test_overlay_opacity_redraws_without_the_models(predictor, files):
-    a = analyse(predictor, files["png"], 0.05)
+    a = analyze(predictor, files["png"], 0.05)
     assert a.shown["mask"].any(), "the tiny model at threshold 0.05 should mark some pixels"
     inside = a.shown["mask"].astype(bool)
     faint, solid = (read_png(webapp.redraw_overlay(a.shown, o, str(Path(a.overlay_path).parent.parent)))
@@ -194,10 +194,10 @@ def test_truth_outline_and_dice_only_for_the_example_file(predictor, files):
     ex = app.find_examples(files["examples"])[0]
     truth = webapp.truth_by_content([ex])
     green = lambda o: ((o[..., 1] == 255) & (o[..., 0] == 0) & (o[..., 2] == 0)).sum()  # noqa: E731  (BGR)
-    a = analyse(predictor, ex.image, truth=truth)
+    a = analyze(predictor, ex.image, truth=truth)
     assert green(read_png(a.overlay_path)) > 0
     assert isinstance(a.result["dice"], float) and "Dice with the example's ground truth" in a.summary
-    other = analyse(predictor, files["png"], truth=truth)
+    other = analyze(predictor, files["png"], truth=truth)
     assert green(read_png(other.overlay_path)) == 0 and other.result["dice"] is None and "Dice" not in other.summary
 
 
@@ -260,7 +260,7 @@ def test_api_predict_outputs_as_documented(client, files, predictor):
     assert f"{result['tumor_area_px']:,} px" in area and "% of the brain" in area
     assert set(result["models"]) == {"segmenter", "classifier"}
     # the same answer as the function in-process
-    local = analyse(predictor, files["png"]).result
+    local = analyze(predictor, files["png"]).result
     assert result["tumor_probability"] == local["tumor_probability"]
     assert result["tumor_area_px"] == local["tumor_area_px"]
 
@@ -600,3 +600,22 @@ def test_one_answer_between_the_thresholds(files, tmp_path):
     assert result["tumor_detected"] is True and result["tumor_probability"] == 0.44
     assert summary.startswith("Tumour detected: probability 0.44 ≥ detection threshold 0.40")
     assert (cv2.imread(mask_path, cv2.IMREAD_GRAYSCALE) > 0).sum() == result["tumor_area_px"]
+
+
+# ---------------------------------------------------------------- one spelling in the code (issue 11.6)
+
+def test_code_names_say_analyze_as_the_library_does():
+    """Identifiers spell analyze (as case_analysis.analyze_case does); prose to users stays British."""
+    import io
+    import tokenize
+
+    from conftest import ROOT
+
+    files = [ROOT / "app.py", *(ROOT / "brainseg").glob("*.py"), *(ROOT / "benchmarks").glob("*.py"),
+             *(ROOT / "tests").glob("*.py")]
+    bad = [f"{f.name}:{t.start[0]} {t.string}" for f in files
+           for t in tokenize.generate_tokens(io.StringIO(f.read_text(encoding="utf-8")).readline)
+           if t.type == tokenize.NAME and "analyse" in t.string.lower()]
+    assert bad == []
+    assert callable(webapp.analyze_slice) and callable(webapp.analyze_case)
+    assert 'elem_id="analyze"' in (ROOT / "app.py").read_text()

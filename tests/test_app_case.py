@@ -79,7 +79,7 @@ def test_dollar_signs_in_names_are_plain_text(client, tmp_path):
 
 
 def test_viewer_frames_are_full_size_overlays(predictor, case_zip, tmp_path):
-    out = webapp.analyse_case(predictor, [str(case_zip)], 0.05, "", tmp_path / "out")
+    out = webapp.analyze_case(predictor, [str(case_zip)], 0.05, "", tmp_path / "out")
     v = out.viewer
     assert v["numbers"] == list(range(1, 7)) and len(v["frames"]) == 6 and v["start"] in v["numbers"]
     frame = cv2.imread(webapp.viewer_frame(v, 3))
@@ -93,7 +93,7 @@ def test_viewer_frames_are_full_size_overlays(predictor, case_zip, tmp_path):
 def test_example_case_is_small_and_loads(predictor, tmp_path):
     cases = app.find_example_cases(app.EXAMPLES_DIR)
     assert len(cases) == 1 and cases[0].stat().st_size < 400_000
-    out = webapp.analyse_case(predictor, [str(cases[0])], None, "", tmp_path / "out")
+    out = webapp.analyze_case(predictor, [str(cases[0])], None, "", tmp_path / "out")
     assert out.json["case"] == "TCGA_HT_A616_19991226" and out.json["slices"] == 13 and out.json["dice"] is not None
     assert cases[0].name in (app.EXAMPLES_DIR / "ATTRIBUTION.md").read_text()
 

@@ -139,7 +139,7 @@ def test_slice_tab(site, page, shots, tmp_path):
     # the upload expires on the server; Analyse is refused, and the old results go with it
     href = page.locator("#slice-file a.download-link").get_attribute("href")
     Path(urllib.parse.unquote(href.split("file=", 1)[1])).unlink()
-    page.click("#analyse")
+    page.click("#analyze")
     page.get_by_text("no longer on the server", exact=False).first.wait_for()
     page.wait_for_function(NOTHING_SHOWN)
 
