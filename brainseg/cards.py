@@ -208,12 +208,13 @@ def _config_rows(kind: str, cfg: dict, weights: Optional[str]) -> List[Tuple[str
     rows.append(("Normalisation", f"`slice_zscore`: per slice and channel, z-score over the brain (non-background) "
                  f"pixels, clipped to +-{cfg.get('clip')}" if norm == "slice_zscore" else f"`{norm}`"))
     if kind == "segmenter":
-        gate = cfg.get("gate_threshold") or 0
         rows += [("Pixel threshold", _fmt(cfg.get("threshold"))),
                  ("Small components dropped", f"under {cfg.get('min_component_px', 0)} px at {s} x {s}"
                   if cfg.get("min_component_px") else "off"),
-                 ("Detection gate", f"mask emptied when the slice's detection probability is below {_fmt(gate)}"
-                  if gate > 0 else "off"),
+                 # gate_threshold of older configs is read and ignored: the detection verdict is the only gate
+                 ("Mask drawn", "iff the slice is detected: its tumour probability >= the detection threshold "
+                  "(the classifier's `fusion_threshold` when fused, else its `threshold`); a detected slice "
+                  "always gets a mask, an undetected one none"),
                  ("Flip test-time augmentation", "on" if cfg.get("tta_flip") else "off")]
     else:
         rows += [("Decision threshold", f"{_fmt(cfg.get('threshold'))} on the calibrated probability"),

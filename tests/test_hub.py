@@ -496,3 +496,32 @@ def test_readme_loading_snippets_run_verbatim(monkeypatch):
     for block in blocks:
         code = "\n".join(line for line in block.splitlines() if "USER/" not in line.split("#")[0])
         exec(compile(code, "README.md", "exec"), {})
+
+
+# ---------------------------------------------------------------- the card states the rule the Predictor applies
+
+def test_segmenter_card_states_the_one_answer_rule_not_the_old_gate(model_dir):
+    """A mask is drawn iff the slice is detected (probability >= the detection threshold); an old
+    config's gate_threshold (read and ignored by the Predictor) must not reappear as a rule."""
+    d = model_dir("segmenter")
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, "gate_threshold": 0.5}))
+    text = str(build_model_card(d, "segmenter"))
+    assert "emptied" not in text and "Detection gate" not in text
+    row = next(line for line in text.splitlines() if line.startswith("| Mask drawn"))
+    assert "iff the slice is detected" in row and ">= the detection threshold" in row, row
+
+
+@pytest.mark.parametrize("kind", ["segmenter", "classifier"])
+def test_shipped_cards_quote_the_recipe_that_made_their_weights(kind):
+    """A card that quotes a script shows that script's commands line for line: when scripts/train_models.sh
+    moved on to the next recipe, the shipped cards had to quote the one that made models/ (train_models_v1.sh)."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "models" / kind / "README.md").is_file():
+        pytest.skip(f"no shipped {kind} card")
+    shown = cards.card_commands((root / "models" / kind / "README.md").read_text(encoding="utf-8"))
+    assert shown and shown[0].startswith("# scripts/"), shown[:1]
+    script = root / shown[0][2:]
+    assert script.is_file(), f"the card quotes {script}, which is not in the repository"
+    lines = [ln.rstrip() for ln in script.read_text().splitlines() if ln.strip() and not ln.startswith(("#!", "set "))]
+    assert shown[1:] == lines
