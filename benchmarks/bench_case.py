@@ -97,6 +97,16 @@ def load_predictor(args):
     return Predictor(ResUNet(seg), TumorClassifier(clf), args.device, precision=args.precision), what
 
 
+def detection_rule(predictor) -> dict:
+    """The one rule the Predictor applies (a slice is detected iff its probability >= the detection
+    threshold, a mask drawn iff detected) and which slices the segmenter therefore runs on."""
+    detection = "fused" if predictor.fused else "classifier" if predictor.classifier is not None else "segmenter"
+    return {"detection": detection, "detection_threshold": float(predictor.detection_threshold),
+            "pixel_threshold": float(predictor.pixel_threshold), "fused_detection": predictor.fused,
+            "segmenter_runs_on": "the detected slices only (the classifier decides first)" if detection == "classifier"
+            else "every slice (its output is part of detection)"}
+
+
 def timed(fn, repeats: int, cpu: list = None) -> list:
     """Wall seconds of ``repeats`` runs after a warm-up; ``cpu`` collects this process's CPU seconds of each."""
     fn()
@@ -204,16 +214,14 @@ def run(argv=None) -> dict:
            "segmenter_s": statistics.median(t_seg), "classifier_s": statistics.median(t_clf),
            "segmenter_cpu_s_per_slice": statistics.median(cpu_seg) / args.slices,
            "classifier_cpu_s_per_slice": statistics.median(cpu_clf) / args.slices,
-           "gate_threshold": float(predictor.seg_cfg.gate_threshold), "precision": predictor.precision,
-           "fused_detection": predictor.fused,
+           **detection_rule(predictor), "precision": predictor.precision,
            "python_end_to_end_s": statistics.median(t_py), "python_runs_s": t_py,
            "python_cpu_s": statistics.median(cpu_py), "load_average": os.getloadavg()[0]}
-    skip = ("off" if res["gate_threshold"] <= 0 else "fused detection, the segmenter runs on every slice"
-            if predictor.fused else "the segmenter skips slices under it")
     print(f"read + check zip      {res['load_s']:.3f} s (median of {args.repeats})")
-    print(f"inference, 40 slices  {res['inference_s']:.3f} s ({1000 * res['inference_s'] / args.slices:.0f} ms a slice)")
-    print(f"  of which segmenter  {res['segmenter_s']:.3f} s, classifier {res['classifier_s']:.3f} s (all slices; "
-          f"gate {res['gate_threshold']:g}: {skip})")
+    print(f"inference, {args.slices} slices  {res['inference_s']:.3f} s ({1000 * res['inference_s'] / args.slices:.0f} ms a slice)")
+    print(f"  of which segmenter  {res['segmenter_s']:.3f} s, classifier {res['classifier_s']:.3f} s (timed on all "
+          f"slices; detected iff p >= {res['detection_threshold']:g} ({res['detection']}), mask iff detected: "
+          f"the segmenter runs on {res['segmenter_runs_on']})")
     print(f"  CPU a slice         segmenter {res['segmenter_cpu_s_per_slice']:.3f} s, classifier "
           f"{res['classifier_cpu_s_per_slice']:.3f} s (preprocessing included)")
     print(f"predict_case_files    {res['python_end_to_end_s']:.3f} s end to end (runs: "
