@@ -148,6 +148,19 @@ def fold_summary(per_case: Dict[str, Dict[str, float]], folds: Dict[str, int]) -
             "dice_per_case_sd_over_folds": float(np.std(means, ddof=1)) if len(means) > 1 else float("nan")}
 
 
+def held_out_evaluation(agg: CaseDiceAggregator, names: Sequence[str], det: np.ndarray, labels: np.ndarray,
+                        det_threshold: float, pixel_threshold: float, source: str, data: str) -> Dict:
+    """The held-out figures of the chosen rules in :mod:`brainseg.evaluate`'s JSON layout, so the cards read
+    them like any evaluation (``seconds_per_slice`` is None: these predictions were not timed)."""
+    counts = {n: names.count(n) for n in dict.fromkeys(names)}
+    return {"cases": len(counts), "slices": len(names),
+            "seg": {**agg.compute(), "pixel_threshold": pixel_threshold},
+            "det": detection_metrics(det, labels, det_threshold), "seconds_per_slice": None,
+            "ece": expected_calibration_error(det, labels), "tumor_slices": int(labels.sum()),
+            "per_case": {n: dict(v, slices=counts[n]) for n, v in agg.per_case().items()},
+            "sources": source, "precision": "fp32", "data_dir": data, "split": source}
+
+
 def cv_runs(cv_dir: Path) -> List[Tuple[Path, Path, List[str]]]:
     """(segmenter dir, classifier dir, validation case names) of each fold under ``cv_dir``."""
     runs = []
@@ -214,6 +227,8 @@ def calibrate(argv=None) -> Dict:
     ap.add_argument("--out-classifier", required=True)
     ap.add_argument("--fp16", action="store_true", help="store weights as fp16 (half the size)")
     ap.add_argument("--tta-min-gain", type=float, default=0.005)
+    ap.add_argument("--eval-json", help="also write the held-out figures of the chosen rules here, in "
+                    "brainseg.evaluate's layout (e.g. models/segmenter/eval_oof.json for the cards)")
     args = ap.parse_args(argv)
     args.data = data_arg(ap, args)
     apply_threads(args)
@@ -286,9 +301,14 @@ def calibrate(argv=None) -> Dict:
     seg_report = {"chosen_on": source, "cases": n_cases, "slices": len(names),
                   "chosen": chosen, "best_without_tta": best_plain, "best_with_tta": best_tta,
                   "defaults": default, "grid_size": len(grid), "case_rules": score_case_rules(*rule)}
+    chosen_agg = rule_aggregator(*rule)
     if args.cv:
-        seg_report["cross_validation"] = fold_summary(rule_aggregator(*rule).per_case(),
-                                                      dict(zip(names, held["fold"])))
+        seg_report["cross_validation"] = fold_summary(chosen_agg.per_case(), dict(zip(names, held["fold"])))
+    if args.eval_json:
+        evaluation = held_out_evaluation(chosen_agg, list(names), v["det"], labels, v["fusion"]["threshold"],
+                                         chosen["threshold"], source, args.data)
+        Path(args.eval_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.eval_json).write_text(json.dumps(evaluation, indent=2) + "\n")
     print("segmenter:", json.dumps(seg_report, indent=1))
     fusion = v["fusion"]
     clf_report["chosen_on"] = source

@@ -154,13 +154,21 @@ def test_calibration_scores_the_masks_the_predictor_draws(tiny_checkpoints, synt
     brainseg.evaluate measures with the checkpoints it wrote (fp32 weights, the same validation cases)."""
     from brainseg.evaluate import evaluate
 
-    report, split, out_seg, out_clf = run_calibration(tiny_checkpoints, synth_root, tmp_path)
+    report, split, out_seg, out_clf = run_calibration(tiny_checkpoints, synth_root, tmp_path,
+                                                      "--eval-json", str(tmp_path / "eval_held_out.json"))
     chosen = report["segmenter"]["chosen"]
     p = Predictor.from_sources(str(out_seg), str(out_clf), precision="fp32")
     r = evaluate(synth_root, p, split=split)
     assert r["seg"]["dice_per_case_mean"] == pytest.approx(chosen["dice_per_case_mean"], abs=1e-6)
     assert r["seg"]["false_positive_slices"] == chosen["false_positive_slices"]
     assert r["det"]["threshold"] == report["classifier"]["fusion"]["threshold"] == round(r["det"]["threshold"], 4)
+    # calibrate's own held-out evaluation JSON says what brainseg.evaluate says, in its layout
+    held = json.loads((tmp_path / "eval_held_out.json").read_text())
+    assert set(held) == set(r) - {"slices_detail"}
+    for block in ("seg", "det"):
+        assert held[block] == pytest.approx(r[block], abs=1e-6)
+    assert held["per_case"].keys() == r["per_case"].keys() and held["slices"] == r["slices"]
+    assert held["ece"] == pytest.approx(r["ece"], abs=1e-6)
 
 
 # ---------------------------------------------------------------- out-of-fold calibration (--cv)
