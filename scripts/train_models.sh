@@ -17,8 +17,8 @@ CLF="--encoder resnet18 --image-size 128 --batch-size 32 --lr 1e-3 --ema-decay 0
 
 # The segmenter runs at 256x256, the classifier at 128x128. (A 128x128 segmenter was tried first: ground-truth
 # masks lose little at that size, per-case Dice 0.993 through 128 and back, but the model does: on fold 0's 22
-# held-out cases it reached per-case Dice 0.739 alone, and 0.610 against 0.738 for the shipped 256 model on the
-# 3 of them neither model trained on; runs/ablation/.)
+# held-out cases it reached per-case Dice 0.739 alone, and 0.618 against 0.738 for the shipped 256 model on the
+# 3 of them neither model trained on: scripts/compare_segmenters.py.)
 #
 # 1. Cross-validation by patient, the recipe as shipped: its figures with their spread over folds, and
 #    out-of-fold predictions of all 88 cases, on which every threshold, temperature and fusion weight is
