@@ -27,6 +27,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 import torch.nn as nn
 
+from .cli import entry_point, write_output
 from .config import ClassifierConfig, SegmenterConfig
 from .engine import autocast, backward_step, uses_channels_last
 from .inference import resolve_precision
@@ -232,15 +233,11 @@ def run(argv: Optional[Sequence[str]] = None) -> Dict:
     print(format_rows(rows))
     result = {"device": device_name(device), "torch": torch.__version__, "rows": rows}
     if args.json_out:
-        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")
+        write_output(args.json_out, json.dumps(result, indent=2) + "\n")
     return result
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Command-line entry point: exit code 0 on success (argument and data errors exit 2 with a message)."""
-    run(argv)
-    return 0
+main = entry_point(run)
 
 
 if __name__ == "__main__":

@@ -88,3 +88,22 @@ def apply_threads(args: argparse.Namespace) -> None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+def write_output(path: str, text: str) -> None:
+    """Write a command's ``--json`` (or other) output file, making its folder first."""
+    from pathlib import Path
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(text)
+
+
+def entry_point(run):
+    """``main(argv) -> int`` for a command whose ``run(argv)`` returns its figures: 0 once ``run`` returns
+    (argument and data errors leave through argparse with exit status 2 and a message)."""
+    def main(argv=None) -> int:
+        run(argv)
+        return 0
+
+    main.__doc__ = f"Command-line entry point of {run.__module__}: exit code 0 on success."
+    return main

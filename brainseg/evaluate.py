@@ -38,7 +38,8 @@ import numpy as np
 from tqdm import tqdm
 
 from .data import Case, find_cases, load_split, read_image, read_mask, select_cases, slice_number
-from .cli import add_data_arg, add_model_args, add_runtime_args, data_arg, predictor_from_args
+from .cli import (add_data_arg, add_model_args, add_runtime_args, data_arg, entry_point, predictor_from_args,
+                  write_output)
 from .metrics import CaseDiceAggregator, detection_metrics, expected_calibration_error
 
 PathLike = Union[str, Path]
@@ -212,16 +213,12 @@ def run(argv: Optional[Sequence[str]] = None) -> Dict:
         p.error(str(e.args[0]) if e.args else str(e))  # exit status 2, the message (naming the path) on stderr
     print(format_table(result))
     if args.json_out:
-        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_out).write_text(to_json(result))
+        write_output(args.json_out, to_json(result))
         print(f"wrote {args.json_out}")
     return result
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Command-line entry point: exit code 0 on success (argument and data errors exit 2 with a message)."""
-    run(argv)
-    return 0
+main = entry_point(run)
 
 
 if __name__ == "__main__":
