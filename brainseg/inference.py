@@ -17,6 +17,8 @@ import copy
 import hashlib
 import math
 import os
+import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -152,6 +154,33 @@ def resolve_precision(precision: Optional[str], device: torch.device) -> str:
     return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
 
 
+_FASTER: Dict[tuple, str] = {}  # (model class, its config, input size) -> the faster precision, per process
+
+
+def faster_precision(model: torch.nn.Module, size: int, in_chans: int = 3, runs: int = 2) -> str:
+    """'bf16' or 'fp32': whichever runs ``model`` faster on this CPU, timed at batch 1 (after one warm-up each).
+
+    CPUs that report bf16 instructions differ: on some (AMX) bf16 autocast halves the segmenter's time,
+    on others (AVX512-BF16 alone, as on this project's VMs in December 2026) it is slower than fp32.
+    So ``precision="auto"`` measures instead of trusting the flags; the answer is cached per process.
+    """
+    key = (type(model).__name__, repr(getattr(model, "config", id(model))), size)
+    if key not in _FASTER:
+        x = torch.randn(1, in_chans, size, size).contiguous(memory_format=torch.channels_last)
+        best = {}
+        with torch.no_grad():
+            for precision in ("fp32", "bf16"):
+                ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
+                with ctx():
+                    model(x)  # warm-up: oneDNN picks its kernels on the first call
+                    start = time.perf_counter()
+                    for _ in range(runs):
+                        model(x)
+                best[precision] = time.perf_counter() - start
+        _FASTER[key] = "bf16" if best["bf16"] < best["fp32"] else "fp32"
+    return _FASTER[key]
+
+
 def _display_source(src) -> Tuple[str, Optional[str]]:
     """(source, revision) to show: a local folder relative to the project (or its name alone), never a full path."""
     if src is None:
@@ -175,9 +204,10 @@ def weights_sha256(model: torch.nn.Module) -> str:
 class Predictor:
     """Both models behind one call; thresholds, post-processing and gating are decided here only.
 
-    The segmenter runs in channels-last layout and, with ``precision='bf16'`` (the default where
-    the CPU has native bf16), under bf16 autocast: about 3x faster on a 2-core CPU, with the Dice
-    re-measured in the README. The classifier always runs in fp32 (it is cheap, and its logit
+    The segmenter runs in channels-last layout and, with ``precision='bf16'``, under bf16 autocast:
+    about 2x faster on a 2-core CPU with AMX, slower on some that report AVX512-BF16 alone, so the
+    default (``"auto"``) keeps bf16 only where the CPU claims it and :func:`faster_precision` finds
+    it faster; the Dice in both is in the README. The classifier always runs in fp32 (it is cheap, and its logit
     feeds the calibrated fusion).
 
     Example:
@@ -189,12 +219,16 @@ class Predictor:
     def __init__(self, segmenter, classifier=None, device: str = "cpu", sources: Optional[dict] = None,
                  precision: Optional[str] = None):
         self.device = torch.device(device)
+        requested = (precision or os.environ.get("BRAINSEG_PRECISION") or "auto").lower()
         self.precision = resolve_precision(precision, self.device)
         self.segmenter = segmenter.to(self.device).eval()
         self.classifier = classifier.to(self.device).eval() if classifier is not None else None
         for m in (self.segmenter, self.classifier):
             if m is not None:
                 m.to(memory_format=torch.channels_last)
+        if requested == "auto" and self.device.type == "cpu" and self.precision == "bf16":
+            cfg = self.segmenter.config  # the CPU claims bf16: keep it only where it is faster here
+            self.precision = faster_precision(self.segmenter, cfg.image_size, cfg.in_chans)
         self.sources = sources or {}
         self._description: Optional[Dict[str, dict]] = None
 

@@ -240,3 +240,45 @@ def test_from_sources_passes_each_revision_to_the_loader(monkeypatch, tiny_check
     p = Predictor.from_sources("user/seg", "user/clf", segmenter_revision="v1", classifier_revision="abc123")
     assert calls == [("segmenter", "user/seg", "v1"), ("classifier", "user/clf", "abc123")]
     assert str(p.sources["segmenter"]) == "user/seg@v1" and str(p.sources["classifier"]) == "user/clf@abc123"
+
+
+class _Timed(torch.nn.Module):
+    """A stand-in segmenter that is slow under one precision: ``slow`` is 'bf16' or 'fp32'."""
+
+    def __init__(self, slow: str):
+        super().__init__()
+        self.slow, self.calls = slow, 0
+        self.conv = torch.nn.Conv2d(3, 1, 1)
+
+    def forward(self, x):
+        import time
+
+        self.calls += 1
+        if torch.is_autocast_enabled("cpu") == (self.slow == "bf16"):
+            time.sleep(0.02)
+        return self.conv(x)
+
+
+def test_faster_precision_is_measured_not_taken_from_the_flags():
+    from brainseg.inference import faster_precision
+
+    assert faster_precision(_Timed("bf16"), 16) == "fp32"
+    assert faster_precision(_Timed("fp32"), 16) == "bf16"
+    model = _Timed("bf16")
+    faster_precision(model, 24)
+    calls = model.calls
+    assert faster_precision(model, 24) == "fp32" and model.calls == calls  # measured once per process
+
+
+def test_auto_keeps_bf16_only_where_it_is_faster(monkeypatch, tiny_checkpoints):
+    from brainseg import inference
+
+    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.delenv("BRAINSEG_PRECISION", raising=False)
+    for faster in ("fp32", "bf16"):
+        monkeypatch.setattr(inference, "faster_precision", lambda model, size, in_chans=3, f=faster: f)
+        assert Predictor.from_sources(str(tiny_checkpoints["segmenter"]), str(tiny_checkpoints["classifier"]),
+                                      precision="auto").precision == faster
+    monkeypatch.setattr(inference, "faster_precision", lambda *a, **k: pytest.fail("asked for bf16: no timing"))
+    assert Predictor.from_sources(str(tiny_checkpoints["segmenter"]), str(tiny_checkpoints["classifier"]),
+                                  precision="bf16").precision == "bf16"
