@@ -164,8 +164,9 @@ def faster_precision(model: torch.nn.Module, size: int, in_chans: int = 3, runs:
     on others (AVX512-BF16 alone, as on this project's VMs in December 2026) it is slower than fp32.
     So ``precision="auto"`` measures instead of trusting the flags; the answer is cached per process.
     """
-    key = (type(model).__name__, repr(getattr(model, "config", id(model))), size)
-    if key not in _FASTER:
+    config = getattr(model, "config", None)  # a model without a config is timed each time (nothing to key on)
+    key = (type(model).__name__, repr(config), size) if config is not None else None
+    if key is None or key not in _FASTER:
         x = torch.randn(1, in_chans, size, size).contiguous(memory_format=torch.channels_last)
         best = {}
         with torch.no_grad():
@@ -177,7 +178,10 @@ def faster_precision(model: torch.nn.Module, size: int, in_chans: int = 3, runs:
                     for _ in range(runs):
                         model(x)
                 best[precision] = time.perf_counter() - start
-        _FASTER[key] = "bf16" if best["bf16"] < best["fp32"] else "fp32"
+        answer = "bf16" if best["bf16"] < best["fp32"] else "fp32"
+        if key is None:
+            return answer
+        _FASTER[key] = answer
     return _FASTER[key]
 
 

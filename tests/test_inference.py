@@ -245,17 +245,19 @@ def test_from_sources_passes_each_revision_to_the_loader(monkeypatch, tiny_check
 class _Timed(torch.nn.Module):
     """A stand-in segmenter that is slow under one precision: ``slow`` is 'bf16' or 'fp32'."""
 
-    def __init__(self, slow: str):
+    def __init__(self, slow: str, config=None):
         super().__init__()
         self.slow, self.calls = slow, 0
         self.conv = torch.nn.Conv2d(3, 1, 1)
+        if config is not None:
+            self.config = config
 
     def forward(self, x):
         import time
 
         self.calls += 1
         if torch.is_autocast_enabled("cpu") == (self.slow == "bf16"):
-            time.sleep(0.02)
+            time.sleep(0.05)  # 100 ms over the 2 timed runs: far above scheduling noise
         return self.conv(x)
 
 
@@ -264,10 +266,13 @@ def test_faster_precision_is_measured_not_taken_from_the_flags():
 
     assert faster_precision(_Timed("bf16"), 16) == "fp32"
     assert faster_precision(_Timed("fp32"), 16) == "bf16"
-    model = _Timed("bf16")
+    model = _Timed("bf16", config=SegmenterConfig(encoder="timed-test", image_size=24))
     faster_precision(model, 24)
     calls = model.calls
-    assert faster_precision(model, 24) == "fp32" and model.calls == calls  # measured once per process
+    assert faster_precision(model, 24) == "fp32" and model.calls == calls  # measured once per process and config
+    other = _Timed("bf16")  # no config: nothing to key on, timed again
+    faster_precision(other, 24)
+    assert faster_precision(other, 24) == "fp32" and other.calls == 12  # (warm-up + 2 runs) x 2, twice
 
 
 def test_auto_keeps_bf16_only_where_it_is_faster(monkeypatch, tiny_checkpoints):
