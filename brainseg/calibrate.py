@@ -31,6 +31,7 @@ import argparse
 import itertools
 import json
 import shutil
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
@@ -152,7 +153,7 @@ def held_out_evaluation(agg: CaseDiceAggregator, names: Sequence[str], det: np.n
                         det_threshold: float, pixel_threshold: float, source: str, data: str) -> Dict:
     """The held-out figures of the chosen rules in :mod:`brainseg.evaluate`'s JSON layout, so the cards read
     them like any evaluation (``seconds_per_slice`` is None: these predictions were not timed)."""
-    counts = {n: names.count(n) for n in dict.fromkeys(names)}
+    counts = Counter(names)  # slices a case
     return {"cases": len(counts), "slices": len(names),
             "seg": {**agg.compute(), "pixel_threshold": pixel_threshold},
             "det": detection_metrics(det, labels, det_threshold), "seconds_per_slice": None,
