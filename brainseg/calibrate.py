@@ -34,7 +34,7 @@ import shutil
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -150,16 +150,19 @@ def fold_summary(per_case: Dict[str, Dict[str, float]], folds: Dict[str, int]) -
 
 
 def held_out_evaluation(agg: CaseDiceAggregator, names: Sequence[str], det: np.ndarray, labels: np.ndarray,
-                        det_threshold: float, pixel_threshold: float, source: str, data: str) -> Dict:
+                        det_threshold: float, pixel_threshold: float, source: str, data: str,
+                        cross_validation: Optional[Dict] = None) -> Dict:
     """The held-out figures of the chosen rules in :mod:`brainseg.evaluate`'s JSON layout, so the cards read
-    them like any evaluation (``seconds_per_slice`` is None: these predictions were not timed)."""
+    them like any evaluation (``seconds_per_slice`` is None: these predictions were not timed).
+    ``cross_validation`` (:func:`fold_summary`) marks out-of-fold figures; the cards then say so."""
     counts = Counter(names)  # slices a case
     return {"cases": len(counts), "slices": len(names),
             "seg": {**agg.compute(), "pixel_threshold": pixel_threshold},
             "det": detection_metrics(det, labels, det_threshold), "seconds_per_slice": None,
             "ece": expected_calibration_error(det, labels), "tumor_slices": int(labels.sum()),
             "per_case": {n: dict(v, slices=counts[n]) for n, v in agg.per_case().items()},
-            "sources": source, "precision": "fp32", "data_dir": data, "split": source}
+            "sources": source, "precision": "fp32", "data_dir": data, "split": source,
+            **({"cross_validation": cross_validation} if cross_validation else {})}
 
 
 def cv_runs(cv_dir: Path) -> List[Tuple[Path, Path, List[str]]]:
@@ -244,7 +247,8 @@ def calibrate(argv=None) -> Dict:
     masks_np, names, logits = held["masks"], held["names"], held["logits"]
     labels = masks_np.any(axis=(1, 2)).astype(np.int64)
     n_cases = len(set(names))
-    source = f"out-of-fold predictions of {len(runs)} folds ({args.cv})" if args.cv else f"{args.split} validation"
+    source = (f"out-of-fold predictions of {len(runs)} fold{'' if len(runs) == 1 else 's'} ({args.cv})" if args.cv
+              else f"{args.split} validation")
     print(f"calibrating on {n_cases} held-out cases, {len(names)} slices ({labels.sum()} with tumour): {source}")
 
     # classifier: temperature, then threshold
@@ -307,7 +311,7 @@ def calibrate(argv=None) -> Dict:
         seg_report["cross_validation"] = fold_summary(chosen_agg.per_case(), dict(zip(names, held["fold"])))
     if args.eval_json:
         evaluation = held_out_evaluation(chosen_agg, list(names), v["det"], labels, v["fusion"]["threshold"],
-                                         chosen["threshold"], source, args.data)
+                                         chosen["threshold"], source, args.data, seg_report.get("cross_validation"))
         Path(args.eval_json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.eval_json).write_text(json.dumps(evaluation, indent=2) + "\n")
     print("segmenter:", json.dumps(seg_report, indent=1))

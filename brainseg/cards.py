@@ -140,21 +140,23 @@ def _metric_columns(kind: str, metrics: Optional[dict], eval_metrics: Optional[d
         cases, slices = _count(eval_metrics.get("cases")), _count(eval_metrics.get("slices"))
         where = (f"{_fmt(cases)} cases, {_fmt(slices)} slices" if cases is not None else "cases not recorded")
         fused = kind == "classifier" and bool((calibration or {}).get("fusion"))
-        how = (f"`python -m brainseg.evaluate`, saved as `{eval_name}`: {where}; the full inference pipeline "
+        cv = eval_metrics.get("cross_validation")
+        how = (_oof_how(cv, eval_name, where) if cv else
+               f"`python -m brainseg.evaluate`, saved as `{eval_name}`: {where}; the full inference pipeline "
                f"(preprocessing, thresholds and post-processing from this config"
                + ((", this model's logit fused with the segmenter's evidence, at the fused threshold; these need "
                    "the segmenter too, so they are not in this card's model-index" if fused
                    else ", calibrated probabilities at the stored threshold") if kind == "classifier" else "") + ").")
-        cols.append((FUSED_COLUMN if fused else "Final evaluation", how,
+        cols.append((FUSED_COLUMN if fused else ("Out-of-fold" if cv else "Final evaluation"), how,
                      {m.key: block.get(m.key) for m in spec["metrics"]}))
         if fused and isinstance(calibration.get("at_threshold"), dict):
             alone = dict(calibration["at_threshold"], ece=calibration.get("ece_after"))
-            cols.append((ALONE_COLUMN, "the same validation slices, this model's temperature-calibrated "
-                         f"probability at its own threshold ({_fmt(alone.get('threshold'), 3)}), no fusion "
+            cols.append((ALONE_COLUMN, f"the same {'held-out' if cv else 'validation'} slices, this model's "
+                         f"temperature-calibrated probability at its own threshold ({_fmt(alone.get('threshold'), 3)}), no fusion "
                          "(from the calibration report); the model-index carries these.",
                          {m.key: alone.get(m.key) for m in spec["metrics"]}))
     val = (metrics or {}).get("val")
-    if val:
+    if val and (metrics or {}).get("val_cases") != 0:  # a run on every case has no validation to show
         epochs = ((metrics.get("train_config") or {}).get("epochs"))
         at = ("pixel threshold 0.5, no post-processing" if kind == "segmenter"
               else f"before temperature calibration, threshold {_fmt(val.get('threshold', 0.5), 2)}")
@@ -165,31 +167,45 @@ def _metric_columns(kind: str, metrics: Optional[dict], eval_metrics: Optional[d
     return cols
 
 
+def _oof_how(cv: dict, eval_name: str, where: str) -> str:
+    """How out-of-fold figures were made (``brainseg.calibrate --cv --eval-json``), in a card's words."""
+    means, k = cv.get("dice_per_case_mean_by_fold") or [], cv.get("folds")
+    sd = _number(cv.get("dice_per_case_sd_over_folds"))
+    spread = (f"; per-case Dice by fold {', '.join(_fmt(m) for m in means)}, "
+              f"mean {_fmt(cv.get('dice_per_case_mean_over_folds'))}" + (f", sd {_fmt(sd)} over folds" if sd else ""))
+    return (f"`python -m brainseg.calibrate --cv`, saved as `{eval_name}`: {where}, each predicted by the fold model "
+            f"that did not train on its patient ({_fmt(k)} fold{'' if k == 1 else 's'} of the same recipe{spread}); the "
+            "full inference pipeline with the rules of this config, which were chosen on these same pooled "
+            "predictions.")
+
+
 def _index_column(columns: Sequence[Column]) -> Optional[Column]:
     """The column the model-index reports: this model's own figures, never the fused ones."""
     own = [c for c in columns if c[0] != FUSED_COLUMN]
     return own[0] if own else None
 
 
-def _eval_results(kind: str, column: Optional[Column], n_cases: Optional[int]):
+def _eval_results(kind: str, column: Optional[Column], n_cases: Optional[int], oof: bool = False):
     """Hub model-index entries for the metric values that exist in ``column`` (none are invented)."""
     from huggingface_hub import EvalResult
 
     if column is None:
         return []
     spec = _KINDS[kind]
-    dataset = DATASET_NAME + (f", {n_cases} validation cases" if n_cases else ", validation cases")
+    what = "cases, out-of-fold" if oof else "validation cases"
+    dataset = DATASET_NAME + (f", {n_cases} {what}" if n_cases else f", {what}")
     out = []
     for m in spec["metrics"]:
         v = _number(column[2].get(m.key))
         if m.in_index and v is not None:
             out.append(EvalResult(task_type=PIPELINE_TAGS[kind], task_name=spec["task_name"], dataset_type=DATASET_ID,
-                                  dataset_name=dataset, dataset_split="validation", metric_type=m.type,
+                                  dataset_name=dataset, dataset_split="cross-validation" if oof else "validation",
+                                  metric_type=m.type,
                                   metric_name=f"{m.name} ({column[0].lower()})", metric_value=round(float(v), 4)))
     return out
 
 
-def _config_rows(kind: str, cfg: dict, weights: Optional[str]) -> List[Tuple[str, str]]:
+def _config_rows(kind: str, cfg: dict, weights: Optional[str], oof: bool = False) -> List[Tuple[str, str]]:
     s = cfg.get("image_size")
     rows = [("Architecture", f"`{MODEL_CLASSES[kind]}`: timm encoder `{cfg.get('encoder')}`"
              + (f", residual decoder {cfg.get('decoder_channels')}, 1-channel head" if kind == "segmenter"
@@ -224,17 +240,30 @@ def _config_rows(kind: str, cfg: dict, weights: Optional[str]) -> List[Tuple[str
             rows += [("Detection with the segmenter",
                       f"probability = sigmoid({_fmt(w[0])} x logit + {_fmt(w[1])} x evidence + ({_fmt(w[2])})), "
                       f"evidence = logit of the mean of the segmenter's {cfg.get('fusion_top_k')} highest pixel "
-                      "probabilities; fitted on the validation cases (what `Predictor` and the app report)"),
+                      f"probabilities; fitted on the {'out-of-fold predictions' if oof else 'validation cases'} "
+                      "(what `Predictor` and the app report)"),
                      ("Fused decision threshold", _fmt(cfg.get("fusion_threshold")))]
     return rows
 
 
-def _split_lines(metrics: Optional[dict]) -> List[str]:
+def _split_lines(metrics: Optional[dict], cv: Optional[dict] = None) -> List[str]:
     """The patient-level split, from metrics.json and the split file it names (when readable)."""
     if not metrics or metrics.get("train_cases") is None:
         return [f"- Split: {NOT_MEASURED} (no metrics.json beside the weights)."]
     tcfg = metrics.get("train_config") or {}
     n_train, n_val = metrics["train_cases"], metrics.get("val_cases")
+    if not n_val:
+        lines = [f"- Trained on **all {n_train} development cases**, with no validation cases: the recipe's fixed "
+                 "schedule ends where it ends (the last epoch is kept), so nothing was chosen on held-out cases of "
+                 "this run."]
+        if cv:
+            lines.append(f"- Its figures are those of the same recipe under {_fmt(cv.get('folds'))}-fold "
+                         "cross-validation by patient (each fold's held-out patients were not among its training "
+                         "cases; see Evaluation).")
+        if n_train < DATASET_CASES:
+            lines.append(f"- The other {DATASET_CASES - n_train} of the dataset's {DATASET_CASES} cases were held out: "
+                         "not used for training, model selection or calibration.")
+        return lines
     split, split_file = None, metrics.get("split")
     if split_file:
         path = Path(split_file) if Path(split_file).is_absolute() else PROJECT_ROOT / split_file
@@ -339,7 +368,8 @@ def build_model_card(model_dir: Union[str, Path], kind: str, metrics: Optional[d
     calibration = _calibration(cfg, metrics, eval_metrics)
     columns = _metric_columns(kind, metrics, eval_metrics, eval_name, calibration)
     n_val = _count((eval_metrics or {}).get("cases")) if eval_metrics else (metrics or {}).get("val_cases")
-    results = _eval_results(kind, _index_column(columns), n_val)
+    cv = (eval_metrics or {}).get("cross_validation")
+    results = _eval_results(kind, _index_column(columns), n_val, oof=bool(cv))
     data = ModelCardData(
         license=LICENSE, library_name=LIBRARY_NAME, pipeline_tag=PIPELINE_TAGS[kind], datasets=[DATASET_ID],
         tags=[*BASE_TAGS, spec["task_tag"], "lgg", "pytorch", "timm", "model_hub_mixin", "pytorch_model_hub_mixin"],
@@ -355,13 +385,15 @@ def build_model_card(model_dir: Union[str, Path], kind: str, metrics: Optional[d
         calibrated=("a temperature-calibrated" if calibration or cfg.get("temperature", 1.0) != 1.0
                     else "an uncalibrated (temperature 1)"),
         dataset_id=DATASET_ID, dataset_name=DATASET_NAME, dataset_cases=DATASET_CASES, not_measured=NOT_MEASURED,
-        split_lines="\n".join(_split_lines(metrics)),
+        split_lines="\n".join(_split_lines(metrics, cv)), oof=bool(cv),
+        oof_folds=_fmt((cv or {}).get("folds")),
         eval_table="\n".join(_table(["Metric"] + ([c[0] for c in columns] or ["Value"]), rows)),
         columns=columns, evaluated=bool(eval_metrics), speed=_number((eval_metrics or {}).get("seconds_per_slice")),
         precision=(eval_metrics or {}).get("precision"),
         calibration_tables="\n".join(_calibration_tables(calibration)) if calibration else "",
         config_table="\n".join(_table(["Setting", "Value"],
-                                      _config_rows(kind, cfg, _weights_summary(model_dir / "model.safetensors")))),
+                                      _config_rows(kind, cfg, _weights_summary(model_dir / "model.safetensors"),
+                                                   oof=bool(cv)))),
         commands="\n".join(commands),
         rebuilt=train_command is None and bool(commands) and (PROJECT_ROOT / "scripts" / "train_models.sh").is_file(),
         placeholders=any(r.startswith("USER/") for r in used))

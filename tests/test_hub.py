@@ -239,6 +239,31 @@ def index_metrics(meta: dict) -> dict:
     return out
 
 
+def test_cards_of_all_case_models_report_the_out_of_fold_figures_as_such(model_dir):
+    """Models trained on every case (--val-fraction 0) ship with calibrate --cv's eval_oof.json: the cards must
+    say the figures are cross-validated, by fold, and not call anything a validation split."""
+    cv = {"folds": 2, "dice_per_case_mean_by_fold": [0.8, 0.84], "dice_per_case_mean_over_folds": 0.82,
+          "dice_per_case_sd_over_folds": 0.028}
+    oof = dict(EVAL, cases=44, slices=1600, seconds_per_slice=None, cross_validation=cv)
+    for kind in ("segmenter", "classifier"):
+        d = model_dir(kind)
+        metrics = dict(train_metrics(kind), val_cases=0, val_slices=0, train_cases=88,
+                       val={"dice_per_case_mean": float("nan")})
+        (d / "metrics.json").write_text(json.dumps(metrics))
+        (d / "eval_oof.json").write_text(json.dumps(oof))
+        text = write_model_card(d, kind, train_command="bash scripts/train_models.sh").read_text()
+        assert "`eval_oof.json`: 44 cases, 1600 slices, each predicted by the fold model" in text
+        assert "2 folds of the same recipe; per-case Dice by fold 0.800, 0.840, mean 0.820, sd 0.028 over folds" in text
+        assert "| Out-of-fold |" in text or "| Fused detection" in text
+        assert "Trained on **all 88 development cases**" in text and "2-fold cross-validation by patient" in text
+        assert "chosen on the same pooled out-of-fold predictions" in text
+        for stale in ("The same validation cases", "on the validation cases", "validation cases of one split",
+                      "Training-time validation", "same validation slices"):
+            assert stale not in text, stale
+        assert "dataset_split: cross-validation" in text or "split: cross-validation" in text
+        assert "The other 22 of the dataset's 110 cases were held out" in text
+
+
 def test_segmenter_card_metadata_and_values(model_dir, tmp_path):
     d = model_dir("segmenter")
     split = tmp_path / "split.json"
