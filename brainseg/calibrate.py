@@ -41,7 +41,7 @@ import torch
 from safetensors.torch import save_file
 from sklearn.linear_model import LogisticRegression
 
-from .cli import KINDS, add_data_arg, add_model_args, add_runtime_args, apply_threads, data_arg
+from .cli import KINDS, add_data_arg, add_model_args, add_runtime_args, apply_threads, data_arg, write_output
 from .data import find_cases, load_split, read_image, read_mask, select_cases
 from .inference import fuse_detection, segmenter_evidence
 from .metrics import CaseDiceAggregator, auroc, detection_metrics, expected_calibration_error
@@ -312,8 +312,7 @@ def calibrate(argv=None) -> Dict:
     if args.eval_json:
         evaluation = held_out_evaluation(chosen_agg, list(names), v["det"], labels, v["fusion"]["threshold"],
                                          chosen["threshold"], source, args.data, seg_report.get("cross_validation"))
-        Path(args.eval_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.eval_json).write_text(json.dumps(evaluation, indent=2) + "\n")
+        write_output(args.eval_json, json.dumps(evaluation, indent=2) + "\n")
     print("segmenter:", json.dumps(seg_report, indent=1))
     fusion = v["fusion"]
     clf_report["chosen_on"] = source

@@ -126,7 +126,7 @@ def _weights_summary(path: Path) -> Optional[str]:
 
 
 def _metric_columns(kind: str, metrics: Optional[dict], eval_metrics: Optional[dict], eval_name: str,
-                    calibration: Optional[dict]) -> List[Column]:
+                    calibration: Optional[dict], cv: Optional[dict] = None) -> List[Column]:
     """One column for each source of numbers that exists: final evaluation, classifier alone, training."""
     spec = _KINDS[kind]
     cols = []
@@ -140,7 +140,6 @@ def _metric_columns(kind: str, metrics: Optional[dict], eval_metrics: Optional[d
         cases, slices = _count(eval_metrics.get("cases")), _count(eval_metrics.get("slices"))
         where = (f"{_fmt(cases)} cases, {_fmt(slices)} slices" if cases is not None else "cases not recorded")
         fused = kind == "classifier" and bool((calibration or {}).get("fusion"))
-        cv = eval_metrics.get("cross_validation")
         how = (_oof_how(cv, eval_name, where) if cv else
                f"`python -m brainseg.evaluate`, saved as `{eval_name}`: {where}; the full inference pipeline "
                f"(preprocessing, thresholds and post-processing from this config"
@@ -152,8 +151,9 @@ def _metric_columns(kind: str, metrics: Optional[dict], eval_metrics: Optional[d
         if fused and isinstance(calibration.get("at_threshold"), dict):
             alone = dict(calibration["at_threshold"], ece=calibration.get("ece_after"))
             cols.append((ALONE_COLUMN, f"the same {'held-out' if cv else 'validation'} slices, this model's "
-                         f"temperature-calibrated probability at its own threshold ({_fmt(alone.get('threshold'), 3)}), no fusion "
-                         "(from the calibration report); the model-index carries these.",
+                         "temperature-calibrated probability at its own threshold "
+                         f"({_fmt(alone.get('threshold'), 3)}), no fusion (from the calibration report); the "
+                         "model-index carries these.",
                          {m.key: alone.get(m.key) for m in spec["metrics"]}))
     val = (metrics or {}).get("val")
     if val and (metrics or {}).get("val_cases") != 0:  # a run on every case has no validation to show
@@ -172,9 +172,11 @@ def _oof_how(cv: dict, eval_name: str, where: str) -> str:
     means, k = cv.get("dice_per_case_mean_by_fold") or [], cv.get("folds")
     sd = _number(cv.get("dice_per_case_sd_over_folds"))
     spread = (f"; per-case Dice by fold {', '.join(_fmt(m) for m in means)}, "
-              f"mean {_fmt(cv.get('dice_per_case_mean_over_folds'))}" + (f", sd {_fmt(sd)} over folds" if sd else ""))
-    return (f"`python -m brainseg.calibrate --cv`, saved as `{eval_name}`: {where}, each predicted by the fold model "
-            f"that did not train on its patient ({_fmt(k)} fold{'' if k == 1 else 's'} of the same recipe{spread}); the "
+              f"mean {_fmt(cv.get('dice_per_case_mean_over_folds'))}"
+              + (f", sd {_fmt(sd)} over folds" if sd is not None else ""))
+    return (f"`python -m brainseg.calibrate --cv`, saved as `{eval_name}`: {where}, each predicted by the fold "
+            f"model that did not train on its patient ({_fmt(k)} fold{'' if k == 1 else 's'} of the same "
+            f"recipe{spread}); the "
             "full inference pipeline with the rules of this config, which were chosen on these same pooled "
             "predictions.")
 
@@ -366,9 +368,9 @@ def build_model_card(model_dir: Union[str, Path], kind: str, metrics: Optional[d
         eval_name, eval_metrics = path.name, _read_json(path)
     repos = {**PLACEHOLDER_REPOS, **(repo_ids or {})}
     calibration = _calibration(cfg, metrics, eval_metrics)
-    columns = _metric_columns(kind, metrics, eval_metrics, eval_name, calibration)
+    cv = (eval_metrics or {}).get("cross_validation")  # out-of-fold figures (calibrate --cv --eval-json)
+    columns = _metric_columns(kind, metrics, eval_metrics, eval_name, calibration, cv)
     n_val = _count((eval_metrics or {}).get("cases")) if eval_metrics else (metrics or {}).get("val_cases")
-    cv = (eval_metrics or {}).get("cross_validation")
     results = _eval_results(kind, _index_column(columns), n_val, oof=bool(cv))
     data = ModelCardData(
         license=LICENSE, library_name=LIBRARY_NAME, pipeline_tag=PIPELINE_TAGS[kind], datasets=[DATASET_ID],
