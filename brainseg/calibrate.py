@@ -23,13 +23,15 @@ all cases. With ``--split`` the one split's validation cases are used, as before
   :func:`brainseg.postprocess.postprocess_mask`, gated by the fused detection verdict (a mask is
   drawn iff the slice is detected, so there is no separate gate to choose). TTA is kept only when
   it gains at least ``--tta-min-gain`` Dice, since it doubles the segmenter's CPU cost.
-- Cases (reported, not yet applied): 3-D connected components across a case's slices
-  (:mod:`brainseg.volume`): keep all, the largest only, or those of at least N voxels.
+- Cases: 3-D connected components across a case's slices (:mod:`brainseg.volume`): keep all, the
+  largest only, or those of at least N voxels, scored by per-case Dice with the chosen pixel rule; one
+  is applied (by :meth:`Predictor.predict_case`) only if it gains at least ``--case-rule-min-gain``.
 The chosen values go into each ``config.json``; the figures and their spread over folds into metrics.json.
 """
 import argparse
 import itertools
 import json
+import math
 import shutil
 from collections import Counter
 from dataclasses import asdict
@@ -53,7 +55,7 @@ from .volume import filter_components_3d
 
 THRESHOLDS = [0.3, 0.4, 0.5, 0.6, 0.7]
 MIN_COMPONENTS = [0, 10, 25, 50, 100, 200]
-CASE_RULES = [("none", 0), ("largest", 0)] + [("min_voxels", n) for n in (100, 250, 500, 1000, 2000)]
+CASE_RULES = [("none", 0), ("largest", 0)] + [("min_voxels", n) for n in (25, 50, 100, 250, 500)]  # voxels at the model's size
 
 
 def nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
@@ -121,21 +123,44 @@ def score_rule(probs: np.ndarray, masks: np.ndarray, cases: List[str], detected:
     return rule_aggregator(probs, masks, cases, detected, thr, min_px, model_size).compute()
 
 
-def score_case_rules(probs: np.ndarray, masks: np.ndarray, cases: List[str], detected: np.ndarray, thr: float,
-                     min_px: int, model_size: int) -> List[Dict]:
-    """Per-case metrics of each 3-D rule of :data:`CASE_RULES` applied to the Predictor's masks of each case."""
+def case_rule_aggregator(probs: np.ndarray, masks: np.ndarray, cases: List[str], detected: np.ndarray, thr: float,
+                         min_px: int, model_size: int, rule: str = "none", min_voxels: int = 0
+                         ) -> Tuple[CaseDiceAggregator, np.ndarray]:
+    """:func:`rule_aggregator` with a 3-D case rule after it, as :meth:`Predictor.predict_case` applies it
+    (``min_voxels`` counted at ``model_size``): the per-case counts, and the slices' verdicts after the rule
+    (a detected slice the rule leaves without a mask is not detected)."""
     cases = np.asarray(cases)
     drawn = np.stack([postprocess_mask(p, thr, min_px, model_size, bool(d)) for p, d in zip(probs, detected)])
+    n = math.ceil(min_voxels * drawn.shape[1] * drawn.shape[2] / model_size ** 2)
+    agg, verdicts = CaseDiceAggregator(), np.asarray(detected, bool).copy()
+    for c in dict.fromkeys(cases):
+        idx = np.flatnonzero(cases == c)
+        pred = filter_components_3d(drawn[idx], rule, n).astype(bool)
+        verdicts[idx] &= ~(drawn[idx].any(axis=(1, 2)) & ~pred.any(axis=(1, 2)))
+        for p, m in zip(pred, masks[idx]):
+            agg.update_counts(c, int((p & m).sum()), int(p.sum()), int(m.sum()))
+    return agg, verdicts
+
+
+def score_case_rules(probs: np.ndarray, masks: np.ndarray, cases: List[str], detected: np.ndarray, thr: float,
+                     min_px: int, model_size: int) -> List[Dict]:
+    """Per-case metrics and detection accuracy of each 3-D rule of :data:`CASE_RULES` on the Predictor's masks."""
+    labels = masks.any(axis=(1, 2))
     out = []
     for rule, n in CASE_RULES:
-        agg = CaseDiceAggregator()
-        for c in dict.fromkeys(cases):
-            idx = np.flatnonzero(cases == c)
-            pred = filter_components_3d(drawn[idx], rule, n).astype(bool)
-            for p, m in zip(pred, masks[idx]):
-                agg.update_counts(c, int((p & m).sum()), int(p.sum()), int(m.sum()))
-        out.append({"case_rule": rule, "min_voxels": n, **agg.compute()})
+        agg, verdicts = case_rule_aggregator(probs, masks, cases, detected, thr, min_px, model_size, rule, n)
+        out.append({"case_rule": rule, "min_voxels": n, **agg.compute(),
+                    "detection_accuracy": float((verdicts == labels).mean()),
+                    "detection_sensitivity": float(verdicts[labels].mean()) if labels.any() else float("nan"),
+                    "detection_specificity": float((~verdicts[~labels]).mean()) if (~labels).any() else float("nan")})
     return out
+
+
+def choose_case_rule(scored: Sequence[Dict], min_gain: float) -> Dict:
+    """The 3-D rule with the best per-case Dice, if it beats applying none by at least ``min_gain``, else none."""
+    none = next(r for r in scored if r["case_rule"] == "none")
+    best = max(scored, key=lambda r: r["dice_per_case_mean"])
+    return best if best["dice_per_case_mean"] >= none["dice_per_case_mean"] + min_gain else none
 
 
 def fold_summary(per_case: Dict[str, Dict[str, float]], folds: Dict[str, int]) -> Dict[str, float]:
@@ -151,17 +176,19 @@ def fold_summary(per_case: Dict[str, Dict[str, float]], folds: Dict[str, int]) -
 
 def held_out_evaluation(agg: CaseDiceAggregator, names: Sequence[str], det: np.ndarray, labels: np.ndarray,
                         det_threshold: float, pixel_threshold: float, source: str, data: str,
-                        cross_validation: Optional[Dict] = None) -> Dict:
+                        cross_validation: Optional[Dict] = None, verdicts: Optional[np.ndarray] = None,
+                        case_rule: str = "none") -> Dict:
     """The held-out figures of the chosen rules in :mod:`brainseg.evaluate`'s JSON layout, so the cards read
-    them like any evaluation (``seconds_per_slice`` is None: these predictions were not timed).
+    them like any evaluation (``seconds_per_slice`` is None: these predictions were not timed). ``verdicts``:
+    the slices' verdicts after the case rule (None: the detection threshold alone).
     ``cross_validation`` (:func:`fold_summary`) marks out-of-fold figures; the cards then say so."""
     counts = Counter(names)  # slices a case
     return {"cases": len(counts), "slices": len(names),
             "seg": {**agg.compute(), "pixel_threshold": pixel_threshold},
-            "det": detection_metrics(det, labels, det_threshold), "seconds_per_slice": None,
+            "det": detection_metrics(det, labels, det_threshold, verdicts), "seconds_per_slice": None,
             "ece": expected_calibration_error(det, labels), "tumor_slices": int(labels.sum()),
             "per_case": {n: dict(v, slices=counts[n]) for n, v in agg.per_case().items()},
-            "sources": source, "precision": "fp32", "data_dir": data, "split": source,
+            "sources": source, "precision": "fp32", "data_dir": data, "split": source, "case_rule": case_rule,
             **({"cross_validation": cross_validation} if cross_validation else {})}
 
 
@@ -231,6 +258,8 @@ def calibrate(argv=None) -> Dict:
     ap.add_argument("--out-classifier", required=True)
     ap.add_argument("--fp16", action="store_true", help="store weights as fp16 (half the size)")
     ap.add_argument("--tta-min-gain", type=float, default=0.005)
+    ap.add_argument("--case-rule-min-gain", type=float, default=0.005,
+                    help="apply a 3-D case rule only if it gains at least this per-case Dice over none")
     ap.add_argument("--eval-json", help="also write the held-out figures of the chosen rules here, in "
                     "brainseg.evaluate's layout (e.g. models/segmenter/eval_oof.json for the cards)")
     args = ap.parse_args(argv)
@@ -303,15 +332,19 @@ def calibrate(argv=None) -> Dict:
     v = variants[chosen["tta_flip"]]
     detected = v["det"] >= v["fusion"]["threshold"]
     rule = (v["probs"], masks_bool, names, detected, chosen["threshold"], chosen["min_component_px"], model_size)
+    case_rules = score_case_rules(*rule)
+    case_rule = choose_case_rule(case_rules, args.case_rule_min_gain)
     seg_report = {"chosen_on": source, "cases": n_cases, "slices": len(names),
                   "chosen": chosen, "best_without_tta": best_plain, "best_with_tta": best_tta,
-                  "defaults": default, "grid_size": len(grid), "case_rules": score_case_rules(*rule)}
-    chosen_agg = rule_aggregator(*rule)
+                  "defaults": default, "grid_size": len(grid), "case_rules": case_rules,
+                  "case_rule_chosen": case_rule}
+    chosen_agg, verdicts = case_rule_aggregator(*rule, case_rule["case_rule"], case_rule["min_voxels"])
     if args.cv:
         seg_report["cross_validation"] = fold_summary(chosen_agg.per_case(), dict(zip(names, held["fold"])))
     if args.eval_json:
         evaluation = held_out_evaluation(chosen_agg, list(names), v["det"], labels, v["fusion"]["threshold"],
-                                         chosen["threshold"], source, args.data, seg_report.get("cross_validation"))
+                                         chosen["threshold"], source, args.data, seg_report.get("cross_validation"),
+                                         verdicts, case_rule["case_rule"])
         write_output(args.eval_json, json.dumps(evaluation, indent=2) + "\n")
     print("segmenter:", json.dumps(seg_report, indent=1))
     fusion = v["fusion"]
@@ -324,6 +357,7 @@ def calibrate(argv=None) -> Dict:
     clf.config.fusion_weights, clf.config.fusion_threshold = fusion["weights"], fusion["threshold"]
     for k in ("tta_flip", "threshold", "min_component_px"):
         setattr(seg.config, k, chosen[k])
+    seg.config.case_rule, seg.config.case_min_voxels = case_rule["case_rule"], case_rule["min_voxels"]
     seg.config.gate_threshold = 0.0  # no longer a separate rule: the detection verdict gates the mask
     for model, src, out, report in ((seg, args.segmenter, args.out_segmenter, seg_report),
                                     (clf, args.classifier, args.out_classifier, clf_report)):

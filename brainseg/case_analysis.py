@@ -132,6 +132,9 @@ class CaseResult:
     slice_dice: Optional[List[float]] = None
     truth_areas_px: Optional[List[int]] = None
     seconds: float = 0.0
+    removed_by_case_rule: Optional[List[bool]] = None
+    case_rule: str = "none"
+    case_min_voxels: int = 0
 
     @property
     def tumor_slices(self) -> List[int]:
@@ -140,7 +143,7 @@ class CaseResult:
 
 
 def analyze_case(predictor, case_input, threshold: Optional[float] = None, batch_size: int = 16) -> CaseResult:
-    """Predict every slice of a case with :meth:`Predictor.predict_batch` and sum the stack up.
+    """Predict a case with :meth:`Predictor.predict_case` (its 3-D case rule included) and sum the stack up.
 
     Args:
         predictor: a :class:`brainseg.inference.Predictor`.
@@ -152,7 +155,7 @@ def analyze_case(predictor, case_input, threshold: Optional[float] = None, batch
         :class:`~brainseg.metrics.CaseDiceAggregator`, the figure ``brainseg.evaluate`` reports.
     """
     t0 = time.perf_counter()
-    preds = predictor.predict_batch(case_input.slices, threshold=threshold, batch_size=batch_size, prob_maps=False)
+    preds = predictor.predict_case(case_input.slices, threshold=threshold, batch_size=batch_size)
     seconds = time.perf_counter() - t0
     thr, det_thr = (preds[0].pixel_threshold, preds[0].detection_threshold) if preds else predictor.thresholds(threshold)
     masks = np.stack([p.mask for p in preds]).astype(np.uint8)
@@ -175,7 +178,8 @@ def analyze_case(predictor, case_input, threshold: Optional[float] = None, batch
         largest_area_slice=case_input.slice_numbers[k] if volume > 0 else None,
         largest_area_px=areas[k] if volume > 0 else 0, threshold=thr, detection_threshold=det_thr,
         spacing=case_input.spacing, source_kind=case_input.source_kind, dice=dice, slice_dice=slice_dice,
-        truth_areas_px=truth_areas, seconds=seconds)
+        truth_areas_px=truth_areas, seconds=seconds, removed_by_case_rule=[p.removed_by_case_rule for p in preds],
+        case_rule=predictor.seg_cfg.case_rule, case_min_voxels=int(predictor.seg_cfg.case_min_voxels))
 
 
 def summarize(result: CaseResult) -> Dict:
@@ -183,14 +187,15 @@ def summarize(result: CaseResult) -> Dict:
 
     Keys: case, slices, tumor_slices (how many slices are detected as tumour), tumor_volume_voxels,
     tumor_volume_ml, largest_area_slice, largest_area_px, per_slice (slice, tumor_probability,
-    tumor_detected, tumor_area_px, dice), dice, plus threshold (pixel), detection_threshold,
-    spacing_mm and source.
+    tumor_detected, tumor_area_px, dice, removed_by_case_rule), dice, plus threshold (pixel),
+    detection_threshold, case_rule and case_min_voxels (the 3-D rule applied), spacing_mm and source.
     """
     per_slice = []
     for i, n in enumerate(result.slice_numbers):
         per_slice.append({"slice": int(n), "tumor_probability": round(float(result.probabilities[i]), 6),
                           "tumor_detected": bool(result.detected[i]), "tumor_area_px": int(result.areas_px[i]),
-                          "dice": None if result.slice_dice is None else round(float(result.slice_dice[i]), 6)})
+                          "dice": None if result.slice_dice is None else round(float(result.slice_dice[i]), 6),
+                          "removed_by_case_rule": bool(result.removed_by_case_rule and result.removed_by_case_rule[i])})
     return {
         "case": result.case,
         "slices": len(result.slice_numbers),
@@ -203,6 +208,8 @@ def summarize(result: CaseResult) -> Dict:
         "dice": None if result.dice is None else float(result.dice),  # unrounded: equals brainseg.evaluate's
         "threshold": float(result.threshold),
         "detection_threshold": float(result.detection_threshold),
+        "case_rule": result.case_rule,
+        "case_min_voxels": int(result.case_min_voxels),
         "spacing_mm": None if result.spacing is None else [float(s) for s in result.spacing],
         "source": result.source_kind,
     }
@@ -237,6 +244,13 @@ def case_summary_text(summary: Union[Dict, CaseResult]) -> str:
     if s["dice"] is not None:
         lines.append(f"Dice against the case's masks: {s['dice']:.3f}")
     lines.append(f"Detection threshold {s['detection_threshold']:g}, pixel threshold {s['threshold']:g}")
+    rule = s.get("case_rule", "none")
+    if rule != "none":
+        kept = ("only the largest 3-D region kept" if rule == "largest"
+                else f"3-D regions under {s['case_min_voxels']:,} voxels (at the model's size) dropped")
+        removed = [r["slice"] for r in s["per_slice"] if r.get("removed_by_case_rule")]
+        lines.append(f"Case rule: {kept}" + (f"; not detected for that reason: slices {_ranges(removed)}"
+                                              if removed else ""))
     return "\n".join(lines)
 
 

@@ -41,6 +41,10 @@ class SegmenterConfig(PreprocessConfig):
     - ``gate_threshold``: no longer used (kept so older ``config.json`` files load). The mask is drawn
       iff the slice is detected, at the classifier's detection threshold; a second gate made the
       mask and the verdict disagree.
+    - ``case_rule`` / ``case_min_voxels``: where the input is a whole case
+      (:meth:`Predictor.predict_case`: whole-case analysis and evaluation), 3-D connected components
+      across its slices are judged (:mod:`brainseg.volume`: ``"none"``, ``"largest"``, ``"min_voxels"``;
+      voxels counted at ``image_size``). A slice the rule leaves without a mask is no longer detected.
 
     The field names stay as shipped so every ``config.json`` keeps loading.
     """
@@ -52,6 +56,8 @@ class SegmenterConfig(PreprocessConfig):
     min_component_px: int = 0
     gate_threshold: float = 0.0
     tta_flip: bool = False
+    case_rule: str = "none"
+    case_min_voxels: int = 0
 
 
 @dataclass

@@ -22,7 +22,10 @@ Conventions (see :mod:`brainseg.metrics`):
 - Detection is per slice: positive = the ground-truth mask is not empty; the score is the
   Predictor's tumour probability (the fusion of both models when the classifier config holds
   fusion weights, else the classifier's calibrated probability) at its detection threshold.
-- ``seconds_per_slice`` is the wall time of :meth:`Predictor.predict_batch` (both models, pre- and
+- Each case goes through :meth:`Predictor.predict_case`, as in whole-case analysis: the segmenter
+  config's 3-D ``case_rule`` applies, and a slice it leaves without a mask counts as not detected
+  (accuracy, sensitivity and specificity are those verdicts; AUROC ranks the probabilities).
+- ``seconds_per_slice`` is the wall time of :meth:`Predictor.predict_case` (both models, pre- and
   post-processing) divided by the number of slices; reading the files is not counted.
 """
 import argparse
@@ -98,6 +101,7 @@ def evaluate(data_dir: PathLike, predictor, split: Optional[Union[PathLike, Dict
     cases = select_eval_cases(data_dir, split, only)
     agg = CaseDiceAggregator()
     probs: List[float] = []
+    verdicts: List[bool] = []
     labels: List[int] = []
     detail: List[Dict] = []
     seconds = 0.0
@@ -107,11 +111,12 @@ def evaluate(data_dir: PathLike, predictor, split: Optional[Union[PathLike, Dict
         images = [read_image(p) for p in case.images]
         truths = [read_mask(p) for p in case.masks]
         t0 = time.perf_counter()
-        preds = predictor.predict_batch(images, threshold=threshold, batch_size=batch_size)
+        preds = predictor.predict_case(images, threshold=threshold, batch_size=batch_size)
         seconds += time.perf_counter() - t0
         agg.update(case.name, np.stack([p.mask for p in preds]), np.stack(truths))
         for path, pred, truth in zip(case.images, preds, truths):
             probs.append(pred.tumor_probability)
+            verdicts.append(pred.detected)
             labels.append(int(truth.any()))
             if keep_slices:
                 detail.append({"case": case.name, "slice": slice_number(path), "probability": pred.tumor_probability,
@@ -126,7 +131,7 @@ def evaluate(data_dir: PathLike, predictor, split: Optional[Union[PathLike, Dict
         "cases": len(cases),
         "slices": len(labels),
         "seg": seg,
-        "det": detection_metrics(probs, labels, det_threshold),
+        "det": detection_metrics(probs, labels, det_threshold, verdicts),
         "seconds_per_slice": seconds / max(len(labels), 1),
         "ece": expected_calibration_error(probs, labels),
         "tumor_slices": int(sum(labels)),
@@ -135,6 +140,7 @@ def evaluate(data_dir: PathLike, predictor, split: Optional[Union[PathLike, Dict
         "precision": getattr(predictor, "precision", "fp32"),
         "data_dir": str(data_dir),
         "split": None if split is None or isinstance(split, dict) else str(split),
+        "case_rule": predictor.seg_cfg.case_rule,
     }
     if keep_slices:
         result["slices_detail"] = detail

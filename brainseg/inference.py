@@ -9,6 +9,9 @@ then one rule turns their outputs into the answer (issue 9.2: "one answer, not t
 - the mask is :func:`brainseg.postprocess.postprocess_mask` of the pixel map at the input's size
   (pixel threshold, small components dropped) and is drawn iff ``detected``.
 
+Where the input is a whole case, :meth:`Predictor.predict_case` then applies the segmenter config's
+3-D case rule (a slice it leaves without a mask is not detected).
+
 Label, bars, text, mask and case counts all come from :class:`Prediction`, so they cannot disagree.
 Callers pass at most a pixel threshold; :meth:`Predictor.thresholds` is the one place where the
 default is filled in and bad values (NaN, inf, outside [0, 1]) are refused.
@@ -19,7 +22,7 @@ import math
 import os
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -30,6 +33,7 @@ import torch.nn.functional as F
 from .config import PRECISIONS  # noqa: F401  (also imported from here)
 from .postprocess import postprocess_mask, remove_small_components  # noqa: F401  (old import path)
 from .preprocess import preprocess
+from .volume import filter_components_3d
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ImageOrPath = Union[np.ndarray, str, os.PathLike]
@@ -63,6 +67,8 @@ class Prediction:
     segmenter's pixel probabilities at its input size (None where the segmenter did not run: a
     slice the classifier alone called tumour-free, or when not asked for). ``pixel_threshold`` and
     ``detection_threshold`` are the thresholds used, tidied (0.4, not 0.4000000059604645).
+    ``removed_by_case_rule``: the slice was detected on its own, but its whole mask lay outside what
+    the case rule keeps (:meth:`Predictor.predict_case`), so it is not detected in the case's answer.
     """
 
     probability: float
@@ -73,6 +79,7 @@ class Prediction:
     prob_map: Optional[np.ndarray] = None
     pixel_threshold: Optional[float] = None
     detection_threshold: Optional[float] = None
+    removed_by_case_rule: bool = False
 
     def __post_init__(self):
         self.mask = np.asarray(self.mask).astype(np.uint8, copy=False)
@@ -395,6 +402,34 @@ class Predictor:
                 keep = p.float().cpu().numpy() if (prob_maps and p is not None) else None
                 out.append(Prediction(float(d), detected, mask, [h, w, int(im.shape[2])], replicated, keep,
                                       pixel_thr, det_thr))
+        return out
+
+    def predict_case(self, images: Sequence[ImageOrPath], threshold: Optional[float] = None,
+                     batch_size: int = 16, prob_maps: bool = False) -> List[Prediction]:
+        """The slices of one case, in stack order: :meth:`predict_batch`, then the segmenter config's
+        ``case_rule`` on the 3-D connected components of the case's masks (:mod:`brainseg.volume`).
+
+        Where the input is a whole case, a region that connects to nothing across slices is more
+        likely a false alarm; the rule was chosen on out-of-fold predictions (``brainseg.calibrate``).
+        A slice whose every pixel the rule removes is reported not detected (``removed_by_case_rule``),
+        so a detected slice keeps its outline. The slices must share one height and width.
+        """
+        preds = self.predict_batch(images, threshold=threshold, batch_size=batch_size, prob_maps=prob_maps)
+        cfg = self.seg_cfg
+        rule = getattr(cfg, "case_rule", "none")
+        if rule == "none" or not preds:
+            return preds
+        shapes = {p.mask.shape for p in preds}
+        if len(shapes) > 1:
+            raise ValueError(f"The slices of a case must share one size for the case rule, got {sorted(shapes)}")
+        h, w = preds[0].mask.shape
+        min_voxels = math.ceil(int(getattr(cfg, "case_min_voxels", 0)) * h * w / cfg.image_size ** 2)
+        kept = filter_components_3d(np.stack([p.mask for p in preds]), rule, min_voxels)
+        out = []
+        for p, m in zip(preds, kept):
+            removed = bool(p.mask.any() and not m.any())
+            out.append(replace(p, mask=m, detected=p.detected and not removed,
+                                           removed_by_case_rule=removed))
         return out
 
     def predict(self, image: ImageOrPath, threshold: Optional[float] = None) -> Prediction:

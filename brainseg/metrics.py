@@ -6,7 +6,7 @@ Conventions (the dataset papers' own):
   (nothing to find, nothing found); when exactly one is empty it is 0.
 - Detection is per slice: positive = the ground-truth mask is not empty.
 """
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 
@@ -50,10 +50,15 @@ def auroc(scores: Sequence[float], labels: Sequence[int]) -> float:
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
-def detection_metrics(probs: Sequence[float], labels: Sequence[int], threshold: float = 0.5) -> Dict[str, float]:
-    """Slice-level AUROC, accuracy, sensitivity, specificity at ``threshold`` (prob >= threshold is positive)."""
+def detection_metrics(probs: Sequence[float], labels: Sequence[int], threshold: float = 0.5,
+                      predicted: Optional[Sequence[bool]] = None) -> Dict[str, float]:
+    """Slice-level AUROC, accuracy, sensitivity, specificity at ``threshold`` (prob >= threshold is positive).
+
+    ``predicted``: the verdicts themselves, where a rule beyond the threshold made them (a whole case's 3-D
+    rule, :meth:`brainseg.inference.Predictor.predict_case`); AUROC still ranks ``probs``.
+    """
     p, y = np.asarray(probs, dtype=np.float64), np.asarray(labels).astype(bool)
-    pred = p >= threshold
+    pred = p >= threshold if predicted is None else np.asarray(predicted, bool)
     tp, tn = int((pred & y).sum()), int((~pred & ~y).sum())
     fp, fn = int((pred & ~y).sum()), int((~pred & y).sum())
     return {
