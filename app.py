@@ -219,6 +219,9 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
                 try:
                     out = w.analyze_case(predictor, files, threshold, spacing_mm,
                                          Path(case_masks.GRADIO_CACHE) / uuid.uuid4().hex)
+                except FileNotFoundError:  # an upload swept while the call waited or read it; no path in the message
+                    log.info("case upload expired")
+                    raise gr.Error(w.EXPIRED, print_exception=False) from None
                 except ValueError as e:
                     log.info("rejected case upload (%s)", type(e).__name__)
                     raise gr.Error(str(e), print_exception=False) from None

@@ -115,6 +115,9 @@ class _MemberReader:
                             raise ValueError(self._past(limit))
         except zlib.error as e:
             raise ValueError(f"Zip member {name} is corrupt ({e})") from None
+        except FileNotFoundError:  # not the file's fault: it was deleted (an upload swept) while being read
+            raise FileNotFoundError(f"{self.path.name} is no longer there: it was deleted while {name} was "
+                                    f"being read") from None
         except OSError as e:
             raise ValueError(f"Zip member {name} cannot be read ({e})") from None
         if (inflater is not None and not inflater.eof) or len(out) != info.file_size:

@@ -106,3 +106,37 @@ def test_bad_case_gets_an_error_and_the_server_goes_on(client, case_zip, tmp_pat
         predict_case(client, [bad])
     *_, summary = predict_case(client, [case_zip])
     assert summary["slices"] == 6
+
+
+def test_a_case_upload_deleted_while_it_is_read_gets_the_expired_message(client, case_zip, tmp_path, monkeypatch):
+    """An upload the sweeper deletes between two of its zip members (a call that waited in the queue past the
+    cache age) is told to upload again, not "Zip member ... cannot be read ([Errno 2] ...)"; the server goes on."""
+    from brainseg import safe_zip
+
+    real = safe_zip._MemberReader.__call__
+
+    def vanish(self):
+        Path(self.path).unlink(missing_ok=True)  # as the sweeper would, mid-read
+        return real(self)
+
+    monkeypatch.setattr(safe_zip._MemberReader, "__call__", vanish)
+    own = tmp_path / case_zip.name
+    own.write_bytes(case_zip.read_bytes())
+    with pytest.raises(Exception, match="no longer on the server"):
+        predict_case(client, [own])
+    monkeypatch.undo()
+    *_, summary = predict_case(client, [case_zip])
+    assert summary["slices"] == 6
+
+
+def test_a_zip_that_vanishes_says_so(case_zip, tmp_path):
+    """Outside the app too: the zip's own name and what happened, not a wrapped OS error with the path."""
+    from brainseg import safe_zip
+    from brainseg.images import DEFAULT_LIMITS
+
+    own = tmp_path / "gone.zip"
+    own.write_bytes(case_zip.read_bytes())
+    members, _ = safe_zip.zip_members(own, DEFAULT_LIMITS, lambda n: True)
+    own.unlink()
+    with pytest.raises(FileNotFoundError, match="gone.zip is no longer there"):
+        members[0][1]()
