@@ -234,6 +234,13 @@ def _config_rows(kind: str, cfg: dict, weights: Optional[str], oof: bool = False
                   "(the classifier's `fusion_threshold` when fused, else its `threshold`); a detected slice "
                   "always gets a mask, an undetected one none"),
                  ("Flip test-time augmentation", "on" if cfg.get("tta_flip") else "off")]
+        rule = cfg.get("case_rule", "none")
+        if rule != "none":  # older configs have none: their cards stay as they were
+            kept = ("the largest region connected across slices is kept" if rule == "largest" else
+                    f"regions connected across slices under {cfg.get('case_min_voxels', 0)} voxels at {s} x {s} "
+                    "are dropped")
+            rows.append(("Whole cases (3-D rule)", f"{kept}; a slice left without a mask is not detected "
+                         "(`Predictor.predict_case`: whole-case analysis and `brainseg.evaluate`)"))
     else:
         rows += [("Decision threshold", f"{_fmt(cfg.get('threshold'))} on the calibrated probability"),
                  ("Temperature", f"{_fmt(cfg.get('temperature'))}: probability = sigmoid(logit / temperature)")]

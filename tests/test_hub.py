@@ -550,3 +550,12 @@ def test_shipped_cards_quote_the_recipe_that_made_their_weights(kind):
     assert script.is_file(), f"the card quotes {script}, which is not in the repository"
     lines = [ln.rstrip() for ln in script.read_text().splitlines() if ln.strip() and not ln.startswith(("#!", "set "))]
     assert shown[1:] == lines
+
+
+def test_segmenter_card_states_the_case_rule_only_when_one_applies(model_dir):
+    d = model_dir("segmenter")
+    assert "3-D rule" not in build_model_card(d, "segmenter").text  # "none": the card reads as before
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps(dict(cfg, case_rule="largest")))
+    assert "| Whole cases (3-D rule) | the largest region connected across slices is kept;" in \
+        build_model_card(d, "segmenter").text
