@@ -31,7 +31,6 @@ The chosen values go into each ``config.json``; the figures and their spread ove
 import argparse
 import itertools
 import json
-import math
 import shutil
 from collections import Counter
 from dataclasses import asdict
@@ -51,7 +50,7 @@ from .models import ResUNet, TumorClassifier
 from .postprocess import postprocess_mask
 from .preprocess import preprocess
 from .sources import model_folder
-from .volume import filter_components_3d
+from .volume import apply_case_rule
 
 THRESHOLDS = [0.3, 0.4, 0.5, 0.6, 0.7]
 MIN_COMPONENTS = [0, 10, 25, 50, 100, 200]
@@ -110,11 +109,7 @@ def rule_aggregator(probs: np.ndarray, masks: np.ndarray, cases: List[str], dete
                     min_px: int, model_size: int) -> CaseDiceAggregator:
     """Per-case counts of the masks the Predictor would draw: :func:`postprocess_mask` of each slice's
     map (at the masks' size) at this pixel threshold and minimum component size, drawn iff detected."""
-    agg = CaseDiceAggregator()
-    for p, m, c, d in zip(probs, masks, cases, detected):
-        pred = postprocess_mask(p, thr, min_px, model_size, bool(d)).astype(bool)
-        agg.update_counts(c, int((pred & m).sum()), int(pred.sum()), int(m.sum()))
-    return agg
+    return case_rule_aggregator(probs, masks, cases, detected, thr, min_px, model_size)[0]
 
 
 def score_rule(probs: np.ndarray, masks: np.ndarray, cases: List[str], detected: np.ndarray, thr: float,
@@ -126,18 +121,17 @@ def score_rule(probs: np.ndarray, masks: np.ndarray, cases: List[str], detected:
 def case_rule_aggregator(probs: np.ndarray, masks: np.ndarray, cases: List[str], detected: np.ndarray, thr: float,
                          min_px: int, model_size: int, rule: str = "none", min_voxels: int = 0
                          ) -> Tuple[CaseDiceAggregator, np.ndarray]:
-    """:func:`rule_aggregator` with a 3-D case rule after it, as :meth:`Predictor.predict_case` applies it
-    (``min_voxels`` counted at ``model_size``): the per-case counts, and the slices' verdicts after the rule
-    (a detected slice the rule leaves without a mask is not detected)."""
+    """Per-case counts of the masks the Predictor would draw for a case: :func:`postprocess_mask` of each
+    slice's map, drawn iff detected, then the 3-D case rule as :meth:`Predictor.predict_case` applies it
+    (:func:`brainseg.volume.apply_case_rule`); also the slices' verdicts after the rule."""
     cases = np.asarray(cases)
     drawn = np.stack([postprocess_mask(p, thr, min_px, model_size, bool(d)) for p, d in zip(probs, detected)])
-    n = math.ceil(min_voxels * drawn.shape[1] * drawn.shape[2] / model_size ** 2)
     agg, verdicts = CaseDiceAggregator(), np.asarray(detected, bool).copy()
     for c in dict.fromkeys(cases):
         idx = np.flatnonzero(cases == c)
-        pred = filter_components_3d(drawn[idx], rule, n).astype(bool)
-        verdicts[idx] &= ~(drawn[idx].any(axis=(1, 2)) & ~pred.any(axis=(1, 2)))
-        for p, m in zip(pred, masks[idx]):
+        pred, removed = apply_case_rule(drawn[idx], rule, min_voxels, model_size)
+        verdicts[idx] &= ~removed
+        for p, m in zip(pred.astype(bool), masks[idx]):
             agg.update_counts(c, int((p & m).sum()), int(p.sum()), int(m.sum()))
     return agg, verdicts
 

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from .config import PRECISIONS  # noqa: F401  (also imported from here)
 from .postprocess import postprocess_mask, remove_small_components  # noqa: F401  (old import path)
 from .preprocess import preprocess
-from .volume import filter_components_3d
+from .volume import apply_case_rule
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ImageOrPath = Union[np.ndarray, str, os.PathLike]
@@ -416,21 +416,15 @@ class Predictor:
         """
         preds = self.predict_batch(images, threshold=threshold, batch_size=batch_size, prob_maps=prob_maps)
         cfg = self.seg_cfg
-        rule = getattr(cfg, "case_rule", "none")
-        if rule == "none" or not preds:
+        if cfg.case_rule == "none" or not preds:
             return preds
         shapes = {p.mask.shape for p in preds}
         if len(shapes) > 1:
             raise ValueError(f"The slices of a case must share one size for the case rule, got {sorted(shapes)}")
-        h, w = preds[0].mask.shape
-        min_voxels = math.ceil(int(getattr(cfg, "case_min_voxels", 0)) * h * w / cfg.image_size ** 2)
-        kept = filter_components_3d(np.stack([p.mask for p in preds]), rule, min_voxels)
-        out = []
-        for p, m in zip(preds, kept):
-            removed = bool(p.mask.any() and not m.any())
-            out.append(replace(p, mask=m, detected=p.detected and not removed,
-                                           removed_by_case_rule=removed))
-        return out
+        kept, removed = apply_case_rule(np.stack([p.mask for p in preds]), cfg.case_rule, cfg.case_min_voxels,
+                                        cfg.image_size)
+        return [replace(p, mask=m, detected=p.detected and not r, removed_by_case_rule=bool(r))
+                for p, m, r in zip(preds, kept, removed)]
 
     def predict(self, image: ImageOrPath, threshold: Optional[float] = None) -> Prediction:
         """One slice: an array (see :meth:`predict_batch`) or the path of a slice file."""

@@ -10,6 +10,8 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
+from .postprocess import scaled_min_component_px
+
 CASE_RULES = ("none", "largest", "min_voxels")
 
 
@@ -52,6 +54,17 @@ def filter_components_3d(masks: np.ndarray, rule: str = "none", min_voxels: int 
         keep = sizes >= max(int(min_voxels), 1)
         keep[0] = False
     return keep[labels].astype(np.uint8)
+
+
+def apply_case_rule(masks: np.ndarray, rule: str, min_voxels: int, model_size: int) -> tuple:
+    """The case rule as the product applies it (:meth:`Predictor.predict_case`, ``brainseg.calibrate``) on a
+    (slices, H, W) stack: ``min_voxels`` is counted at the model's ``model_size`` x ``model_size`` input and
+    scaled to the masks' size, as ``min_component_px`` is. Returns (the kept masks, uint8 0/1, and a bool per
+    slice: it had a mask and the rule left it none, so the slice is no longer detected)."""
+    masks = np.asarray(masks)
+    kept = filter_components_3d(masks, rule, scaled_min_component_px(min_voxels, model_size, masks.shape[1:]))
+    removed = masks.reshape(len(masks), -1).any(1) & ~kept.reshape(len(kept), -1).any(1)
+    return kept, removed
 
 
 def filter_case(masks: Sequence[np.ndarray], rule: str = "none", min_voxels: int = 0) -> list:
