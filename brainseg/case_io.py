@@ -107,9 +107,15 @@ def format_numbers(numbers: Sequence[int]) -> str:
 
 
 def check_file_size(path: Path, limits: Limits = DEFAULT_LIMITS) -> int:
-    """The size of an input file on disk, or a ValueError when it is not a file or over ``max_input_bytes``."""
+    """The size of an input file on disk.
+
+    FileNotFoundError when it is gone (the app answers that an upload expired), ValueError when it is a
+    folder or over ``max_input_bytes``.
+    """
+    if not path.exists():
+        raise FileNotFoundError(f"No such file: {path}")
     if not path.is_file():
-        raise ValueError(f"Not a file: {path}")
+        raise ValueError(f"{path} is a folder, not a file: pass the files inside it, or the folder as a case")
     size = path.stat().st_size
     if size > limits.max_input_bytes:
         raise ValueError(f"{path.name} is {size / MiB:.0f} MiB, over the limit of {limits.max_input_bytes // MiB} MiB "
@@ -292,7 +298,8 @@ def load_case(source: Union[PathLike, Sequence[PathLike]], limits: Limits = DEFA
     """Any supported case input: a zip, a multi-page TIFF, a NIfTI file, a case folder, or several slice files.
 
     Raises:
-        ValueError (:class:`~brainseg.images.InvalidImageError` for a bad slice) naming the file and the problem.
+        ValueError (:class:`~brainseg.images.InvalidImageError` for a bad slice) naming the file and the problem;
+        FileNotFoundError for a file that is not there (or no longer: a swept upload).
 
     Example:
         >>> case = load_case("TCGA_CS_4941_19960909.zip")
@@ -307,8 +314,7 @@ def load_case(source: Union[PathLike, Sequence[PathLike]], limits: Limits = DEFA
         p = paths[0]
         if p.is_dir():
             return load_case_folder(p, limits)
-        if not p.exists():
-            raise ValueError(f"Not found: {p}")
+        check_file_size(p, limits)
         ext = file_ext(p.name)
         if ext == ".zip":
             return load_case_zip(p, limits)

@@ -129,6 +129,24 @@ def test_a_case_upload_deleted_while_it_is_read_gets_the_expired_message(client,
     assert summary["slices"] == 6
 
 
+
+def test_a_case_upload_swept_before_it_is_read_gets_the_expired_message(client, case_zip, tmp_path, monkeypatch):
+    """Swept after the upload, before the analysis opens it: the expired message, not "Not found: <server path>"."""
+    real = webapp.analyze_case
+
+    def swept_first(predictor, files, *args):
+        for f in files:
+            Path(f).unlink()
+        return real(predictor, files, *args)
+
+    monkeypatch.setattr(webapp, "analyze_case", swept_first)
+    with pytest.raises(Exception, match="no longer on the server") as e:
+        predict_case(client, [case_zip])
+    assert "/tmp" not in str(e.value) and "brainseg_app" not in str(e.value)
+    monkeypatch.undo()
+    *_, summary = predict_case(client, [case_zip])
+    assert summary["slices"] == 6
+
 def test_a_zip_that_vanishes_says_so(case_zip, tmp_path):
     """Outside the app too: the zip's own name and what happened, not a wrapped OS error with the path."""
     from brainseg import safe_zip
