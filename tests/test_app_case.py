@@ -129,7 +129,6 @@ def test_a_case_upload_deleted_while_it_is_read_gets_the_expired_message(client,
     assert summary["slices"] == 6
 
 
-
 def test_a_case_upload_swept_before_it_is_read_gets_the_expired_message(client, case_zip, tmp_path, monkeypatch):
     """Swept after the upload, before the analysis opens it: the expired message, not "Not found: <server path>"."""
     real = webapp.analyze_case
@@ -146,6 +145,7 @@ def test_a_case_upload_swept_before_it_is_read_gets_the_expired_message(client, 
     monkeypatch.undo()
     *_, summary = predict_case(client, [case_zip])
     assert summary["slices"] == 6
+
 
 def test_a_zip_that_vanishes_says_so(case_zip, tmp_path):
     """Outside the app too: the zip's own name and what happened, not a wrapped OS error with the path."""

@@ -401,7 +401,6 @@ def test_bad_file_sets(case_dir, tmp_path):
         load_case([oversized])
 
 
-
 def test_a_missing_file_is_not_found_and_named(case_dir, tmp_path):
     """A vanished input is a FileNotFoundError (the app answers "upload expired"), not a ValueError about it."""
     gone = tmp_path / "gone.zip"
@@ -409,6 +408,7 @@ def test_a_missing_file_is_not_found_and_named(case_dir, tmp_path):
         load_case(gone)
     with pytest.raises(FileNotFoundError, match=r"gone_2\.tif"):
         load_case([case_dir / f"{CASE}_1.tif", tmp_path / "gone_2.tif"])
+
 
 # ---------------------------------------------------------------- NIfTI: refused from the header
 
