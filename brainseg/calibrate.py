@@ -27,6 +27,8 @@ all cases. With ``--split`` the one split's validation cases are used, as before
   largest only, or those of at least N voxels, scored by per-case Dice with the chosen pixel rule; one
   is applied (by :meth:`Predictor.predict_case`) only if it gains at least ``--case-rule-min-gain``.
 The chosen values go into each ``config.json``; the figures and their spread over folds into metrics.json.
+``--save-rules FILE`` also keeps the chosen values with their held-out figures, and ``--rules FILE``
+writes such a record into new checkpoints without choosing again (the fold runs need not exist).
 """
 import argparse
 import itertools
@@ -54,6 +56,8 @@ from .volume import apply_case_rule
 
 THRESHOLDS = [0.3, 0.4, 0.5, 0.6, 0.7]
 MIN_COMPONENTS = [0, 10, 25, 50, 100, 200]
+RULE_FIELDS = {"segmenter": ("tta_flip", "threshold", "min_component_px", "case_rule", "case_min_voxels"),
+               "classifier": ("temperature", "threshold", "fusion_weights", "fusion_threshold")}
 CASE_RULES = [("none", 0), ("largest", 0)] + [("min_voxels", n) for n in (25, 50, 100, 250, 500)]  # voxels at the model's size
 
 
@@ -246,6 +250,7 @@ def calibrate(argv=None) -> Dict:
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--split", help="choose on this split's validation cases, with --segmenter/--classifier")
     src.add_argument("--cv", help="choose on the out-of-fold predictions of the fold runs in this folder")
+    src.add_argument("--rules", help="choose nothing: write the rules of this --save-rules file")
     add_model_args(ap, required=True)
     add_runtime_args(ap, device=False, precision=False)
     ap.add_argument("--out-segmenter", required=True)
@@ -256,12 +261,17 @@ def calibrate(argv=None) -> Dict:
                     help="apply a 3-D case rule only if it gains at least this per-case Dice over none")
     ap.add_argument("--eval-json", help="also write the held-out figures of the chosen rules here, in "
                     "brainseg.evaluate's layout (e.g. models/segmenter/eval_oof.json for the cards)")
+    ap.add_argument("--save-rules", help="also write the chosen rules and their held-out figures here (JSON), "
+                    "so that they can be applied again with --rules")
     args = ap.parse_args(argv)
-    args.data = data_arg(ap, args)
+    args.data = data_arg(ap, args) if not args.rules else None
     apply_threads(args)
     for kind in KINDS:  # the checkpoints the choices are written into, as folders (a Hub repo is fetched)
         setattr(args, kind, str(model_folder(getattr(args, kind), getattr(args, f"{kind}_revision"))))
 
+    if args.rules:
+        return apply_recorded_rules(args, ResUNet.from_pretrained(args.segmenter),
+                                    TumorClassifier.from_pretrained(args.classifier))
     runs = cv_runs(Path(args.cv)) if args.cv else [
         (args.segmenter, args.classifier, load_split(args.split)["val"])]
     held = held_out_predictions(args.data, runs)
@@ -346,12 +356,57 @@ def calibrate(argv=None) -> Dict:
     clf_report["fusion"] = fusion
     print("detection (fused):", json.dumps(fusion, indent=1))
 
-    # write the shippable checkpoints
-    clf.config.temperature, clf.config.threshold = t, det_thr
-    clf.config.fusion_weights, clf.config.fusion_threshold = fusion["weights"], fusion["threshold"]
-    for k in ("tta_flip", "threshold", "min_component_px"):
-        setattr(seg.config, k, chosen[k])
-    seg.config.case_rule, seg.config.case_min_voxels = case_rule["case_rule"], case_rule["min_voxels"]
+    rules = {"chosen_on": source, "segmenter": {k: chosen[k] for k in ("tta_flip", "threshold", "min_component_px")}
+             | {"case_rule": case_rule["case_rule"], "case_min_voxels": case_rule["min_voxels"]},
+             "classifier": {"temperature": t, "threshold": det_thr, "fusion_weights": fusion["weights"],
+                            "fusion_threshold": fusion["threshold"]}}
+    if args.save_rules:
+        held = held_out_evaluation(chosen_agg, list(names), v["det"], labels, fusion["threshold"], chosen["threshold"],
+                                   source, args.data, seg_report.get("cross_validation"), verdicts,
+                                   case_rule["case_rule"])
+        held.pop("per_case")
+        held["det_classifier_alone"] = {"auroc": auroc(cal, labels), "ece": clf_report["ece_after"]}
+        write_output(args.save_rules, json.dumps(dict(rules, held_out=held), indent=2) + "\n")
+    write_checkpoints(args, seg, clf, rules, seg_report, clf_report)
+    return {"classifier": clf_report, "segmenter": seg_report}
+
+
+def read_rules(path: str) -> Dict:
+    """A rules file of ``--save-rules``, checked: the rule fields of both configs, and where they were chosen."""
+    rules = json.loads(Path(path).read_text())
+    missing = [f"{kind}.{k}" for kind, keys in RULE_FIELDS.items() for k in keys if k not in rules.get(kind, {})]
+    if missing or "chosen_on" not in rules:
+        raise ValueError(f"{path}: not a rules file of brainseg.calibrate --save-rules "
+                         f"(missing {', '.join(missing or ['chosen_on'])})")
+    return rules
+
+
+def apply_recorded_rules(args, seg, clf) -> Dict:
+    """``--rules FILE``: write rules chosen earlier (and recorded with their held-out figures) into the
+    checkpoints, choosing nothing; for when the fold runs they were chosen on are gone."""
+    rules = read_rules(args.rules)
+    held = rules.get("held_out")
+    seg_report = {"chosen_on": rules["chosen_on"], "rules_file": args.rules, **rules["segmenter"]}
+    alone = (held or {}).get("det_classifier_alone") or {}
+    clf_report = {"chosen_on": rules["chosen_on"], "rules_file": args.rules,
+                  "temperature": rules["classifier"]["temperature"], "threshold": rules["classifier"]["threshold"],
+                  "fusion": {"weights": rules["classifier"]["fusion_weights"],
+                             "threshold": rules["classifier"]["fusion_threshold"]},
+                  **({"ece_after": alone["ece"], "at_threshold": {"auroc": alone["auroc"],
+                                                                  "threshold": rules["classifier"]["threshold"]}}
+                     if alone else {})}
+    print(f"applying the rules of {args.rules}, chosen on {rules['chosen_on']}")
+    if args.eval_json and held:
+        write_output(args.eval_json, json.dumps(dict(held, recorded_in=args.rules), indent=2) + "\n")
+    write_checkpoints(args, seg, clf, rules, seg_report, clf_report)
+    return {"classifier": clf_report, "segmenter": seg_report}
+
+
+def write_checkpoints(args, seg, clf, rules: Dict, seg_report: Dict, clf_report: Dict) -> None:
+    """The chosen rules into both configs, then the shippable folders: weights, curves, metrics.json."""
+    for model, kind in ((seg, "segmenter"), (clf, "classifier")):
+        for k in RULE_FIELDS[kind]:
+            setattr(model.config, k, rules[kind][k])
     seg.config.gate_threshold = 0.0  # no longer a separate rule: the detection verdict gates the mask
     for model, src, out, report in ((seg, args.segmenter, args.out_segmenter, seg_report),
                                     (clf, args.classifier, args.out_classifier, clf_report)):
@@ -367,7 +422,6 @@ def calibrate(argv=None) -> Dict:
         metrics["model_config"] = asdict(model.config)
         metrics["weights_dtype"] = "float16" if args.fp16 else "float32"
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    return {"classifier": clf_report, "segmenter": seg_report}
 
 
 def main(argv=None) -> int:

@@ -140,7 +140,7 @@ def _metric_columns(kind: str, metrics: Optional[dict], eval_metrics: Optional[d
         cases, slices = _count(eval_metrics.get("cases")), _count(eval_metrics.get("slices"))
         where = (f"{_fmt(cases)} cases, {_fmt(slices)} slices" if cases is not None else "cases not recorded")
         fused = kind == "classifier" and bool((calibration or {}).get("fusion"))
-        how = (_oof_how(cv, eval_name, where) if cv else
+        how = (_oof_how(cv, eval_name, where, eval_metrics.get("recorded_in")) if cv else
                f"`python -m brainseg.evaluate`, saved as `{eval_name}`: {where}; the full inference pipeline "
                f"(preprocessing, thresholds and post-processing from this config"
                + ((", this model's logit fused with the segmenter's evidence, at the fused threshold; these need "
@@ -167,7 +167,7 @@ def _metric_columns(kind: str, metrics: Optional[dict], eval_metrics: Optional[d
     return cols
 
 
-def _oof_how(cv: dict, eval_name: str, where: str) -> str:
+def _oof_how(cv: dict, eval_name: str, where: str, recorded: Optional[str] = None) -> str:
     """How out-of-fold figures were made (``brainseg.calibrate --cv --eval-json``), in a card's words."""
     means, k = cv.get("dice_per_case_mean_by_fold") or [], cv.get("folds")
     sd = _number(cv.get("dice_per_case_sd_over_folds"))
@@ -178,7 +178,8 @@ def _oof_how(cv: dict, eval_name: str, where: str) -> str:
             f"model that did not train on its patient ({_fmt(k)} fold{'' if k == 1 else 's'} of the same "
             f"recipe{spread}); the "
             "full inference pipeline with the rules of this config, which were chosen on these same pooled "
-            "predictions.")
+            "predictions" + (f" (recorded in `{recorded}` when they were chosen; the fold runs were not kept)."
+                             if recorded else "."))
 
 
 def _index_column(columns: Sequence[Column]) -> Optional[Column]:

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Ship the models of scripts/train_models.sh: choose every rule on the out-of-fold predictions of the 4 fold runs
+# Ship the models of scripts/train_models.sh: choose every rule on the out-of-fold predictions of the fold runs
 # (temperature, fused detection, thresholds, post-processing, TTA, the 3-D case rule), write them into the
-# all-case models, store fp16 weights in models/, record the held-out figures as eval_oof.json, and regenerate
-# the cards.
+# all-case models, store fp16 weights in models/, record the rules with their held-out figures (rules.json)
+# and those figures as eval_oof.json, and regenerate the cards.
 # Usage: bash scripts/ship_models.sh [DATA_DIR] [RUNS_DIR] [MODELS_DIR]   (MODELS_DIR: models)
-#        CV=DIR bash scripts/ship_models.sh ...   (the fold runs to choose on; default RUNS_DIR/cv, every fold finished)
+#        CV=DIR bash scripts/ship_models.sh ...      (the fold runs to choose on; default RUNS_DIR/cv, every fold finished)
+#        RULES=FILE bash scripts/ship_models.sh ...  (choose nothing: apply a rules.json recorded by an earlier
+#                                                    choice, when its fold runs are gone)
 set -euo pipefail
 DATA=${1:-../shared/data/lgg/kaggle_3m}
 RUNS=${2:-runs}
@@ -13,7 +15,12 @@ OUT=${3:-models}
 CV=${CV:-$RUNS/cv}
 mkdir -p "$OUT"
 
-$PY -m brainseg.calibrate --data "$DATA" --cv "$CV" --segmenter "$RUNS/segmenter" --classifier "$RUNS/classifier" \
+if [[ -n "${RULES:-}" ]]; then
+    CHOOSE=(--rules "$RULES")
+else
+    CHOOSE=(--data "$DATA" --cv "$CV" --save-rules "$OUT/rules.json")
+fi
+$PY -m brainseg.calibrate "${CHOOSE[@]}" --segmenter "$RUNS/segmenter" --classifier "$RUNS/classifier" \
     --out-segmenter "$OUT/segmenter" --out-classifier "$OUT/classifier" --fp16 \
     --eval-json "$OUT/segmenter/eval_oof.json" | tee "$OUT/calibration.log"
 # The all-case models have no held-out cases of their own: their figures are the recipe's out-of-fold ones.

@@ -209,6 +209,43 @@ def test_cv_calibration_chooses_on_every_case_of_the_folds(tiny_checkpoints, syn
     assert sorted(n for f in folds["folds"] for n in f) == sorted(c.name for c in find_cases(synth_root))
 
 
+def test_saved_rules_are_applied_again_without_the_fold_runs(tiny_checkpoints, synth_root, tmp_path):
+    """--save-rules records what --cv chose; --rules writes the same configs once the fold runs are gone."""
+    import shutil
+
+    from brainseg.cards import build_model_card
+
+    _fold_runs(tmp_path / "cv", synth_root)
+    models = {k: str(tiny_checkpoints[k]) for k in ("segmenter", "classifier")}
+    common = ["--segmenter", models["segmenter"], "--classifier", models["classifier"]]
+    report = calibrate_main(["--data", str(synth_root), "--cv", str(tmp_path / "cv"), *common,
+                             "--out-segmenter", str(tmp_path / "a_seg"), "--out-classifier", str(tmp_path / "a_clf"),
+                             "--save-rules", str(tmp_path / "rules.json")])
+    shutil.rmtree(tmp_path / "cv")
+    calibrate_main(["--rules", str(tmp_path / "rules.json"), *common, "--out-segmenter", str(tmp_path / "b_seg"),
+                    "--out-classifier", str(tmp_path / "b_clf"), "--eval-json", str(tmp_path / "b_seg" / "eval_oof.json")])
+    for kind in ("seg", "clf"):
+        assert (json.loads((tmp_path / f"a_{kind}" / "config.json").read_text())
+                == json.loads((tmp_path / f"b_{kind}" / "config.json").read_text()))
+    rules = json.loads((tmp_path / "rules.json").read_text())
+    assert rules["classifier"]["fusion_weights"] == pytest.approx(report["classifier"]["fusion"]["weights"])
+    held = json.loads((tmp_path / "b_seg" / "eval_oof.json").read_text())
+    assert held["recorded_in"] == str(tmp_path / "rules.json") and held["cases"] == 6
+    assert held["seg"]["dice_per_case_mean"] == pytest.approx(report["segmenter"]["chosen"]["dice_per_case_mean"])
+    card = str(build_model_card(tmp_path / "b_seg", "segmenter"))
+    assert "the fold runs were not kept" in card and "Out-of-fold" in card
+
+
+def test_a_file_that_is_not_a_rules_file_is_refused_by_name(tiny_checkpoints, tmp_path):
+    bad = tmp_path / "rules.json"
+    bad.write_text(json.dumps({"chosen_on": "x", "segmenter": {"threshold": 0.5}, "classifier": {}}))
+    with pytest.raises(ValueError, match=r"rules\.json: not a rules file .*segmenter\.tta_flip"):
+        calibrate_main(["--rules", str(bad), "--segmenter", str(tiny_checkpoints["segmenter"]),
+                        "--classifier", str(tiny_checkpoints["classifier"]),
+                        "--out-segmenter", str(tmp_path / "s"), "--out-classifier", str(tmp_path / "c")])
+    assert not (tmp_path / "s").exists()  # nothing written
+
+
 def test_cv_runs_refuse_unfinished_or_overlapping_folds(synth_root, tmp_path):
     from brainseg.calibrate import cv_runs
 

@@ -60,6 +60,22 @@ def test_shipped_models_on_example(predictor, path):
         assert pred.tumor_area_px == 0
 
 
+RULES = ROOT / "models" / "rules.json"
+
+
+@pytest.mark.skipif(not RULES.exists(), reason="models/ has no rules.json (models calibrated on one split)")
+def test_the_shipped_configs_hold_the_rules_of_rules_json():
+    """models/rules.json is the record of what calibrate chose; the configs must hold exactly that."""
+    from brainseg.calibrate import RULE_FIELDS, read_rules
+
+    rules = read_rules(str(RULES))
+    for kind, fields in RULE_FIELDS.items():
+        cfg = json.loads((ROOT / "models" / kind / "config.json").read_text())
+        for k in fields:
+            assert cfg[k] == pytest.approx(rules[kind][k], abs=1e-6) if isinstance(cfg[k], (float, list)) \
+                else cfg[k] == rules[kind][k], (kind, k)
+
+
 # ---------------------------------------------------------------- the shipped figures, reproduced
 
 EVAL_VAL = ROOT / "models" / "segmenter" / "eval_val.json"
