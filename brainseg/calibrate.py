@@ -345,10 +345,10 @@ def calibrate(argv=None) -> Dict:
     chosen_agg, verdicts = case_rule_aggregator(*rule, case_rule["case_rule"], case_rule["min_voxels"])
     if args.cv:
         seg_report["cross_validation"] = fold_summary(chosen_agg.per_case(), dict(zip(names, held["fold"])))
+    evaluation = held_out_evaluation(chosen_agg, list(names), v["det"], labels, v["fusion"]["threshold"],
+                                     chosen["threshold"], source, args.data, seg_report.get("cross_validation"),
+                                     verdicts, case_rule["case_rule"])
     if args.eval_json:
-        evaluation = held_out_evaluation(chosen_agg, list(names), v["det"], labels, v["fusion"]["threshold"],
-                                         chosen["threshold"], source, args.data, seg_report.get("cross_validation"),
-                                         verdicts, case_rule["case_rule"])
         write_output(args.eval_json, json.dumps(evaluation, indent=2) + "\n")
     print("segmenter:", json.dumps(seg_report, indent=1))
     fusion = v["fusion"]
@@ -360,20 +360,22 @@ def calibrate(argv=None) -> Dict:
              | {"case_rule": case_rule["case_rule"], "case_min_voxels": case_rule["min_voxels"]},
              "classifier": {"temperature": t, "threshold": det_thr, "fusion_weights": fusion["weights"],
                             "fusion_threshold": fusion["threshold"]}}
-    if args.save_rules:
-        held = held_out_evaluation(chosen_agg, list(names), v["det"], labels, fusion["threshold"], chosen["threshold"],
-                                   source, args.data, seg_report.get("cross_validation"), verdicts,
-                                   case_rule["case_rule"])
-        held.pop("per_case")
-        held["det_classifier_alone"] = {"auroc": auroc(cal, labels), "ece": clf_report["ece_after"]}
-        write_output(args.save_rules, json.dumps(dict(rules, held_out=held), indent=2) + "\n")
+    if args.save_rules:  # the figures without the per-case table: a record to read, small enough to commit
+        record = {k: x for k, x in evaluation.items() if k != "per_case"}
+        record["det_classifier_alone"] = {"auroc": auroc(cal, labels), "ece": clf_report["ece_after"]}
+        write_output(args.save_rules, json.dumps(dict(rules, held_out=record), indent=2) + "\n")
     write_checkpoints(args, seg, clf, rules, seg_report, clf_report)
     return {"classifier": clf_report, "segmenter": seg_report}
 
 
 def read_rules(path: str) -> Dict:
     """A rules file of ``--save-rules``, checked: the rule fields of both configs, and where they were chosen."""
-    rules = json.loads(Path(path).read_text())
+    try:
+        rules = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable rules file ({e})") from e
+    if not isinstance(rules, dict):
+        raise ValueError(f"{path}: not a rules file of brainseg.calibrate --save-rules (not a JSON object)")
     missing = [f"{kind}.{k}" for kind, keys in RULE_FIELDS.items() for k in keys if k not in rules.get(kind, {})]
     if missing or "chosen_on" not in rules:
         raise ValueError(f"{path}: not a rules file of brainseg.calibrate --save-rules "

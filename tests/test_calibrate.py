@@ -244,6 +244,11 @@ def test_a_file_that_is_not_a_rules_file_is_refused_by_name(tiny_checkpoints, tm
                         "--classifier", str(tiny_checkpoints["classifier"]),
                         "--out-segmenter", str(tmp_path / "s"), "--out-classifier", str(tmp_path / "c")])
     assert not (tmp_path / "s").exists()  # nothing written
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match=r"rules\.json: not a readable rules file"):
+        calibrate_main(["--rules", str(bad), "--segmenter", str(tiny_checkpoints["segmenter"]),
+                        "--classifier", str(tiny_checkpoints["classifier"]),
+                        "--out-segmenter", str(tmp_path / "s"), "--out-classifier", str(tmp_path / "c")])
 
 
 def test_cv_runs_refuse_unfinished_or_overlapping_folds(synth_root, tmp_path):
