@@ -356,10 +356,10 @@ def calibrate(argv=None) -> Dict:
     clf_report["fusion"] = fusion
     print("detection (fused):", json.dumps(fusion, indent=1))
 
-    rules = {"chosen_on": source, "segmenter": {k: chosen[k] for k in ("tta_flip", "threshold", "min_component_px")}
-             | {"case_rule": case_rule["case_rule"], "case_min_voxels": case_rule["min_voxels"]},
-             "classifier": {"temperature": t, "threshold": det_thr, "fusion_weights": fusion["weights"],
-                            "fusion_threshold": fusion["threshold"]}}
+    values = {"segmenter": dict(chosen, case_rule=case_rule["case_rule"], case_min_voxels=case_rule["min_voxels"]),
+              "classifier": {"temperature": t, "threshold": det_thr, "fusion_weights": fusion["weights"],
+                             "fusion_threshold": fusion["threshold"]}}
+    rules = {"chosen_on": source, **{kind: {k: values[kind][k] for k in RULE_FIELDS[kind]} for kind in RULE_FIELDS}}
     if args.save_rules:  # the figures without the per-case table: a record to read, small enough to commit
         record = {k: x for k, x in evaluation.items() if k != "per_case"}
         record["det_classifier_alone"] = {"auroc": auroc(cal, labels), "ece": clf_report["ece_after"]}

@@ -238,17 +238,16 @@ def test_saved_rules_are_applied_again_without_the_fold_runs(tiny_checkpoints, s
 
 def test_a_file_that_is_not_a_rules_file_is_refused_by_name(tiny_checkpoints, tmp_path):
     bad = tmp_path / "rules.json"
+    argv = ["--rules", str(bad), "--segmenter", str(tiny_checkpoints["segmenter"]),
+            "--classifier", str(tiny_checkpoints["classifier"]),
+            "--out-segmenter", str(tmp_path / "s"), "--out-classifier", str(tmp_path / "c")]
     bad.write_text(json.dumps({"chosen_on": "x", "segmenter": {"threshold": 0.5}, "classifier": {}}))
     with pytest.raises(ValueError, match=r"rules\.json: not a rules file .*segmenter\.tta_flip"):
-        calibrate_main(["--rules", str(bad), "--segmenter", str(tiny_checkpoints["segmenter"]),
-                        "--classifier", str(tiny_checkpoints["classifier"]),
-                        "--out-segmenter", str(tmp_path / "s"), "--out-classifier", str(tmp_path / "c")])
+        calibrate_main(argv)
     assert not (tmp_path / "s").exists()  # nothing written
     bad.write_text("{not json")
     with pytest.raises(ValueError, match=r"rules\.json: not a readable rules file"):
-        calibrate_main(["--rules", str(bad), "--segmenter", str(tiny_checkpoints["segmenter"]),
-                        "--classifier", str(tiny_checkpoints["classifier"]),
-                        "--out-segmenter", str(tmp_path / "s"), "--out-classifier", str(tmp_path / "c")])
+        calibrate_main(argv)
 
 
 def test_cv_runs_refuse_unfinished_or_overlapping_folds(synth_root, tmp_path):
