@@ -6,8 +6,8 @@
     python -m brainseg.bench --encoders resnet18 --decoder-channels 128 64 32 16 16   # a lighter decoder
 
 For each segmenter encoder: GFLOP per slice, training images/s (ResUNet forward + backward +
-AdamW step at batch 16) in fp32 and, where the CPU has native bf16, in bf16 autocast with
-channels-last as ``train.py --precision auto`` runs it; inference latency per slice (p50 at batch
+AdamW step at batch 16, channels-last as ``train.py`` runs it) in fp32 and, where the CPU has
+native bf16, in bf16 autocast as ``train.py --precision auto`` runs it; inference latency per slice (p50 at batch
 1) and throughput at batch 16; then the same inference figures for the classifier (resnet18 at
 128 by default). Weights are untrained: the time does not depend on them. On CUDA the forward
 runs in fp16 autocast with channels_last, as in training. On the CPU, inference runs
@@ -29,7 +29,7 @@ import torch.nn as nn
 
 from .cli import entry_point, write_output
 from .config import ClassifierConfig, SegmenterConfig
-from .engine import autocast, backward_step, uses_channels_last
+from .engine import autocast, backward_step
 from .inference import resolve_precision
 from .losses import BCEDiceLoss
 from .models import ResUNet, TumorClassifier
@@ -75,12 +75,11 @@ def gflops(model: nn.Module, size: int) -> float:
 def train_throughput(model: nn.Module, size: int, device: torch.device, batch: int = 16, steps: int = 3,
                      warmup: int = 1, precision: str = "fp32") -> float:
     """Images/s of forward + BCE-Dice loss + backward + AdamW step on random data, as train.py steps."""
-    channels_last = uses_channels_last(device, precision)
-    model = _prepare(model, device, channels_last=channels_last).train()
+    model = _prepare(model, device, channels_last=True).train()  # as train.py runs it
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     loss_fn = BCEDiceLoss()
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
-    x = _input(batch, size, device, channels_last=channels_last)
+    x = _input(batch, size, device, channels_last=True)
     y = (torch.rand(batch, 1, size, size, device=device) > 0.9).float()
 
     def step():

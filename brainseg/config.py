@@ -58,6 +58,7 @@ class SegmenterConfig(PreprocessConfig):
     tta_flip: bool = False
     case_rule: str = "none"
     case_min_voxels: int = 0
+    deep_supervision: int = 0  # training only: side heads on this many of the coarser decoder stages
 
 
 @dataclass

@@ -52,11 +52,6 @@ def autocast(device: torch.device, precision: str = "fp32"):
     return nullcontext()
 
 
-def uses_channels_last(device: torch.device, precision: str) -> bool:
-    """channels_last pays with CUDA AMP and with CPU bf16 (oneDNN's fast path); plain fp32 on the CPU gains little."""
-    return device.type == "cuda" or precision == "bf16"
-
-
 def make_ema(model: nn.Module, decay: float) -> Optional[torch.optim.swa_utils.AveragedModel]:
     """An exponential moving average of the weights and BatchNorm statistics (None when ``decay`` is 0).
 
@@ -110,18 +105,17 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, opti
     fp32. ``ema`` (see :func:`make_ema`) is updated after every optimiser step.
     """
     model.train()
-    channels_last = uses_channels_last(device, precision)
+    sides = getattr(getattr(unwrap(model), "config", None), "deep_supervision", 0) > 0  # the loss then takes (logits, sides)
     total, n = 0.0, 0
     bar = tqdm(loader, desc=desc, leave=False, disable=not show)
     for step, (x, y) in enumerate(bar):
         if max_steps and step >= max_steps:
             break
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)  # as the model is (train.py)
         with autocast(device, precision):
-            out = model(x)
-        loss = loss_fn(out.float(), y)
+            out = model(x, sides=True) if sides else model(x)
+        loss = loss_fn(out, y) if sides else loss_fn(out.float(), y)
         backward_step(loss, optimizer, scaler)
         scheduler.step()
         if ema is not None:
@@ -136,14 +130,11 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, opti
 def predict_logits(model: nn.Module, dataset, device: torch.device, batch_size: int = 32, precision: str = "fp32"):
     """(logits, targets) for every item of ``dataset`` in order (no augmentation: pass an eval dataset)."""
     model.eval()
-    channels_last = uses_channels_last(device, precision)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
     out, targets = [], []
     for x, y in loader:
         targets.append(y)
-        x = x.to(device)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = x.to(device).contiguous(memory_format=torch.channels_last)
         with autocast(device, precision):
             out.append(model(x).float().cpu())
     if not out:

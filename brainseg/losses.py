@@ -23,6 +23,29 @@ class BCEDiceLoss(nn.Module):
         return self.bce_weight * bce + self.dice_weight * (1 - dice)
 
 
+class DeepSupervisionLoss(nn.Module):
+    """``base`` on the full-size logits plus on each side head's coarser logits (``ResUNet(x, sides=True)``).
+
+    The side targets are the mask area-averaged to each stage's size (soft, in [0, 1]); stage k (finest
+    first) weighs 2^-(k+1) against 1 for the full-size output, and the sum is divided by the total weight
+    so that the loss keeps the scale of ``base``. Gradients then reach the deep decoder blocks directly:
+    with ~70 training patients that is a regulariser, not a change of what the model outputs.
+    """
+
+    def __init__(self, base: nn.Module):
+        super().__init__()
+        self.base = base
+
+    def forward(self, outputs, target: torch.Tensor) -> torch.Tensor:
+        logits, sides = outputs
+        total, weight = self.base(logits.float(), target), 1.0
+        for k, side in enumerate(sides):
+            w = 0.5 ** (k + 1)
+            total = total + w * self.base(side.float(), F.adaptive_avg_pool2d(target, side.shape[-2:]))
+            weight += w
+        return total / weight
+
+
 class WeightedBCELoss(nn.Module):
     """BCE with ``pos_weight = n_negative / n_positive`` so the rarer class counts as much."""
 

@@ -147,12 +147,15 @@ class ResidualDecoder(nn.Module):
         self.final_scale = enc_reductions[0]
         self.out_channels = dec_channels[-1]
 
-    def forward(self, features: List[torch.Tensor]) -> torch.Tensor:
+    def forward(self, features: List[torch.Tensor], stages: Optional[List[torch.Tensor]] = None) -> torch.Tensor:
+        """The finest decoder map; ``stages``, when given, collects the coarser blocks' outputs (finest first)."""
         x = features[-1]
         skips = features[-2::-1]
         for block, skip in zip(self.blocks[:-1], skips):
             x = F.interpolate(x, size=skip.shape[-2:], mode="nearest")
             x = block(torch.cat([x, skip], 1))
+            if stages is not None:
+                stages.insert(0, x)
         if self.final_scale > 1:
             x = F.interpolate(x, scale_factor=self.final_scale, mode="nearest")
         return self.blocks[-1](x)
@@ -176,6 +179,11 @@ class ResUNet(HubModel, PyTorchModelHubMixin, **mixin_metadata("segmenter")):
         info = self.encoder.feature_info
         self.decoder = ResidualDecoder(info.channels(), info.reduction(), config.decoder_channels)
         self.head = nn.Conv2d(self.decoder.out_channels, 1, 1)
+        stage_channels = [b.body[-1].num_features for b in self.decoder.blocks[:-1]][::-1]  # finest first
+        if config.deep_supervision > len(stage_channels):
+            raise ValueError(f"deep_supervision={config.deep_supervision}: this decoder has {len(stage_channels)} "
+                             "coarser stages")
+        self.side_heads = nn.ModuleList(nn.Conv2d(c, 1, 1) for c in stage_channels[:config.deep_supervision])
         self.output_stride = info.reduction()[-1]
 
     def check_input_shape(self, x: torch.Tensor) -> None:
@@ -186,9 +194,15 @@ class ResUNet(HubModel, PyTorchModelHubMixin, **mixin_metadata("segmenter")):
                              f"H and W divisible by {s}. Consider resizing or padding to "
                              f"{(h + s - 1) // s * s}x{(w + s - 1) // s * s}.")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, sides: bool = False):
+        """Logits at input size; with ``sides=True`` (training with deep supervision) also the side heads'
+        logits of the coarser decoder stages, finest first: ``(logits, [side, ...])``."""
         self.check_input_shape(x)
-        return self.head(self.decoder(self.encoder(x)))
+        stages = [] if sides else None
+        logits = self.head(self.decoder(self.encoder(x), stages))
+        if not sides:
+            return logits
+        return logits, [head(stage) for head, stage in zip(self.side_heads, stages)]
 
 
 # ---------------------------------------------------------------- classifier

@@ -303,3 +303,32 @@ def test_build_augment_is_joint():
         bright = i[1] > 60
         inter = (bright & (m[0] > 0)).sum().item()
         assert inter >= 0.7 * min(bright.sum().item(), (m[0] > 0).sum().item())
+
+
+def test_augmentation_runs_on_the_slice_resized_to_the_training_size(synth_root):
+    """Augmenting the 64-px synthetic slices at 32 (a quarter of the pixels) is what makes a loader cheap."""
+    ds = SliceDataset(find_cases(synth_root)[:1], PreprocessConfig(image_size=32), augment=True)
+    seen = []
+
+    def record(img, mask):
+        seen.append((tuple(img.shape), tuple(mask.shape), img.dtype, float(img.max())))
+        return img, mask
+
+    ds.transform = record
+    x, m = ds[int(np.flatnonzero(ds.labels)[0])]
+    assert seen == [((3, 32, 32), (1, 32, 32), torch.float32, pytest.approx(seen[0][3]))]
+    assert 0 < seen[0][3] <= 1  # the float range torchvision's colour transforms expect
+    assert x.shape == (3, 32, 32) and m.shape == (1, 32, 32)
+
+
+def test_elastic_field_scaled_with_the_resize():
+    """torchvision counts the elastic field in pixels: at half the size it must be half as strong."""
+    elastic = [t.transforms[0] for t in build_augment(0.5).transforms if isinstance(t, v2.RandomApply)
+               and isinstance(t.transforms[0], v2.ElasticTransform)][0]
+    full = [t.transforms[0] for t in build_augment().transforms if isinstance(t, v2.RandomApply)
+            and isinstance(t.transforms[0], v2.ElasticTransform)][0]
+    assert elastic.alpha == [full.alpha[0] * 0.5] * 2 and elastic.sigma == [full.sigma[0] * 0.5] * 2
+    ds = SliceDataset([], PreprocessConfig(image_size=128), augment=True)  # 256-px slices by default
+    ds_elastic = [t.transforms[0] for t in ds.transform.transforms if isinstance(t, v2.RandomApply)
+                  and isinstance(t.transforms[0], v2.ElasticTransform)][0]
+    assert ds_elastic.alpha == elastic.alpha

@@ -4,7 +4,9 @@ import math
 import pytest
 import torch
 
-from brainseg.losses import BCEDiceLoss, WeightedBCELoss
+import torch.nn.functional as F
+
+from brainseg.losses import BCEDiceLoss, DeepSupervisionLoss, WeightedBCELoss
 
 
 def _target():
@@ -49,3 +51,20 @@ def test_weighted_bce_scales_positives():
     loss = WeightedBCELoss(pos_weight=4.0)
     assert loss(logits, pos).item() == pytest.approx(4 * math.log(2), rel=1e-5)
     assert loss(logits, neg).item() == pytest.approx(math.log(2), rel=1e-5)
+
+
+def test_deep_supervision_loss_weighs_the_side_outputs_against_pooled_masks():
+    base, t = BCEDiceLoss(), _target()
+    logits = torch.randn(2, 1, 8, 8)
+    side = torch.randn(2, 1, 4, 4, requires_grad=True)
+    ds = DeepSupervisionLoss(base)
+    assert torch.allclose(ds((logits, []), t), base(logits, t))  # no sides: the base loss itself
+    want = (base(logits, t) + 0.5 * base(side, F.avg_pool2d(t, 2))) / 1.5
+    got = ds((logits, [side]), t)
+    assert torch.allclose(got, want)
+    got.backward()
+    assert side.grad is not None and side.grad.abs().sum() > 0
+    perfect = (t * 40 - 20)
+    pooled = F.avg_pool2d(t, 2)  # soft targets at the coarser stage: exact logits of them score best
+    exact = torch.logit(pooled.clamp(1e-4, 1 - 1e-4))
+    assert ds((perfect, [exact]), t) < ds((perfect, [-exact]), t)

@@ -280,3 +280,19 @@ def test_predict_proba_uses_the_temperature():
 def test_build_model_by_task():
     assert isinstance(build_model("segmenter", SegmenterConfig(encoder="test_resnet")), ResUNet)
     assert isinstance(build_model("classifier", ClassifierConfig(encoder="test_resnet")), TumorClassifier)
+
+
+def test_deep_supervision_side_heads_on_the_coarser_stages(tmp_path):
+    model = ResUNet(SegmenterConfig(encoder="test_resnet", image_size=64, deep_supervision=2)).eval()
+    x = torch.randn(2, 3, 64, 64)
+    logits, sides = model(x, sides=True)
+    assert logits.shape == (2, 1, 64, 64)
+    assert [tuple(s.shape) for s in sides] == [(2, 1, 32, 32), (2, 1, 16, 16)]  # finest first
+    torch.testing.assert_close(model(x), logits)  # without sides: the one output every caller uses
+    model.save_pretrained(tmp_path)
+    again = ResUNet.from_pretrained(tmp_path)
+    assert again.config.deep_supervision == 2 and len(again.side_heads) == 2
+    torch.testing.assert_close(again(x, sides=True)[1][1], sides[1])
+    assert len(ResUNet(SegmenterConfig(encoder="test_resnet")).side_heads) == 0  # shipped models: none
+    with pytest.raises(ValueError, match="coarser stages"):
+        ResUNet(SegmenterConfig(encoder="test_resnet", deep_supervision=9))

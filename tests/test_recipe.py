@@ -12,7 +12,7 @@ from torchvision import tv_tensors
 from brainseg import engine
 from brainseg.config import SegmenterConfig
 from brainseg.data import RandomGamma, build_augment, fold_split, institution_of, load_split, make_folds, save_split
-from brainseg.losses import BCEDiceLoss
+from brainseg.losses import BCEDiceLoss, DeepSupervisionLoss
 from brainseg.models import ResUNet
 from conftest import SYNTH_CASES, TINY_ENCODER
 from test_train import train
@@ -110,6 +110,29 @@ def test_bf16_step_runs_the_forward_in_bf16_and_keeps_fp32_master_weights():
     assert seen == [torch.float32, torch.float32]  # fp32 is the default
 
 
+def test_deep_supervision_step_trains_the_side_heads_through_their_loss():
+    torch.manual_seed(0)
+    model = ResUNet(SegmenterConfig(encoder=TINY_ENCODER, image_size=32, deep_supervision=2))
+    before = [h.weight.detach().clone() for h in model.side_heads]
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    loss = engine.train_one_epoch(model, tiny_loader(), DeepSupervisionLoss(BCEDiceLoss()), opt,
+                                  engine.cosine_with_warmup(opt, 0, 2), torch.device("cpu"), show=False)
+    assert np.isfinite(loss)
+    assert all(not torch.equal(h.weight, b) for h, b in zip(model.side_heads, before))
+
+
+def test_fp32_cpu_training_runs_channels_last():
+    """oneDNN's fast path: +3-9 % a real fp32 epoch on a 2-core AMD EPYC (and 2x in bf16)."""
+    model = tiny_model().to(memory_format=torch.channels_last)
+    seen = []
+    model.encoder.register_forward_pre_hook(
+        lambda m, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    engine.train_one_epoch(model, tiny_loader(), BCEDiceLoss(), opt, engine.cosine_with_warmup(opt, 0, 2),
+                           torch.device("cpu"), precision="fp32", show=False)
+    assert seen == [True, True]
+
+
 def test_ema_is_the_running_average_of_the_weights_and_the_bn_statistics():
     model = tiny_model()
     ema = engine.make_ema(model, decay=0.75)
@@ -156,13 +179,16 @@ def test_fold_run_keeps_the_last_ema_epoch_and_auto_resume_skips_a_finished_run(
     save_split(folds, tmp_path / "folds.json")
     out = tmp_path / "fold1"
     common = ["--folds", str(tmp_path / "folds.json"), "--fold", "1", "--ema-decay", "0.9", "--select", "last",
-              "--precision", "bf16", "--resume", "auto"]
+              "--precision", "fp32", "--resume", "auto", "--deep-supervision", "2"]  # bf16: the step test above
     log = train("segmenter", synth_root, out, "--epochs", "2", *common)
     assert "4 train cases" in log and "2 val cases" in log
     assert json.loads((out / "split.json").read_text())["val"] == folds["folds"][1]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["selected"] == "last" and metrics["best_epoch"] == 2 and metrics["complete"]
-    assert metrics["precision"] == "bf16" and metrics["train_config"]["ema_decay"] == 0.9
+    assert metrics["precision"] == "fp32" and metrics["train_config"]["ema_decay"] == 0.9
+    model = ResUNet.from_pretrained(out)  # the side heads were trained and saved with the weight average
+    assert model.config.deep_supervision == 2 and len(model.side_heads) == 2
+    assert metrics["model_config"]["deep_supervision"] == 2
     assert "already holds a finished run" in train("segmenter", synth_root, out, "--epochs", "2", *common)
     log = train("segmenter", synth_root, out, "--epochs", "3", *common)  # a longer schedule continues
     assert "resumed from" in log and "epoch 3:" in log and "epoch 2:" not in log
