@@ -388,6 +388,9 @@ def apply_recorded_rules(args, seg, clf) -> Dict:
     checkpoints, choosing nothing; for when the fold runs they were chosen on are gone."""
     rules = read_rules(args.rules)
     held = rules.get("held_out")
+    if args.eval_json and not held:
+        raise ValueError(f"{args.rules}: no held-out figures recorded (no 'held_out'), so there is nothing "
+                         f"for --eval-json {args.eval_json}; leave --eval-json out to apply the rules alone")
     seg_report = {"chosen_on": rules["chosen_on"], "rules_file": args.rules, **rules["segmenter"]}
     alone = (held or {}).get("det_classifier_alone") or {}
     clf_report = {"chosen_on": rules["chosen_on"], "rules_file": args.rules,

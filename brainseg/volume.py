@@ -5,8 +5,6 @@ small blobs on a few slices. Where the input is a whole case, components can the
 in 3-D (the published U-Net of Buda et al. keeps the largest). Which rule to apply is a choice
 made on out-of-fold predictions (see the README); this module only applies it.
 """
-from typing import Sequence
-
 import numpy as np
 from scipy import ndimage
 
@@ -66,9 +64,3 @@ def apply_case_rule(masks: np.ndarray, rule: str, min_voxels: int, model_size: i
     removed = masks.reshape(len(masks), -1).any(1) & ~kept.reshape(len(kept), -1).any(1)
     return kept, removed
 
-
-def filter_case(masks: Sequence[np.ndarray], rule: str = "none", min_voxels: int = 0) -> list:
-    """:func:`filter_components_3d` for a list of same-sized per-slice masks; returns a list again."""
-    if not len(masks):
-        return []
-    return list(filter_components_3d(np.stack(masks), rule, min_voxels))

@@ -234,6 +234,12 @@ def test_saved_rules_are_applied_again_without_the_fold_runs(tiny_checkpoints, s
     assert held["seg"]["dice_per_case_mean"] == pytest.approx(report["segmenter"]["chosen"]["dice_per_case_mean"])
     card = str(build_model_card(tmp_path / "b_seg", "segmenter"))
     assert "the fold runs were not kept" in card and "Out-of-fold" in card
+    # a rules file without its held-out figures cannot give --eval-json one: refused by name, nothing written
+    (tmp_path / "bare.json").write_text(json.dumps({k: v for k, v in rules.items() if k != "held_out"}))
+    with pytest.raises(ValueError, match=r"bare\.json: no held-out figures .*--eval-json"):
+        calibrate_main(["--rules", str(tmp_path / "bare.json"), *common, "--out-segmenter", str(tmp_path / "c_seg"),
+                        "--out-classifier", str(tmp_path / "c_clf"), "--eval-json", str(tmp_path / "c.json")])
+    assert not (tmp_path / "c_seg").exists() and not (tmp_path / "c.json").exists()
 
 
 def test_a_file_that_is_not_a_rules_file_is_refused_by_name(tiny_checkpoints, tmp_path):

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from brainseg.volume import filter_case, filter_components_3d, label_3d
+from brainseg.volume import filter_components_3d, label_3d
 
 
 def stack():
@@ -32,8 +32,6 @@ def test_min_voxels_drops_small_components_only():
 
 def test_empty_and_bad_input():
     assert filter_components_3d(np.zeros((2, 4, 4)), "largest").sum() == 0
-    assert filter_case([], "largest") == []
-    assert [m.sum() for m in filter_case(list(stack()), "largest")] == [9, 9, 0, 0, 0]
     with pytest.raises(ValueError, match="Unknown case rule"):
         filter_components_3d(stack(), "biggest")
     with pytest.raises(ValueError, match="slices, H, W"):
