@@ -50,7 +50,7 @@ p.add_argument("--empty-fraction", type=float, default=None,
                help="share of empty slices per epoch (undersampling); default 0.3 for the segmenter, all for the classifier")
 p.add_argument("--no-augment", action="store_true")
 p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=TrainConfig.precision,
-               help="CPU autocast (auto: bf16 where the CPU has native bf16); CUDA always uses fp16 AMP")
+               help="CPU autocast (auto: bf16 where the CPU has native bf16 and a training step timed both ways at start-up is faster in it); CUDA always uses fp16 AMP")
 p.add_argument("--ema-decay", type=float, default=TrainConfig.ema_decay,
                help="per-step EMA of the weights, validated and saved (e.g. 0.995; 0: off)")
 p.add_argument("--select", choices=["best", "last"], default=TrainConfig.select,
@@ -114,10 +114,6 @@ if args.threads:
 torch.manual_seed(args.seed + rank)
 np.random.seed(args.seed + rank)
 out.mkdir(parents=True, exist_ok=True)
-if args.precision == "auto":
-    from brainseg.inference import cpu_has_native_bf16
-    args.precision = "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
-tcfg.precision = args.precision
 
 # ---------------------------------------------------------------- data: the split is by patient
 cases = find_cases(args.data)
@@ -174,6 +170,18 @@ else:
     n_pos = max(int(train_ds.labels.sum()), 1)
     loss_fn = WeightedBCELoss(pos_weight=(len(train_ds) - n_pos) / n_pos)
 loss_fn.to(device)
+if args.precision == "auto":  # bf16 only where the CPU has it natively *and* a timed step says it is faster
+    from brainseg.inference import cpu_has_native_bf16
+    args.precision = "fp32"
+    if device.type == "cpu" and cpu_has_native_bf16():
+        x, y = train_ds[0]
+        batch = min(args.batch_size, 4)
+        args.precision = engine.faster_training_precision(model, loss_fn, x.expand(batch, *x.shape),
+                                                          y.expand(batch, *y.shape))
+        args.precision = engine.broadcast_from_rank0(args.precision)  # every DDP rank trains the same way
+        if main:
+            print(f"--precision auto: {args.precision} (a training step timed both ways on this CPU)")
+tcfg.precision = args.precision
 optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
 steps_per_epoch = min(len(loader), args.max_steps) if args.max_steps else len(loader)
 total_steps = steps_per_epoch * args.epochs

@@ -112,7 +112,7 @@ class TrainConfig:
     warmup_epochs: float = 0.5
     empty_fraction: float = 0.3
     augment: bool = True
-    precision: str = "auto"  # "auto": bf16 autocast on a CPU with native bf16, fp16 AMP on CUDA, else fp32
+    precision: str = "auto"  # "auto": bf16 autocast where the CPU has native bf16 and a timed step is faster, fp16 AMP on CUDA, else fp32
     ema_decay: float = 0.0  # per-step decay of the weight average that is validated and saved (0: none)
     select: str = "best"  # which epoch is saved: "best" on validation, or "last" (a fixed schedule: nothing chosen)
     workers: int = 2

@@ -3,7 +3,7 @@
 # Every stage checkpoints each epoch and is started with --resume auto: rerunning this script after an
 # interruption continues the unfinished stage and skips finished ones, so a queue may span sessions.
 # Usage: bash scripts/train_models.sh [DATA_DIR] [RUNS_DIR]     (or: make train; run it under nohup)
-#        PRECISION=auto bash scripts/train_models.sh ...        (bf16 autocast on CPUs with native bf16, AMP on CUDA)
+#        PRECISION=auto bash scripts/train_models.sh ...        (bf16 where native and timed faster, AMP on CUDA)
 # Cost (2-core CPU, fp32): a fold about 67-75 min (segmenter) + 15-17 min (classifier) on an Intel Xeon VM;
 # the shipped all-88 pair 63 + 12 min on an AMD EPYC VM (2026-12-02). Then: bash scripts/ship_models.sh
 set -euo pipefail

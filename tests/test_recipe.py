@@ -15,7 +15,7 @@ from brainseg.data import RandomGamma, build_augment, fold_split, institution_of
 from brainseg.losses import BCEDiceLoss, DeepSupervisionLoss
 from brainseg.models import ResUNet
 from conftest import SYNTH_CASES, TINY_ENCODER
-from test_train import train
+from test_train import TINY, run, train
 
 NAMES = [f"TCGA_{inst}_{i:04d}_2000" for inst, n in [("CS", 7), ("DU", 13), ("HT", 9), ("FG", 4), ("EZ", 1)]
          for i in range(n)]
@@ -133,6 +133,33 @@ def test_fp32_cpu_training_runs_channels_last():
     assert seen == [True, True]
 
 
+class _SlowIn(torch.nn.Module):
+    """A model whose forward is slow in one precision: bf16 autocast on or off."""
+
+    def __init__(self, slow: str):
+        super().__init__()
+        self.slow, self.conv = slow, torch.nn.Conv2d(3, 1, 1)
+
+    def forward(self, x):
+        import time
+
+        if torch.is_autocast_enabled("cpu") == (self.slow == "bf16"):
+            time.sleep(0.05)  # 100 ms over the 2 timed steps: far above scheduling noise
+        return self.conv(x)
+
+
+def test_auto_training_precision_is_a_timed_step_not_the_cpu_flags():
+    x, y = torch.randn(2, 3, 16, 16), torch.randint(0, 2, (2, 1, 16, 16)).float()
+    assert engine.faster_training_precision(_SlowIn("bf16"), BCEDiceLoss(), x, y) == "fp32"
+    assert engine.faster_training_precision(_SlowIn("fp32"), BCEDiceLoss(), x, y) == "bf16"
+    model = tiny_model()  # the probe trains a copy: the run starts from untouched weights and BN statistics
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    engine.faster_training_precision(model, BCEDiceLoss(), torch.randn(2, 3, 32, 32),
+                                     torch.randint(0, 2, (2, 1, 32, 32)).float())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+
+
 def test_ema_is_the_running_average_of_the_weights_and_the_bn_statistics():
     model = tiny_model()
     ema = engine.make_ema(model, decay=0.75)
@@ -192,6 +219,21 @@ def test_fold_run_keeps_the_last_ema_epoch_and_auto_resume_skips_a_finished_run(
     assert "already holds a finished run" in train("segmenter", synth_root, out, "--epochs", "2", *common)
     log = train("segmenter", synth_root, out, "--epochs", "3", *common)  # a longer schedule continues
     assert "resumed from" in log and "epoch 3:" in log and "epoch 2:" not in log
+
+
+@pytest.mark.slow
+def test_train_auto_precision_times_a_step_where_the_cpu_claims_bf16(synth_root, tmp_path):
+    """train.py --precision auto on a CPU that reports native bf16 (patched in): the choice is timed and said."""
+    import sys
+
+    out = tmp_path / "auto"
+    argv = ["train.py", "segmenter", "--data", str(synth_root), "--out", str(out), *TINY, "--epochs", "1",
+            "--precision", "auto"]
+    code = ("import runpy, sys; import brainseg.inference as i; i.cpu_has_native_bf16 = lambda: True; "
+            f"sys.argv = {argv!r}; runpy.run_path('train.py', run_name='__main__')")
+    log = run([sys.executable, "-c", code])
+    chosen = json.loads((out / "metrics.json").read_text())["precision"]
+    assert chosen in ("fp32", "bf16") and f"--precision auto: {chosen} (a training step timed" in log
 
 
 @pytest.mark.slow
