@@ -35,3 +35,37 @@ def test_compare_segmenters_scores_only_cases_neither_model_trained_on(tiny_chec
     assert compare.main(argv) == 0
     out = capsys.readouterr().out
     assert "trained on every case" in out and "neither trained on" not in out
+
+
+def test_compare_segmenters_pairs_runs_of_one_fold_case_by_case(tiny_checkpoints, synth_root, tmp_path, capsys):
+    import pytest
+    import torch
+
+    from brainseg.config import SegmenterConfig
+    from brainseg.models import ResUNet
+    from conftest import SYNTH_CASES, TINY_ENCODER
+
+    compare = load_script("compare_segmenters")
+    split = json.dumps({"train": SYNTH_CASES[3:], "val": SYNTH_CASES[:3]})
+    for name, seed in (("a", 0), ("b", 1)):
+        torch.manual_seed(seed)
+        ResUNet(SegmenterConfig(encoder=TINY_ENCODER, image_size=64)).save_pretrained(tmp_path / name)
+        (tmp_path / name / "split.json").write_text(split)
+    shipped = tmp_path / "shipped"
+    shutil.copytree(tiny_checkpoints["segmenter"], shipped)
+    (shipped / "metrics.json").write_text(json.dumps({"val_cases": 0}))
+    argv = [str(tmp_path / "a"), str(tmp_path / "b"), "--data", str(synth_root), "--shipped", str(shipped),
+            "--json", str(tmp_path / "abl.json")]
+    assert compare.main(argv) == 0
+    report = json.loads((tmp_path / "abl.json").read_text())
+    a, b = (report[str(tmp_path / n)] for n in "ab")
+    assert sorted(a["per_case_dice"]) == sorted(SYNTH_CASES[:3]) and "against_first" not in a
+    diff = [b["per_case_dice"][c] - a["per_case_dice"][c] for c in SYNTH_CASES[:3]]
+    pair = b["against_first"]
+    assert pair["cases"] == 3 and pair["mean"] == pytest.approx(sum(diff) / 3, abs=1e-4)
+    assert pair["ahead"] == sum(d > 0 for d in diff) and pair["behind"] == sum(d < 0 for d in diff)
+    assert f"against {tmp_path / 'a'}, per-case Dice" in capsys.readouterr().out
+    (tmp_path / "b" / "split.json").write_text(json.dumps({"train": SYNTH_CASES[:3], "val": SYNTH_CASES[3:]}))
+    with pytest.raises(SystemExit):  # another fold's run: nothing to pair
+        compare.main(argv)
+    assert "hold out different cases" in capsys.readouterr().err
