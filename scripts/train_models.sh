@@ -19,6 +19,10 @@ FOLDS=splits/lgg_dev_4fold_seed42.json   # 4 folds of 22 patients, stratified by
 # What the 128 segmenter lacked was a longer schedule (16 epochs: per-case Dice 0.740 on its 22 held-out
 # cases, 40 epochs: 0.787) and decoder width: the shipped decoder [256, 128, 64, 32, 16] gave 0.765 against
 # 0.740 for [128, 64, 32, 16, 16] at 16 epochs (README "Training").
+# The shipped v2 models were trained at commit eed25e2, which augmented each slice at 256 before the resize;
+# since 0369ddd train.py resizes first (fold 0, 16 epochs, AMD EPYC: 5.2 against 4.2 images/s, per-case Dice
+# 0.743-0.745 against 0.732), so this queue reproduces the recipe, not the shipped weights bit for bit.
+# --deep-supervision 3 is not in SEG: +0.014 at 16 epochs on fold 0 is one standard error (README "Training").
 SEG="--encoder resnet18 --decoder-channels 256 128 64 32 16 --image-size 128 --epochs 40 --batch-size 16 --lr 1e-3
      --empty-fraction 0.2 --ema-decay 0.993 --select last --workers 1 --precision $PREC --resume auto"
 CLF="--encoder resnet18 --image-size 128 --epochs 8 --batch-size 32 --lr 1e-3 --ema-decay 0.993 --select last
