@@ -171,16 +171,9 @@ else:
     loss_fn = WeightedBCELoss(pos_weight=(len(train_ds) - n_pos) / n_pos)
 loss_fn.to(device)
 if args.precision == "auto":  # bf16 only where the CPU has it natively *and* a timed step says it is faster
-    from brainseg.inference import cpu_has_native_bf16
-    args.precision = "fp32"
-    if device.type == "cpu" and cpu_has_native_bf16():
-        x, y = train_ds[0]
-        batch = min(args.batch_size, 4)
-        args.precision = engine.faster_training_precision(model, loss_fn, x.expand(batch, *x.shape),
-                                                          y.expand(batch, *y.shape))
-        args.precision = engine.broadcast_from_rank0(args.precision)  # every DDP rank trains the same way
-        if main:
-            print(f"--precision auto: {args.precision} (a training step timed both ways on this CPU)")
+    args.precision = engine.auto_training_precision(device, model, loss_fn, train_ds[0], args.batch_size)
+    if main:
+        print(f"--precision auto: {args.precision} on {device}")
 tcfg.precision = args.precision
 optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
 steps_per_epoch = min(len(loader), args.max_steps) if args.max_steps else len(loader)

@@ -114,6 +114,21 @@ def faster_training_precision(model: nn.Module, loss_fn: nn.Module, x: torch.Ten
     return min(seconds, key=seconds.get)  # a tie keeps fp32
 
 
+def auto_training_precision(device: torch.device, model: nn.Module, loss_fn: nn.Module, example: tuple,
+                            batch_size: int = 4) -> str:
+    """What ``--precision auto`` trains in: fp32 (or CUDA's fp16 AMP, which ``autocast`` applies on any
+    precision) unless the CPU reports native bf16 *and* :func:`faster_training_precision` times bf16 faster
+    on a batch of ``example`` (an (image, target) item of the training set); every DDP rank takes rank 0's."""
+    from .inference import cpu_has_native_bf16
+
+    precision = "fp32"
+    if device.type == "cpu" and cpu_has_native_bf16():
+        x, y = example
+        n = min(batch_size, 4)
+        precision = faster_training_precision(model, loss_fn, x.expand(n, *x.shape), y.expand(n, *y.shape))
+    return broadcast_from_rank0(precision)
+
+
 # ---------------------------------------------------------------- loops
 
 def forward_loss(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device,

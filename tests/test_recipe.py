@@ -15,7 +15,7 @@ from brainseg.data import RandomGamma, build_augment, fold_split, institution_of
 from brainseg.losses import BCEDiceLoss, DeepSupervisionLoss
 from brainseg.models import ResUNet
 from conftest import SYNTH_CASES, TINY_ENCODER
-from test_train import TINY, run, train
+from test_train import train
 
 NAMES = [f"TCGA_{inst}_{i:04d}_2000" for inst, n in [("CS", 7), ("DU", 13), ("HT", 9), ("FG", 4), ("EZ", 1)]
          for i in range(n)]
@@ -160,6 +160,24 @@ def test_auto_training_precision_is_a_timed_step_not_the_cpu_flags():
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_auto_training_precision_asks_the_timing_only_where_the_cpu_claims_bf16(monkeypatch):
+    """train.py's --precision auto: no bf16 flags, fp32 untimed; flags, whatever a timed step says."""
+    from brainseg import inference
+
+    model, example = tiny_model(), (torch.randn(3, 32, 32), torch.randint(0, 2, (1, 32, 32)).float())
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(engine, "faster_training_precision", lambda *a: pytest.fail("timed without bf16 flags"))
+    assert engine.auto_training_precision(cpu, model, BCEDiceLoss(), example) == "fp32"
+    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: True)
+    for faster in ("fp32", "bf16"):
+        shapes = []
+        monkeypatch.setattr(engine, "faster_training_precision",
+                            lambda m, loss, x, y, f=faster: shapes.append((x.shape, y.shape)) or f)
+        assert engine.auto_training_precision(cpu, model, BCEDiceLoss(), example, batch_size=16) == faster
+        assert shapes == [((4, 3, 32, 32), (4, 1, 32, 32))]  # a small batch of the training item
+
+
 def test_ema_is_the_running_average_of_the_weights_and_the_bn_statistics():
     model = tiny_model()
     ema = engine.make_ema(model, decay=0.75)
@@ -219,21 +237,6 @@ def test_fold_run_keeps_the_last_ema_epoch_and_auto_resume_skips_a_finished_run(
     assert "already holds a finished run" in train("segmenter", synth_root, out, "--epochs", "2", *common)
     log = train("segmenter", synth_root, out, "--epochs", "3", *common)  # a longer schedule continues
     assert "resumed from" in log and "epoch 3:" in log and "epoch 2:" not in log
-
-
-@pytest.mark.slow
-def test_train_auto_precision_times_a_step_where_the_cpu_claims_bf16(synth_root, tmp_path):
-    """train.py --precision auto on a CPU that reports native bf16 (patched in): the choice is timed and said."""
-    import sys
-
-    out = tmp_path / "auto"
-    argv = ["train.py", "segmenter", "--data", str(synth_root), "--out", str(out), *TINY, "--epochs", "1",
-            "--precision", "auto"]
-    code = ("import runpy, sys; import brainseg.inference as i; i.cpu_has_native_bf16 = lambda: True; "
-            f"sys.argv = {argv!r}; runpy.run_path('train.py', run_name='__main__')")
-    log = run([sys.executable, "-c", code])
-    chosen = json.loads((out / "metrics.json").read_text())["precision"]
-    assert chosen in ("fp32", "bf16") and f"--precision auto: {chosen} (a training step timed" in log
 
 
 @pytest.mark.slow

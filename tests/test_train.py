@@ -75,8 +75,9 @@ def check_outputs(out: Path, task: str, epochs: int, world_size: int = 1, own_sp
 
 def test_segmenter_two_steps_writes_a_checkpoint(seg_run, synth_root):
     out, log = seg_run
-    check_outputs(out, "segmenter", epochs=2)
+    metrics = check_outputs(out, "segmenter", epochs=2)
     assert "3 train cases" in log and "3 val cases" in log
+    assert f"--precision auto: {metrics['precision']} on cpu" in log  # the default, decided and said once
     # the split was written from the seed, by patient, and the model loads strictly from the folder
     split = load_split(out / "split.json")
     assert split == make_split(find_cases(synth_root), 0.2, seed=42)
