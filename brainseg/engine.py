@@ -100,18 +100,15 @@ def faster_training_precision(model: nn.Module, loss_fn: nn.Module, x: torch.Ten
     faster at 256x256. As :func:`brainseg.inference.faster_precision` does for inference, measure.
     """
     import copy
-    import time
+
+    from .inference import faster_of_fp32_and_bf16
 
     probe = copy.deepcopy(unwrap(model)).train()
-    seconds = {}
-    for precision in ("fp32", "bf16"):
-        for timed in (False, True):
-            start = time.perf_counter()
-            for _ in range(runs if timed else 1):
-                probe.zero_grad(set_to_none=True)
-                forward_loss(probe, loss_fn, x, y, torch.device("cpu"), precision).backward()
-            seconds[precision] = time.perf_counter() - start
-    return min(seconds, key=seconds.get)  # a tie keeps fp32
+
+    def step(precision):
+        probe.zero_grad(set_to_none=True)
+        forward_loss(probe, loss_fn, x, y, torch.device("cpu"), precision).backward()
+    return faster_of_fp32_and_bf16(step, runs)
 
 
 def auto_training_precision(device: torch.device, model: nn.Module, loss_fn: nn.Module, example: tuple,

@@ -161,6 +161,19 @@ def resolve_precision(precision: Optional[str], device: torch.device) -> str:
     return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
 
 
+def faster_of_fp32_and_bf16(step, runs: int = 2) -> str:
+    """'bf16' or 'fp32': whichever ``step(precision)`` runs faster, timed over ``runs`` calls after one warm-up
+    each (oneDNN picks its kernels on the first call); a tie keeps fp32. Inference and training both ask."""
+    seconds = {}
+    for precision in ("fp32", "bf16"):
+        step(precision)
+        start = time.perf_counter()
+        for _ in range(runs):
+            step(precision)
+        seconds[precision] = time.perf_counter() - start
+    return "bf16" if seconds["bf16"] < seconds["fp32"] else "fp32"
+
+
 _FASTER: Dict[tuple, str] = {}  # (model class, its config, input size) -> the faster precision, per process
 
 
@@ -175,17 +188,12 @@ def faster_precision(model: torch.nn.Module, size: int, in_chans: int = 3, runs:
     key = (type(model).__name__, repr(config), size) if config is not None else None
     if key is None or key not in _FASTER:
         x = torch.randn(1, in_chans, size, size).contiguous(memory_format=torch.channels_last)
-        best = {}
-        with torch.no_grad():
-            for precision in ("fp32", "bf16"):
-                ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
-                with ctx():
-                    model(x)  # warm-up: oneDNN picks its kernels on the first call
-                    start = time.perf_counter()
-                    for _ in range(runs):
-                        model(x)
-                best[precision] = time.perf_counter() - start
-        answer = "bf16" if best["bf16"] < best["fp32"] else "fp32"
+
+        def step(precision):
+            with torch.no_grad(), (torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16"
+                                   else nullcontext()):
+                model(x)
+        answer = faster_of_fp32_and_bf16(step, runs)
         if key is None:
             return answer
         _FASTER[key] = answer

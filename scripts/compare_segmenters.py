@@ -50,8 +50,10 @@ def main(argv=None) -> int:
     if any(sorted(h) != sorted(helds[0]) for h in helds):
         ap.error("the runs hold out different cases: compare runs of the same fold")
     held, report = helds[0], {}
+    first = ResUNet.from_pretrained(args.fold_runs[0])  # also scored below, against the shipped model
     for run in args.fold_runs:
-        figures, per_case = evaluate_alone(ResUNet.from_pretrained(run), args.data, held)
+        model = first if run == args.fold_runs[0] else ResUNet.from_pretrained(run)
+        figures, per_case = evaluate_alone(model, args.data, held)
         report[run] = {"seg": figures, "per_case_dice": per_case}
         print(f"{run} on its {len(held)} held-out cases: {figures}")
         if run != args.fold_runs[0]:
@@ -66,8 +68,8 @@ def main(argv=None) -> int:
         return 0
     common = sorted(set(held) & set(json.loads(Path(args.shipped_split).read_text())["val"]))
     print(f"on the {len(common)} cases neither trained on ({', '.join(common)}):")
-    for name in (args.fold_runs[0], args.shipped):
-        print(f"  {name}: {evaluate_alone(ResUNet.from_pretrained(name), args.data, common)[0]}")
+    for name, model in ((args.fold_runs[0], first), (args.shipped, ResUNet.from_pretrained(args.shipped))):
+        print(f"  {name}: {evaluate_alone(model, args.data, common)[0]}")
     return 0
 
 
