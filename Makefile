@@ -22,8 +22,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) app.py
 
+# One worker a core (pytest-xdist); a file's tests stay together, so its module fixtures (a train.py run) are made once.
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n auto --dist loadfile tests
 
 bench: $(STAMP)
 	$(PY) -m brainseg.bench

@@ -1,5 +1,7 @@
 """Shared fixtures: a synthetic kaggle_3m tree (ellipse 'tumours') and tiny-model checkpoints."""
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import cv2
@@ -11,11 +13,20 @@ ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# Each test process gets a temp root of its own for the app (app.py puts brainseg_app/ inside it): the cleanup
+# tests' sweepers age files in seconds and must not delete another pytest-xdist worker's files.
+TEST_TEMP_ROOT = tempfile.mkdtemp(prefix="brainseg-tests-")
+os.environ["GRADIO_TEMP_DIR"] = TEST_TEMP_ROOT
 torch.set_num_threads(1)
 
 from brainseg.config import ClassifierConfig, SegmenterConfig  # noqa: E402
 from brainseg.inference import Predictor  # noqa: E402
 from brainseg.models import ResUNet, TumorClassifier  # noqa: E402
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(TEST_TEMP_ROOT, ignore_errors=True)
+
 
 SHARED_DATA = ROOT.parent / "shared" / "data" / "lgg" / "kaggle_3m"
 TINY_ENCODER = "test_resnet"
