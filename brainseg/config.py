@@ -111,6 +111,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_epochs: float = 0.5
     empty_fraction: float = 0.3
+    fn_weight: float = 0.5  # segmenter: the Dice term's weight on missed pixels (losses.BCEDiceLoss; 0.5: Dice)
     augment: bool = True
     precision: str = "auto"  # "auto": bf16 autocast where the CPU has native bf16 and a timed step is faster, fp16 AMP on CUDA, else fp32
     ema_decay: float = 0.0  # per-step decay of the weight average that is validated and saved (0: none)

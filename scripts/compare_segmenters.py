@@ -6,7 +6,8 @@ Prints each fold run's per-case figures on all of its held-out cases. With sever
 (an ablation), each later run is also compared with the first case by case: the mean and sd over cases of
 the difference in per-case Dice, and on how many cases it is ahead, since on ~22 cases a mean alone
 does not say whether a recipe is better. ``--json`` keeps every run's per-case Dice (small enough to commit,
-where ``runs/`` may not outlive the machine).
+where ``runs/`` may not outlive the machine); ``--against FILE.json:NAME`` compares with such a kept run
+instead of the first, when its folder is gone.
 
 Then the first run and the shipped model on the cases that neither trained on: the fold's held-out cases
 that are also in the shipped model's validation split (``--shipped-split``). A shipped model whose
@@ -37,6 +38,13 @@ def paired(first: dict, other: dict) -> dict:
             "ahead": int((d > 0).sum()), "behind": int((d < 0).sum())}
 
 
+def kept_per_case(spec: str) -> dict:
+    """The per-case Dice of the run NAME in FILE.json (``FILE.json:NAME``), as ``--json`` writes it or under "results"."""
+    path, _, name = spec.rpartition(":")
+    kept = json.loads(Path(path).read_text())
+    return kept.get("results", kept)[name]["per_case_dice"]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("fold_runs", nargs="+", metavar="RUN", help="train.py --folds output folders (with their split.json)")
@@ -45,6 +53,8 @@ def main(argv=None) -> int:
     ap.add_argument("--shipped-split", default="splits/lgg_dev_seed42.json",
                     help="the split the shipped model was trained with (its 'val' cases are held out from it)")
     ap.add_argument("--json", help="write every run's figures and per-case Dice here")
+    ap.add_argument("--against", metavar="FILE.json:NAME",
+                    help="compare each run with NAME's per-case Dice kept in FILE.json (a --json output or docs/ablations)")
     args = ap.parse_args(argv)
     helds = [json.loads((Path(run) / "split.json").read_text())["val"] for run in args.fold_runs]
     if any(sorted(h) != sorted(helds[0]) for h in helds):
@@ -59,6 +69,12 @@ def main(argv=None) -> int:
         if run != args.fold_runs[0]:
             report[run]["against_first"] = paired(report[args.fold_runs[0]]["per_case_dice"], per_case)
             print(f"  against {args.fold_runs[0]}, per-case Dice: {report[run]['against_first']}")
+        if args.against:
+            kept = kept_per_case(args.against)
+            if sorted(kept) != sorted(held):
+                ap.error(f"{args.against} holds other cases than {run}'s held-out ones")
+            report[run]["against_kept"] = {"run": args.against, **paired(kept, per_case)}
+            print(f"  against {args.against}, per-case Dice: {report[run]['against_kept']}")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
 

@@ -68,3 +68,21 @@ def test_deep_supervision_loss_weighs_the_side_outputs_against_pooled_masks():
     pooled = F.avg_pool2d(t, 2)  # soft targets at the coarser stage: exact logits of them score best
     exact = torch.logit(pooled.clamp(1e-4, 1 - 1e-4))
     assert ds((perfect, [exact]), t) < ds((perfect, [-exact]), t)
+
+
+def test_fn_weight_half_is_dice_and_above_it_a_miss_costs_more_than_a_false_alarm():
+    t = _target()
+    logits = torch.randn(2, 1, 8, 8)
+    dice = BCEDiceLoss(bce_weight=0, smooth=0)(logits, t)
+    p = torch.sigmoid(logits)
+    assert dice.item() == pytest.approx(1 - 2 * (p * t).sum().item() / (p.sum() + t.sum()).item(), rel=1e-5)
+    assert torch.allclose(BCEDiceLoss(bce_weight=0, smooth=0, fn_weight=0.5)(logits, t), dice)
+    # one tumour pixel missed, or one background pixel added: Dice prices them about alike, fn_weight 0.7 does not
+    miss, extra = t.clone(), t.clone()
+    miss[0, 0, 2, 2], extra[0, 0, 0, 0] = 0, 1
+    as_logits = lambda m: m * 40 - 20
+    ratio = lambda loss: (loss(as_logits(miss), t) / loss(as_logits(extra), t)).item()
+    assert ratio(BCEDiceLoss(bce_weight=0)) < 1.1
+    assert ratio(BCEDiceLoss(bce_weight=0, fn_weight=0.7)) > 2
+    with pytest.raises(ValueError, match="fn_weight"):
+        BCEDiceLoss(fn_weight=1.0)

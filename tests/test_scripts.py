@@ -65,6 +65,14 @@ def test_compare_segmenters_pairs_runs_of_one_fold_case_by_case(tiny_checkpoints
     assert pair["cases"] == 3 and pair["mean"] == pytest.approx(sum(diff) / 3, abs=1e-4)
     assert pair["ahead"] == sum(d > 0 for d in diff) and pair["behind"] == sum(d < 0 for d in diff)
     assert f"against {tmp_path / 'a'}, per-case Dice" in capsys.readouterr().out
+    # a kept run (its folder gone) stands in for the first: run b alone against a's per-case Dice in the JSON
+    (tmp_path / "kept.json").write_text(json.dumps({"results": {"a": {"per_case_dice": a["per_case_dice"]}}}))
+    kept = [str(tmp_path / "b"), "--data", str(synth_root), "--shipped", str(shipped),
+            "--against", f"{tmp_path / 'kept.json'}:a", "--json", str(tmp_path / "b.json")]
+    assert compare.main(kept) == 0
+    again = json.loads((tmp_path / "b.json").read_text())[str(tmp_path / "b")]["against_kept"]
+    assert again == {"run": f"{tmp_path / 'kept.json'}:a", **pair}
+    capsys.readouterr()
     (tmp_path / "b" / "split.json").write_text(json.dumps({"train": SYNTH_CASES[:3], "val": SYNTH_CASES[3:]}))
     with pytest.raises(SystemExit):  # another fold's run: nothing to pair
         compare.main(argv)
