@@ -4,8 +4,8 @@
 
 Each fold's segmenter alone (no classifier: a slice is drawn when its peak probability is >= 0.5) on its
 held-out cases; per-case Dice of: the pixel threshold 0.3 with components under 25 px dropped (what
-calibrate chose for v3), thresholds under and over it, 2-D hole filling of that mask, and hysteresis
-(regions at p >= low kept where they hold a pixel >= high). The worst cases are large tumours whose dark
+calibrate chose for v3), thresholds under and over it, 2-D hole filling of that mask, closing then hole
+filling (2026-12-04, second session), and hysteresis (regions at p >= low kept where they hold a pixel >= high). The worst cases are large tumours whose dark
 cystic or necrotic interior the annotators included and the model leaves out; these rules test whether
 the probabilities already hold that interior.
 """
@@ -32,8 +32,17 @@ def hysteresis(prob, low, high, min_px=25):
     return remove_small_components(keep[labels].astype(np.uint8), min_px)
 
 
+def closed(mask, radius):
+    """Morphological closing with a disk of ``radius`` px (at the mask's size), then 2-D hole filling: an open
+    crescent around a dark interior becomes a filled region if its gap is under about 2 * radius."""
+    disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    return ndi.binary_fill_holes(cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_CLOSE, disk))
+
+
 RULES = {f"threshold {t}": (lambda p, t=t: postprocess_mask(p, t, 25, 128)) for t in (0.1, 0.2, 0.25, 0.3, 0.4, 0.5)}
 RULES["threshold 0.3 + fill holes"] = lambda p: ndi.binary_fill_holes(postprocess_mask(p, 0.3, 25, 128))
+RULES.update({f"threshold 0.3 + closing {r} px + fill holes": (lambda p, r=r: closed(postprocess_mask(p, 0.3, 25, 128), r))
+              for r in (6, 12)})
 RULES.update({f"hysteresis {lo} / {hi}": (lambda p, lo=lo, hi=hi: hysteresis(p, lo, hi)) for lo, hi in ((0.2, 0.5), (0.1, 0.5))})
 
 
