@@ -60,6 +60,9 @@ def main(argv=None) -> int:
     if any(sorted(h) != sorted(helds[0]) for h in helds):
         ap.error("the runs hold out different cases: compare runs of the same fold")
     held, report = helds[0], {}
+    kept = kept_per_case(args.against) if args.against else None  # the same for every run: read and checked once
+    if kept and sorted(kept) != sorted(held):
+        ap.error(f"{args.against} holds other cases than the runs' held-out ones")
     first = ResUNet.from_pretrained(args.fold_runs[0])  # also scored below, against the shipped model
     for run in args.fold_runs:
         model = first if run == args.fold_runs[0] else ResUNet.from_pretrained(run)
@@ -69,10 +72,7 @@ def main(argv=None) -> int:
         if run != args.fold_runs[0]:
             report[run]["against_first"] = paired(report[args.fold_runs[0]]["per_case_dice"], per_case)
             print(f"  against {args.fold_runs[0]}, per-case Dice: {report[run]['against_first']}")
-        if args.against:
-            kept = kept_per_case(args.against)
-            if sorted(kept) != sorted(held):
-                ap.error(f"{args.against} holds other cases than {run}'s held-out ones")
+        if kept:
             report[run]["against_kept"] = {"run": args.against, **paired(kept, per_case)}
             print(f"  against {args.against}, per-case Dice: {report[run]['against_kept']}")
     if args.json:

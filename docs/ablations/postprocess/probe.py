@@ -5,9 +5,9 @@
 Each fold's segmenter alone (no classifier: a slice is drawn when its peak probability is >= 0.5) on its
 held-out cases; per-case Dice of: the pixel threshold 0.3 with components under 25 px dropped (what
 calibrate chose for v3), thresholds under and over it, 2-D hole filling of that mask, closing then hole
-filling (2026-12-04, second session), and hysteresis (regions at p >= low kept where they hold a pixel >= high). The worst cases are large tumours whose dark
-cystic or necrotic interior the annotators included and the model leaves out; these rules test whether
-the probabilities already hold that interior.
+filling (added later the same day), and hysteresis (regions at p >= low kept where they hold a pixel >= high).
+The worst cases are large tumours whose dark cystic or necrotic interior the annotators included and the
+model leaves out; these rules test whether the probabilities already hold that interior.
 """
 import argparse
 import json
