@@ -60,6 +60,10 @@ p.add_argument("--select", choices=["best", "last"], default=TrainConfig.select,
 p.add_argument("--decoder-channels", type=int, nargs="+", help="segmenter decoder widths, deepest first")
 p.add_argument("--deep-supervision", type=int, default=0,
                help="segmenter: side losses on this many coarser decoder stages (0: off; see DeepSupervisionLoss)")
+p.add_argument("--context-slices", type=int, default=0,
+               help="segmenter: 2.5-D input, the FLAIR of this many neighbouring slices on each side (0: off)")
+p.add_argument("--context-dropout", type=float, default=TrainConfig.context_dropout,
+               help="2.5-D: share of training slices given themselves as neighbours, as a single slice is at inference")
 p.add_argument("--workers", type=int, default=TrainConfig.workers)
 p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
 p.add_argument("--max-steps", type=int, default=0, help="stop each epoch after N steps (smoke tests)")
@@ -87,6 +91,10 @@ if args.deep_supervision:
     if args.task != "segmenter":
         raise SystemExit("--deep-supervision is for the segmenter")
     model_cfg.deep_supervision = args.deep_supervision
+if args.context_slices:
+    if args.task != "segmenter":
+        raise SystemExit("--context-slices is for the segmenter")
+    model_cfg.context_slices = args.context_slices
 if (args.folds is None) != (args.fold is None):
     raise SystemExit("--folds and --fold go together")
 if args.folds and args.split:
@@ -134,7 +142,8 @@ train_cases = select_cases(cases, split["train"])
 val_cases = select_cases(cases, split["val"])
 if args.max_val_cases:
     val_cases = val_cases[:args.max_val_cases]
-train_ds = SliceDataset(train_cases, model_cfg, args.task, augment=tcfg.augment, progress=main)
+train_ds = SliceDataset(train_cases, model_cfg, args.task, augment=tcfg.augment, progress=main,
+                        context_dropout=tcfg.context_dropout)
 val_ds = SliceDataset(val_cases, model_cfg, args.task, augment=False, progress=main)
 sampler = BalancedSampler(train_ds.labels, empty_fraction, args.seed, rank, world)
 loader = DataLoader(train_ds, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,

@@ -65,7 +65,7 @@ def gflops(model: nn.Module, size: int) -> float:
     """Forward GFLOP for one slice (torch's FLOP counter: 2 per multiply-add)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    x = torch.randn(1, model.config.in_chans, size, size, device=next(model.parameters()).device)
+    x = torch.randn(1, model.config.model_in_chans, size, size, device=next(model.parameters()).device)
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
         model.eval()(x)

@@ -51,7 +51,7 @@ from .inference import fuse_detection, segmenter_evidence
 from .metrics import CaseDiceAggregator, auroc, detection_metrics, expected_calibration_error
 from .models import ResUNet, TumorClassifier
 from .postprocess import postprocess_mask
-from .preprocess import preprocess
+from .preprocess import preprocess, preprocess_stack
 from .sources import model_folder
 from .volume import apply_case_rule
 
@@ -223,15 +223,15 @@ def held_out_predictions(data: str, runs: Sequence[Tuple[str, str, Sequence[str]
     seg = clf = None
     for f, (seg_dir, clf_dir, val) in enumerate(runs):
         seg, clf = ResUNet.from_pretrained(seg_dir), TumorClassifier.from_pretrained(clf_dir)
-        images = []
+        images, xs = [], []
         for c in select_cases(all_cases, val):
-            for ip, mp in zip(c.images, c.masks):
-                images.append(read_image(ip))
-                out["masks"].append(read_mask(mp))
-                out["names"].append(c.name)
-                out["fold"].append(f)
+            case_images = [read_image(ip) for ip in c.images]
+            xs.extend(preprocess_stack(case_images, seg.config))  # a case at a time: a 2.5-D model reads neighbours
+            images += case_images
+            out["masks"] += [read_mask(mp) for mp in c.masks]
+            out["names"] += [c.name] * len(c)
+            out["fold"] += [f] * len(c)
         out["logits"].append(forward_batches(clf, [preprocess(im, clf.config) for im in images])[:, 0])
-        xs = [preprocess(im, seg.config) for im in images]
         out["plain"].append(forward_batches(lambda x: torch.sigmoid(seg(x)), xs, 16))
         out["flipped"].append(forward_batches(lambda x: torch.sigmoid(seg(x.flip(-1))).flip(-1), xs, 16))
         print(f"fold {f}: {len(val)} held-out cases, {len(images)} slices ({seg_dir}, {clf_dir})", flush=True)

@@ -26,6 +26,11 @@ class PreprocessConfig:
     normalization: str = "slice_zscore"
     clip: float = 5.0
 
+    @property
+    def model_in_chans(self) -> int:
+        """The model's input channels (a slice's ``in_chans``; more for a 2.5-D segmenter)."""
+        return self.in_chans
+
 
 @dataclass
 class SegmenterConfig(PreprocessConfig):
@@ -59,6 +64,15 @@ class SegmenterConfig(PreprocessConfig):
     case_rule: str = "none"
     case_min_voxels: int = 0
     deep_supervision: int = 0  # training only: side heads on this many of the coarser decoder stages
+    context_slices: int = 0  # 2.5-D: see ``model_in_chans``
+
+    @property
+    def model_in_chans(self) -> int:
+        """The encoder's input channels: a slice's ``in_chans``, then the FLAIR of ``context_slices`` neighbours
+        on each side (below first, in stack order; :func:`brainseg.preprocess.add_context`). A tumour spans
+        several slices; where a neighbour is missing (a single slice, a case's first or last) the slice
+        stands in for it, as it does in a share of training batches, so single slices keep working."""
+        return self.in_chans + 2 * self.context_slices
 
 
 @dataclass
@@ -113,6 +127,7 @@ class TrainConfig:
     empty_fraction: float = 0.3
     fn_weight: float = 0.5  # segmenter: the Dice term's weight on missed pixels (losses.BCEDiceLoss; 0.5: Dice)
     augment: bool = True
+    context_dropout: float = 0.2  # 2.5-D segmenter: share of training slices whose neighbours are the slice itself
     precision: str = "auto"  # "auto": bf16 autocast where the CPU has native bf16 and a timed step is faster, fp16 AMP on CUDA, else fp32
     ema_decay: float = 0.0  # per-step decay of the weight average that is validated and saved (0: none)
     select: str = "best"  # which epoch is saved: "best" on validation, or "last" (a fixed schedule: nothing chosen)

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from .config import PRECISIONS  # noqa: F401  (also imported from here)
 from .postprocess import postprocess_mask, remove_small_components  # noqa: F401  (old import path)
-from .preprocess import preprocess
+from .preprocess import add_context, neighbour_indices, preprocess
 from .volume import apply_case_rule
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -247,7 +247,7 @@ class Predictor:
                 m.to(memory_format=torch.channels_last)
         if requested == "auto" and self.device.type == "cpu" and self.precision == "bf16":
             cfg = self.segmenter.config  # the CPU claims bf16: keep it only where it is faster here
-            self.precision = faster_precision(self.segmenter, cfg.image_size, cfg.in_chans)
+            self.precision = faster_precision(self.segmenter, cfg.image_size, cfg.model_in_chans)
         self.sources = sources or {}
         self._description: Optional[Dict[str, dict]] = None
 
@@ -327,11 +327,28 @@ class Predictor:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             return self.segmenter(x).float()
 
+    def stack_neighbours(self, images: Sequence[np.ndarray]) -> Optional[List[List[np.ndarray]]]:
+        """For a 2.5-D segmenter, each slice's neighbours among ``images`` (one case, in stack order), as
+        :meth:`segment_probs` reads them; None for a single-slice segmenter."""
+        k = self.seg_cfg.context_slices
+        return [[images[j] for j in row] for row in neighbour_indices(len(images), k)] if k else None
+
     @torch.no_grad()
-    def segment_probs(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+    def segment_probs(self, images: Sequence[np.ndarray],
+                      neighbours: Optional[Sequence[Sequence[np.ndarray]]] = None) -> torch.Tensor:
         """Pixel tumour probabilities at the model's input size, (N, S, S); with ``tta_flip`` the mean
-        of the plain pass and the mirrored pass mirrored back."""
-        x = self._batch(images, self.seg_cfg)
+        of the plain pass and the mirrored pass mirrored back.
+
+        A 2.5-D segmenter (``context_slices`` k) also reads ``neighbours``: each slice's 2k neighbours in
+        the stack (:func:`brainseg.preprocess.context_offsets`); None: each slice stands alone."""
+        cfg = self.seg_cfg
+        x = self._batch(images, cfg)
+        if cfg.context_slices:
+            nb = None
+            if neighbours is not None:
+                flat = self._batch([im for group in neighbours for im in group], cfg)
+                nb = flat.reshape(len(images), 2 * cfg.context_slices, *flat.shape[1:])
+            x = add_context(x, cfg.context_slices, nb).contiguous(memory_format=torch.channels_last)
         p = torch.sigmoid(self._segment_logits(x))
         if self.seg_cfg.tta_flip:
             p = 0.5 * (p + torch.sigmoid(self._segment_logits(x.flip(-1))).flip(-1))
@@ -358,9 +375,11 @@ class Predictor:
                              cfg.fusion_weights)
         return det.cpu().numpy()
 
-    def run_models(self, images: Sequence[np.ndarray], detection_threshold: float
+    def run_models(self, images: Sequence[np.ndarray], detection_threshold: float,
+                   neighbours: Optional[Sequence[Sequence[np.ndarray]]] = None
                    ) -> Tuple[np.ndarray, List[Optional[torch.Tensor]]]:
-        """The models' part for HxWx3 arrays: slice tumour probabilities (N,) and pixel maps (S, S).
+        """The models' part for HxWx3 arrays: slice tumour probabilities (N,) and pixel maps (S, S);
+        ``neighbours`` as in :meth:`segment_probs`.
 
         Each slice is classified once. With a classifier alone deciding (no fusion), the segmenter
         runs only on the slices at or over ``detection_threshold`` (their map is None elsewhere):
@@ -372,16 +391,17 @@ class Predictor:
             maps: List[Optional[torch.Tensor]] = [None] * len(images)
             run = [i for i, d in enumerate(det) if d >= detection_threshold]
             if run:
-                for i, p in zip(run, self.segment_probs([images[i] for i in run])):
+                nb = [neighbours[i] for i in run] if neighbours is not None else None
+                for i, p in zip(run, self.segment_probs([images[i] for i in run], nb)):
                     maps[i] = p
             return det, maps
-        probs = self.segment_probs(images)
+        probs = self.segment_probs(images, neighbours)
         return self.detect(images, probs), list(probs)
 
     # ------------------------------------------------------------ the answer
 
     def predict_batch(self, images: Sequence[ImageOrPath], threshold: Optional[float] = None,
-                      batch_size: int = 16, prob_maps: bool = True) -> List[Prediction]:
+                      batch_size: int = 16, prob_maps: bool = True, stack: bool = False) -> List[Prediction]:
         """Predict slices of any size (each HxWx3, or HxW / HxWx1 FLAIR); masks come back at each input's size.
 
         Args:
@@ -390,15 +410,23 @@ class Predictor:
             threshold: pixel probability threshold; None uses the segmenter config's.
             batch_size: slices per forward pass.
             prob_maps: keep each slice's pixel map in ``Prediction.prob_map`` (False saves memory on a case).
+            stack: the images are one case's slices in stack order, so a 2.5-D segmenter reads each
+                slice's neighbours (:meth:`predict_case`); otherwise every slice stands alone.
         Returns:
             one :class:`Prediction` a slice, in order.
         """
         pixel_thr, det_thr = self.thresholds(threshold)
         cfg = self.seg_cfg
         out: List[Prediction] = []
+        around = None
+        if stack and cfg.context_slices:  # every slice read up front: a chunk's neighbours may lie in the next one
+            read = [as_three_channels(_as_array(im), cfg.in_chans) for im in images]
+            around = self.stack_neighbours([r[0] for r in read])
         for start in range(0, len(images), batch_size):
-            chunk = [as_three_channels(_as_array(im), cfg.in_chans) for im in images[start:start + batch_size]]
-            det, maps = self.run_models([c[0] for c in chunk], det_thr)
+            chunk = read[start:start + batch_size] if around else [
+                as_three_channels(_as_array(im), cfg.in_chans) for im in images[start:start + batch_size]]
+            nb = around[start:start + len(chunk)] if around else None
+            det, maps = self.run_models([c[0] for c in chunk], det_thr, nb)
             for (im, replicated), d, p in zip(chunk, det, maps):
                 h, w = im.shape[:2]
                 detected = bool(d >= det_thr)
@@ -422,7 +450,8 @@ class Predictor:
         A slice whose every pixel the rule removes is reported not detected (``removed_by_case_rule``),
         so a detected slice keeps its outline. The slices must share one height and width.
         """
-        preds = self.predict_batch(images, threshold=threshold, batch_size=batch_size, prob_maps=prob_maps)
+        preds = self.predict_batch(images, threshold=threshold, batch_size=batch_size, prob_maps=prob_maps,
+                                   stack=True)
         cfg = self.seg_cfg
         if cfg.case_rule == "none" or not preds:
             return preds

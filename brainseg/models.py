@@ -175,7 +175,7 @@ class ResUNet(HubModel, PyTorchModelHubMixin, **mixin_metadata("segmenter")):
         super().__init__()
         self.config = config = self._coerce_config(config)
         self.encoder = create_encoder(config.encoder, config.pretrained, features_only=True,
-                                      in_chans=config.in_chans)
+                                      in_chans=config.model_in_chans)
         info = self.encoder.feature_info
         self.decoder = ResidualDecoder(info.channels(), info.reduction(), config.decoder_channels)
         self.head = nn.Conv2d(self.decoder.out_channels, 1, 1)
@@ -189,8 +189,9 @@ class ResUNet(HubModel, PyTorchModelHubMixin, **mixin_metadata("segmenter")):
     def check_input_shape(self, x: torch.Tensor) -> None:
         h, w = x.shape[-2:]
         s = self.output_stride
-        if x.ndim != 4 or x.shape[1] != self.config.in_chans or h % s or w % s:
-            raise ValueError(f"Wrong input shape {tuple(x.shape)}: expected (N, {self.config.in_chans}, H, W) with "
+        c = self.config.model_in_chans
+        if x.ndim != 4 or x.shape[1] != c or h % s or w % s:
+            raise ValueError(f"Wrong input shape {tuple(x.shape)}: expected (N, {c}, H, W) with "
                              f"H and W divisible by {s}. Consider resizing or padding to "
                              f"{(h + s - 1) // s * s}x{(w + s - 1) // s * s}.")
 

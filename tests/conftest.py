@@ -125,7 +125,7 @@ class FakePredictor(Predictor):
         self.pixel_map, self.detection = pixel_map, detection
         self.calls = 0  # slices seen by the 'models'
 
-    def run_models(self, images, detection_threshold):
+    def run_models(self, images, detection_threshold, neighbours=None):
         s = self.seg_cfg.image_size
         maps = []
         for im in images:

@@ -307,3 +307,20 @@ def test_main_returns_an_exit_code(tiny_checkpoints, synth_root, tmp_path):
     assert main(["--data", str(synth_root), "--split", str(tmp_path / "split.json"),
                  "--segmenter", str(tiny_checkpoints["segmenter"]), "--classifier", str(tiny_checkpoints["classifier"]),
                  "--out-segmenter", str(tmp_path / "s"), "--out-classifier", str(tmp_path / "c")]) == 0
+
+
+def test_out_of_fold_maps_of_a_2_5d_segmenter_are_the_maps_of_its_case_predictions(synth_root, tmp_path):
+    """calibrate reads a fold's cases as stacks, so a 2.5-D model's neighbours are there, as in predict_case."""
+    from brainseg.calibrate import held_out_predictions
+    from brainseg.config import ClassifierConfig, SegmenterConfig
+    from brainseg.data import fold_split, make_folds, read_image, select_cases
+
+    val = fold_split(make_folds(find_cases(synth_root), k=3, seed=0), 0)["val"]
+    torch.manual_seed(0)
+    ResUNet(SegmenterConfig(encoder="test_resnet", image_size=64, context_slices=1)).save_pretrained(tmp_path / "seg")
+    TumorClassifier(ClassifierConfig(encoder="test_resnet", image_size=64)).save_pretrained(tmp_path / "clf")
+    out = held_out_predictions(str(synth_root), [(str(tmp_path / "seg"), str(tmp_path / "clf"), val)])
+    predictor = Predictor(ResUNet.from_pretrained(tmp_path / "seg"), None, precision="fp32")
+    expected = [p.prob_map for c in select_cases(find_cases(synth_root), val)
+                for p in predictor.predict_case([read_image(ip) for ip in c.images], prob_maps=True)]
+    assert np.allclose(out["plain"][:, 0].numpy(), np.stack(expected), atol=1e-5)

@@ -119,6 +119,20 @@ def test_evaluate_reads_the_trained_checkpoints(seg_run, clf_run, synth_root, tm
     assert "dice_per_case_mean" in log
 
 
+def test_a_2_5d_segmenter_trains_and_evaluates_on_whole_cases(synth_root, tmp_path):
+    """--context-slices: the config says so, the checkpoint loads with its extra channels, evaluation reads cases."""
+    out = tmp_path / "context"
+    train("segmenter", synth_root, out, "--epochs", "1", "--context-slices", "1", "--context-dropout", "0.5",
+          "--precision", "fp32")
+    assert json.loads((out / "config.json").read_text())["context_slices"] == 1
+    assert json.loads((out / "metrics.json").read_text())["train_config"]["context_dropout"] == 0.5
+    assert ResUNet.from_pretrained(out).config.model_in_chans == 5
+    report = tmp_path / "eval.json"
+    run([sys.executable, "-m", "brainseg.evaluate", str(synth_root), "--segmenter", str(out),
+         "--split", str(out / "split.json"), "--json", str(report)])
+    assert json.loads(report.read_text())["slices"] == 36
+
+
 # Runs train.py with rank 1 reaching the split-file check late (as on a busy machine) and collectives that
 # time out in 15 s instead of gloo's 30 min, so the race below shows every time and fails fast.
 LATE_RANK = """

@@ -64,7 +64,7 @@ for seg_dir in sorted(Path(args.cv).glob("segmenter_*")):
     for name in load_split(seg_dir / "split.json")["val"]:
         images = [read_image(p) for p in cases[name].images]
         truth = np.stack([read_mask(p) for p in cases[name].masks]).astype(bool)
-        probs = torch.nn.functional.interpolate(predictor.segment_probs(images)[:, None], size=truth.shape[1:],
+        probs = torch.nn.functional.interpolate(predictor.segment_probs(images, predictor.stack_neighbours(images))[:, None], size=truth.shape[1:],
                                                 mode="bilinear", align_corners=False)[:, 0].numpy()
         drawn = probs.reshape(len(probs), -1).max(1) >= 0.5
         per_case[name] = {rule: dice(np.stack([fn(p) if d else np.zeros(p.shape, np.uint8)
