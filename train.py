@@ -60,6 +60,8 @@ p.add_argument("--select", choices=["best", "last"], default=TrainConfig.select,
 p.add_argument("--decoder-channels", type=int, nargs="+", help="segmenter decoder widths, deepest first")
 p.add_argument("--deep-supervision", type=int, default=0,
                help="segmenter: side losses on this many coarser decoder stages (0: off; see DeepSupervisionLoss)")
+p.add_argument("--dark-interior", type=float, default=TrainConfig.dark_interior,
+               help="segmenter: share of training slices whose large tumour is given a dark core (cystic interiors)")
 p.add_argument("--context-slices", type=int, default=0,
                help="segmenter: 2.5-D input, the FLAIR of this many neighbouring slices on each side (0: off)")
 p.add_argument("--context-dropout", type=float, default=TrainConfig.context_dropout,
@@ -143,7 +145,7 @@ val_cases = select_cases(cases, split["val"])
 if args.max_val_cases:
     val_cases = val_cases[:args.max_val_cases]
 train_ds = SliceDataset(train_cases, model_cfg, args.task, augment=tcfg.augment, progress=main,
-                        context_dropout=tcfg.context_dropout)
+                        context_dropout=tcfg.context_dropout, dark_interior=tcfg.dark_interior)
 val_ds = SliceDataset(val_cases, model_cfg, args.task, augment=False, progress=main)
 sampler = BalancedSampler(train_ds.labels, empty_fraction, args.seed, rank, world)
 loader = DataLoader(train_ds, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,

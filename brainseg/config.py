@@ -127,6 +127,7 @@ class TrainConfig:
     empty_fraction: float = 0.3
     fn_weight: float = 0.5  # segmenter: the Dice term's weight on missed pixels (losses.BCEDiceLoss; 0.5: Dice)
     augment: bool = True
+    dark_interior: float = 0.0  # segmenter: share of slices whose large tumour gets a dark core (data.RandomDarkInterior)
     context_dropout: float = 0.2  # 2.5-D segmenter: share of training slices whose neighbours are the slice itself
     precision: str = "auto"  # "auto": bf16 autocast where the CPU has native bf16 and a timed step is faster, fp16 AMP on CUDA, else fp32
     ema_decay: float = 0.0  # per-step decay of the weight average that is validated and saved (0: none)

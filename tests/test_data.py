@@ -332,3 +332,35 @@ def test_elastic_field_scaled_with_the_resize():
     ds_elastic = [t.transforms[0] for t in ds.transform.transforms if isinstance(t, v2.RandomApply)
                   and isinstance(t.transforms[0], v2.ElasticTransform)][0]
     assert ds_elastic.alpha == elastic.alpha
+
+
+def test_dark_interior_darkens_the_core_of_a_large_tumour_only_and_keeps_the_mask():
+    """The augmentation for tumours whose dark interior the annotators include: core darker, rim, brain and mask as they were."""
+    from brainseg.data import RandomDarkInterior
+
+    img = torch.full((3, 64, 64), 100.0)
+    img[:, 12:52, 12:52] = 200.0
+    mask = torch.zeros(1, 64, 64, dtype=torch.uint8)
+    mask[:, 12:52, 12:52] = 1
+    torch.manual_seed(0)
+    t = RandomDarkInterior(min_px=400)
+    for _ in range(5):
+        out, m = t(tv_tensors.Image(img), tv_tensors.Mask(mask))
+        assert torch.equal(m, mask)
+        assert (out[:, 32, 32] < 200 * 0.81).all()  # the core, in every channel, by at least the weakest factor
+        assert torch.equal(out[:, 12, 12:52], img[:, 12, 12:52])  # the tumour's edge untouched
+        assert torch.equal(out[:, :10], img[:, :10])  # outside the tumour untouched
+    small = torch.zeros_like(mask)
+    small[:, 30:36, 30:36] = 1  # 36 px, under min_px: left alone
+    out, _ = t(tv_tensors.Image(img), tv_tensors.Mask(small))
+    assert torch.equal(out, img)
+    stack, _ = t(tv_tensors.Image(img.expand(3, 3, 64, 64).clone()), tv_tensors.Mask(mask))  # a 2.5-D stack: one draw
+    assert torch.equal(stack[0], stack[1]) and torch.equal(stack[0], stack[2])
+
+
+def test_build_augment_adds_dark_interiors_only_when_asked():
+    from brainseg.data import RandomDarkInterior
+
+    def has_dark(aug):
+        return any(isinstance(t, RandomDarkInterior) for r in aug.transforms for t in getattr(r, "transforms", [r]))
+    assert not has_dark(build_augment(0.5)) and has_dark(build_augment(0.5, dark_interior=0.3))
