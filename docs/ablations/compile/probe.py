@@ -9,10 +9,10 @@ images/s of each. Run it on an idle machine: another process on the cores change
 """
 import argparse
 import statistics
-import time
 
 import torch
 
+from brainseg.bench import _timed
 from brainseg.config import SegmenterConfig
 from brainseg.engine import backward_step, forward_loss
 from brainseg.losses import BCEDiceLoss, DeepSupervisionLoss
@@ -40,13 +40,7 @@ for mode in ("eager", "compile"):
     def step():
         backward_step(forward_loss(run, loss_fn, x, y, cpu, args.precision), opt)
 
-    t0 = time.perf_counter()
-    step(), step()
-    warm = time.perf_counter() - t0
-    times = []
-    for _ in range(args.steps):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
+    warm = sum(_timed(step, 2, cpu))  # compiling happens here
+    times = _timed(step, args.steps, cpu)
     print(f"{mode:8s} {args.precision} {args.size}px: warm-up {warm:.0f} s, "
           f"{16 / statistics.median(times):.1f} training images/s", flush=True)
