@@ -50,6 +50,8 @@ p.add_argument("--empty-fraction", type=float, default=None,
                help="share of empty slices per epoch (undersampling); default 0.3 for the segmenter, all for the classifier")
 p.add_argument("--fn-weight", type=float, default=TrainConfig.fn_weight,
                help="segmenter: weight of missed pixels in the Dice term (0.5: Dice; above: Tversky, against under-segmenting)")
+p.add_argument("--dice-per-image", action="store_true",
+               help="segmenter: the Dice term is the mean over the batch's tumour slices (small tumours weigh as much as large)")
 p.add_argument("--no-augment", action="store_true")
 p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=TrainConfig.precision,
                help="CPU autocast (auto: bf16 where the CPU has native bf16 and a training step timed both ways at start-up is faster in it); CUDA always uses fp16 AMP")
@@ -178,7 +180,7 @@ ema = engine.make_ema(model, args.ema_decay)
 if world > 1:
     model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
 if args.task == "segmenter":
-    loss_fn = BCEDiceLoss(fn_weight=args.fn_weight)
+    loss_fn = BCEDiceLoss(fn_weight=args.fn_weight, per_image=args.dice_per_image)
     loss_fn = DeepSupervisionLoss(loss_fn) if model_cfg.deep_supervision else loss_fn
 else:
     n_pos = max(int(train_ds.labels.sum()), 1)

@@ -126,6 +126,7 @@ class TrainConfig:
     warmup_epochs: float = 0.5
     empty_fraction: float = 0.3
     fn_weight: float = 0.5  # segmenter: the Dice term's weight on missed pixels (losses.BCEDiceLoss; 0.5: Dice)
+    dice_per_image: bool = False  # segmenter: Dice term averaged over tumour images, not pooled (losses.BCEDiceLoss)
     augment: bool = True
     dark_interior: float = 0.0  # segmenter: share of slices whose large tumour gets a dark core (data.RandomDarkInterior)
     context_dropout: float = 0.2  # 2.5-D segmenter: share of training slices whose neighbours are the slice itself

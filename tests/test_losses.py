@@ -86,3 +86,19 @@ def test_fn_weight_half_is_dice_and_above_it_a_miss_costs_more_than_a_false_alar
     assert ratio(BCEDiceLoss(bce_weight=0, fn_weight=0.7)) > 2
     with pytest.raises(ValueError, match="fn_weight"):
         BCEDiceLoss(fn_weight=1.0)
+
+
+def test_per_image_dice_scores_each_tumour_slice_alone_and_leaves_empty_slices_to_bce():
+    t = torch.zeros(3, 1, 8, 8)
+    t[0, 0, :6, :6] = 1  # a large tumour, found
+    t[1, 0, 0, 0] = 1  # a one-pixel tumour, missed
+    logits = t * 40 - 20
+    logits[1] = -20
+    pooled = BCEDiceLoss(bce_weight=0, smooth=0)(logits, t).item()
+    per_image = BCEDiceLoss(bce_weight=0, smooth=0, per_image=True)(logits, t).item()
+    assert pooled == pytest.approx(1 / 73, rel=1e-3)  # the miss is 1 pixel of 37: hardly counted
+    assert per_image == pytest.approx(0.5, rel=1e-3)  # the small tumour weighs as much as the large one
+    # the empty third image is not in the Dice mean; a batch with no tumour falls back to the pooled Dice
+    empty = torch.zeros(2, 1, 8, 8)
+    noisy = torch.randn(2, 1, 8, 8)
+    assert torch.allclose(BCEDiceLoss(per_image=True)(noisy, empty), BCEDiceLoss()(noisy, empty))

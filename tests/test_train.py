@@ -85,6 +85,13 @@ def test_segmenter_two_steps_writes_a_checkpoint(seg_run, synth_root):
     assert model.config.encoder == "test_resnet" and model.config.image_size == 64
 
 
+def test_dice_per_image_trains_and_is_recorded(synth_root, tmp_path):
+    out = tmp_path / "per_image"
+    train("segmenter", synth_root, out, "--epochs", "1", "--dice-per-image", "--deep-supervision", "1", "--precision", "fp32")
+    metrics = check_outputs(out, "segmenter", epochs=1)
+    assert metrics["train_config"]["dice_per_image"] is True
+
+
 def test_classifier_two_steps_writes_a_checkpoint(clf_run, seg_run):
     out, _ = clf_run
     metrics = check_outputs(out, "classifier", epochs=2, own_split=False)
