@@ -3,14 +3,18 @@
 # Every stage checkpoints each epoch and is started with --resume auto: rerunning this script after an
 # interruption continues the unfinished stage and skips finished ones, so a queue may span sessions.
 # Usage: bash scripts/train_models.sh [DATA_DIR] [RUNS_DIR]     (or: make train; run it under nohup)
-#        PRECISION=auto bash scripts/train_models.sh ...        (bf16 where native and timed faster, AMP on CUDA)
-# Cost (2-core CPU, fp32): a fold about 67-75 min (segmenter) + 15-17 min (classifier) on an Intel Xeon VM;
-# the shipped all-88 pair 63 + 12 min on an AMD EPYC VM (2026-12-02). Then: bash scripts/ship_models.sh
+#        PRECISION=fp32 bash scripts/train_models.sh ...        (fp32 outright; the default, auto, trains in bf16 where
+#                                                               the CPU has it natively and a timed step is faster, AMP on CUDA)
+# Cost of the shipped v4 models (2 cores, bf16 autocast, an Intel Xeon VM with amx_bf16, 2026-12-06): a fold
+# 21-31 min (segmenter) + 4-8 min (classifier), the all-88 pair 27 + 6.5 min (train_seconds_total in each
+# metrics.json); in fp32 (v2, 2026-12-02) a fold took 67-75 + 15-17 min. Then: bash scripts/ship_models.sh
+# The v4 runs used these flags with --precision bf16 (PRECISION=bf16), the folds under other --out names
+# (runs/abl/dark05_F, runs/abl/clf_F), the all-88 pair as runs/v4/segmenter and runs/v4/classifier.
 set -euo pipefail
 DATA=${1:-../shared/data/lgg/kaggle_3m}
 RUNS=${2:-runs}
 PY=${PYTHON:-python}
-PREC=${PRECISION:-fp32}   # at 128x128 bf16 did not train faster on this project's CPU (brainseg.bench)
+PREC=${PRECISION:-auto}   # CPUs differ: at 128, bf16 2.7x faster on one AMD EPYC, 10x slower on another (README "Training")
 FOLDS=splits/lgg_dev_4fold_seed42.json   # 4 folds of 22 patients, stratified by institution (brainseg.data.make_folds)
 
 # The recipe: fixed schedules, the last epoch's weight average kept (nothing is chosen on validation cases).
@@ -19,12 +23,18 @@ FOLDS=splits/lgg_dev_4fold_seed42.json   # 4 folds of 22 patients, stratified by
 # What the 128 segmenter lacked was a longer schedule (16 epochs: per-case Dice 0.740 on its 22 held-out
 # cases, 40 epochs: 0.787) and decoder width: the shipped decoder [256, 128, 64, 32, 16] gave 0.765 against
 # 0.740 for [128, 64, 32, 16, 16] at 16 epochs (README "Training").
-# The shipped v2 models were trained at commit eed25e2, which augmented each slice at 256 before the resize;
-# since 0369ddd train.py resizes first (fold 0, 16 epochs, AMD EPYC: 5.2 against 4.2 images/s, per-case Dice
-# 0.743-0.745 against 0.732), so this queue reproduces the recipe, not the shipped weights bit for bit.
-# --deep-supervision 3 is not in SEG: +0.014 at 16 epochs on fold 0 is one standard error (README "Training").
+# v2 was trained at commit eed25e2, which augmented each slice at 256 before the resize; since 0369ddd train.py
+# resizes first (fold 0, 16 epochs, AMD EPYC: 5.2 against 4.2 images/s, per-case Dice 0.743-0.745 against 0.732).
+# v4 was trained with today's pipeline; bf16 on a CPU is not bit-for-bit repeatable, so a rerun reproduces the
+# recipe and its figures within run-to-run noise (about 0.01 per-case Dice on one fold), not the weights.
+# --deep-supervision 3 (1x1 heads on three coarser decoder stages, unused at inference): on fold 0 it was ahead by
+# +0.014 per-case Dice at 16 epochs and +0.014 +- 0.040 (13 of 22 cases) at 40 (README "Training").
+# --dark-interior 0.5 (a dark core painted into half the large tumours, the mask unchanged): segmenter alone
+# +0.004 +- 0.056 over 88 out-of-fold cases; the pipeline with its rules chosen on those 88 cases, 0.824 against
+# 0.811 without it (+0.012 +- 0.056, ahead on 54; README "Results").
 SEG="--encoder resnet18 --decoder-channels 256 128 64 32 16 --image-size 128 --epochs 40 --batch-size 16 --lr 1e-3
-     --empty-fraction 0.2 --ema-decay 0.993 --select last --workers 1 --precision $PREC --resume auto"
+     --empty-fraction 0.2 --ema-decay 0.993 --select last --deep-supervision 3 --dark-interior 0.5 --workers 1
+     --precision $PREC --resume auto"
 CLF="--encoder resnet18 --image-size 128 --epochs 8 --batch-size 32 --lr 1e-3 --ema-decay 0.993 --select last
      --workers 1 --precision $PREC --resume auto"
 
