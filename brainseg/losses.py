@@ -33,13 +33,15 @@ class BCEDiceLoss(nn.Module):
         bce = F.binary_cross_entropy_with_logits(logits, target)
         p = torch.sigmoid(logits).flatten(1)
         t = target.flatten(1)
-        tp, fp, fn = (p * t).sum(1), (p * (1 - t)).sum(1), ((1 - p) * t).sum(1)
+        tp, fp, fn = (p * t).sum(1), (p * (1 - t)).sum(1), ((1 - p) * t).sum(1)  # per image
         tumour = t.sum(1) > 0
-        if not (self.per_image and tumour.any()):
-            tp, fp, fn, tumour = tp.sum(), fp.sum(), fn.sum(), torch.ones((), dtype=torch.bool)
+        if self.per_image and tumour.any():
+            tp, fp, fn = tp[tumour], fp[tumour], fn[tumour]
+        else:
+            tp, fp, fn = tp.sum(), fp.sum(), fn.sum()
         w = self.fn_weight
         overlap = (tp + self.smooth / 2) / (tp + (1 - w) * fp + w * fn + self.smooth / 2)
-        return self.bce_weight * bce + self.dice_weight * (1 - overlap[tumour].mean())
+        return self.bce_weight * bce + self.dice_weight * (1 - overlap.mean())
 
 
 class DeepSupervisionLoss(nn.Module):
