@@ -49,6 +49,11 @@ RULES.update({f"hysteresis {lo} / {hi}": (lambda p, lo=lo, hi=hi: hysteresis(p, 
 ORACLE = "threshold 0.3, oracle gate (drawn on the truth's tumour slices)"
 
 
+def case_mask(rule, probs, drawn):
+    """A case's masks: ``rule`` on the slices drawn, nothing on the others."""
+    return np.stack([rule(p) if d else np.zeros(p.shape, np.uint8) for p, d in zip(probs, drawn)]).astype(bool)
+
+
 def dice(pred, truth):
     total = pred.sum() + truth.sum()
     return 1.0 if total == 0 else float(2 * (pred & truth).sum() / total)
@@ -70,11 +75,8 @@ for seg_dir in sorted(Path(args.cv).glob("segmenter_*")):
         probs = torch.nn.functional.interpolate(predictor.segment_probs(images, predictor.stack_neighbours(images))[:, None], size=truth.shape[1:],
                                                 mode="bilinear", align_corners=False)[:, 0].numpy()
         drawn = probs.reshape(len(probs), -1).max(1) >= 0.5
-        per_case[name] = {rule: dice(np.stack([fn(p) if d else np.zeros(p.shape, np.uint8)
-                                               for p, d in zip(probs, drawn)]).astype(bool), truth)
-                          for rule, fn in RULES.items()}
-        per_case[name][ORACLE] = dice(np.stack([postprocess_mask(p, 0.3, 25, 128, detected=bool(t.any()))
-                                                for p, t in zip(probs, truth)]).astype(bool), truth)
+        per_case[name] = {rule: dice(case_mask(fn, probs, drawn), truth) for rule, fn in RULES.items()}
+        per_case[name][ORACLE] = dice(case_mask(RULES["threshold 0.3"], probs, truth.any((1, 2))), truth)
 base = np.array([v["threshold 0.3"] for v in per_case.values()])
 summary = {}
 for rule in [*RULES, ORACLE]:
