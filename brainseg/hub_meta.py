@@ -30,6 +30,11 @@ PIPELINE_TAGS = {"segmenter": "image-segmentation", "classifier": "image-classif
 MODEL_CLASSES = {"segmenter": "ResUNet", "classifier": "TumorClassifier"}
 
 
+def is_placeholder(repo_id: str) -> bool:
+    """True for a ``USER/...`` repo id of :data:`HUB_IDS`, which is nobody's account."""
+    return repo_id.split("/")[0] == PLACEHOLDER_NAMESPACE
+
+
 def mixin_metadata(kind: str) -> dict:
     """The Hub mixin's class arguments for a model of ``kind`` (models.py); the cards use the same values.
 
