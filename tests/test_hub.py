@@ -22,6 +22,7 @@ from brainseg.hub_meta import HUB_IDS
 from brainseg.inference import Predictor
 from brainseg.models import ResUNet, TumorClassifier
 from brainseg.sources import ModelSource, SourceNotFoundError, load_model, parse_source, resolve_source
+from conftest import SHARED_DATA, needs_shared_data
 
 COMMIT_A = "a" * 40
 COMMIT_B = "0123456789abcdef0123456789abcdef01234567"
@@ -692,3 +693,20 @@ def test_load_the_weights_section_runs_verbatim(monkeypatch):
     monkeypatch.chdir(ROOT)
     for block in blocks:
         exec(compile(block, "Load the weights", "exec"), {})
+
+
+@pytest.mark.slow
+@needs_shared_data()
+def test_pipeline_mean_and_std_are_the_dev_slices_brain_statistics():
+    """config.json's fixed mean and std for timm's and transformers' transforms come from the dev slices, as
+    hub_meta says (every 4th slice, in path order), not from a guess."""
+    from brainseg.hf_pipeline import brain_pixel_statistics
+    from brainseg.hub_meta import PIPELINE_MEAN, PIPELINE_STD
+    from brainseg.images import load_slice
+
+    files = sorted(str(p) for p in SHARED_DATA.glob("*/*.tif") if not p.stem.endswith("_mask"))
+    assert len(files) == 3133
+    mean, std = brain_pixel_statistics([load_slice(f) for f in files[::4]])
+    assert mean == pytest.approx(PIPELINE_MEAN, abs=5e-5) and std == pytest.approx(PIPELINE_STD, abs=5e-5)
+    cfg = json.loads((SHIPPED["classifier"] / "config.json").read_text())["pretrained_cfg"]
+    assert (tuple(cfg["mean"]), tuple(cfg["std"])) == (PIPELINE_MEAN, PIPELINE_STD)
