@@ -710,3 +710,18 @@ def test_pipeline_mean_and_std_are_the_dev_slices_brain_statistics():
     assert mean == pytest.approx(PIPELINE_MEAN, abs=5e-5) and std == pytest.approx(PIPELINE_STD, abs=5e-5)
     cfg = json.loads((SHIPPED["classifier"] / "config.json").read_text())["pretrained_cfg"]
     assert (tuple(cfg["mean"]), tuple(cfg["std"])) == (PIPELINE_MEAN, PIPELINE_STD)
+
+
+@needs_shipped
+@pytest.mark.parametrize("kind", ["segmenter", "classifier"])
+def test_card_how_to_use_snippets_run_offline(kind, offline_hub, monkeypatch):
+    """The shipped cards' "How to use" code runs against the Hub ids (from the pre-filled cache), with an example
+    slice in place of the cards' ``slice.png``."""
+    text = (SHIPPED[kind] / "README.md").read_text(encoding="utf-8")
+    section = text.split("\n## How to use\n", 1)[1].split("\n## ", 1)[0]
+    blocks = [b.split("```", 1)[0] for b in section.split("```python\n")[1:]]
+    assert len(blocks) == (5 if kind == "classifier" else 2)
+    monkeypatch.chdir(ROOT)
+    for block in blocks:
+        code = block.replace('"slice.png"', '"examples/TCGA_CS_4943_20000902_17.png"')
+        exec(compile(code, f"{kind} card", "exec"), {})
