@@ -1,7 +1,10 @@
 """Publish the shipped models (and, with --space, the demo as a Gradio Space) to the Hugging Face Hub.
 
-    python push_to_hub.py --segmenter-repo USER/brainseg-segmenter --classifier-repo USER/brainseg-classifier \\
-        [--space USER/brainseg] [--private] [--revision BRANCH] [--dry-run]
+    python push_to_hub.py --segmenter-repo NAME/brainseg-segmenter --classifier-repo NAME/brainseg-classifier \\
+        [--space NAME/brainseg] [--private] [--revision BRANCH] [--dry-run]
+
+NAME is your Hugging Face user or organisation; the placeholder ids the cards and the README show until
+then are brainseg.hub_meta.HUB_IDS, which this command refuses to push to.
 
 The token comes from HF_TOKEN or the cached login (`hf auth login`). Repos are created when missing,
 a --revision branch too; each repo gets one commit with only its Hub-format files (config.json,

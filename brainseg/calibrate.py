@@ -42,7 +42,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from sklearn.linear_model import LogisticRegression
 
 from .cli import KINDS, add_data_arg, add_model_args, add_runtime_args, apply_threads, data_arg, write_output
@@ -247,8 +246,7 @@ def save_checkpoint(model, out: Path, fp16: bool) -> None:
     """save_pretrained, with weights stored as fp16 when asked (loading restores fp32)."""
     model.save_pretrained(out)
     if fp16:
-        state = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
-        save_file({k: v.contiguous() for k, v in state.items()}, str(out / "model.safetensors"))
+        model.save_weights(out / "model.safetensors", torch.float16)
 
 
 def calibrate(argv=None) -> Dict:

@@ -1,28 +1,23 @@
-"""The ``python -m brainseg.hub card DIR`` command, and the old import path of the Hub helpers.
+"""The ``python -m brainseg.hub card DIR`` command (``brainseg-card``): a folder's model card and metadata.
 
-The helpers live by concern (kept importable from here for one release):
-:mod:`brainseg.sources` (where models come from, loading), :mod:`brainseg.cards` (what the card
-says), :mod:`brainseg.upload` (how it is uploaded).
+The Hub helpers live by concern: :mod:`brainseg.sources` (where models come from, loading),
+:mod:`brainseg.cards` (what the card says), :mod:`brainseg.upload` (how it is uploaded).
 """
 import sys
 from pathlib import Path
 from typing import List, Optional, Sequence, Union
 
 from . import cards
-from .cards import *  # noqa: F401,F403 - the old import path
-from .cards import _weights_summary  # noqa: F401 - used by callers of the old module
-from .sources import *  # noqa: F401,F403
-from .sources import kind_of_config
-from .upload import *  # noqa: F401,F403
-from .upload import _human, _pinned_version  # noqa: F401
+from .card_tables import EVAL_GLOB
+from .hub_meta import kind_of_config
 
 
 def infer_kind(model_dir: Union[str, Path]) -> str:
     """'segmenter' or 'classifier', from config.json's ``model_class`` (older folders: metrics.json, fields)."""
     model_dir = Path(model_dir)
-    cfg = cards._read_json(model_dir / "config.json") or {}
-    task = (cards._read_json(model_dir / "metrics.json") or {}).get("task")
-    if "model_class" not in cfg and task in cards._KINDS:
+    cfg = cards.read_json(model_dir / "config.json") or {}
+    task = (cards.read_json(model_dir / "metrics.json") or {}).get("task")
+    if "model_class" not in cfg and task in cards.KINDS:
         return task
     try:
         return kind_of_config(cfg, str(model_dir / "config.json"))
@@ -47,8 +42,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("card", help="write DIR/README.md")
     c.add_argument("model_dir", type=Path)
-    c.add_argument("--kind", choices=sorted(cards._KINDS), help="default: from config.json")
-    c.add_argument("--eval", type=Path, help=f"evaluation JSON (default: DIR/{cards.EVAL_GLOB} when present)")
+    c.add_argument("--kind", choices=sorted(cards.KINDS), help="default: from config.json")
+    c.add_argument("--eval", type=Path, help=f"evaluation JSON (default: DIR/{EVAL_GLOB} when present)")
     c.add_argument("--train-command", action="append", default=[], help="a command that produced the weights "
                    "(repeat for several stages)")
     c.add_argument("--train-script", type=Path, help="a script holding those commands, shown in the card")

@@ -3,7 +3,9 @@
 Both carry their typed config and save/load in Hub format (``config.json`` +
 ``model.safetensors``) through :class:`huggingface_hub.PyTorchModelHubMixin`. Loading is strict
 and safetensors-only: a checkpoint with missing or unexpected weights fails instead of leaving
-layers random, and no pickle is ever read.
+layers random, and no pickle is ever read. The classifier's file holds the timm network's own
+state dict (keys such as ``conv1.weight``), so ``timm.create_model("hf-hub:ID", pretrained=True)``
+and transformers' TimmWrapper read the same folder without a filter.
 """
 import json
 import os
@@ -18,14 +20,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin, hf_hub_download
 from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
-from .hub_meta import MODEL_CLASSES, kind_of_config, mixin_metadata
+from .hub_meta import LABEL_NAMES, MODEL_CLASSES, PIPELINE_MEAN, PIPELINE_STD, kind_of_config, mixin_metadata
 from .config import ClassifierConfig, SegmenterConfig
 
 # Keys of config.json that are not config fields: the class to load with, and timm's own fields.
 METADATA_KEYS = frozenset({"model_class", "architecture", "num_classes", "num_features", "pretrained_cfg",
-                           "model_args"})
+                           "model_args", "label_names", "dtype"})
 
 
 class CheckpointError(RuntimeError, ValueError):
@@ -72,9 +74,20 @@ class HubModel(nn.Module):
         """The config.json content: the typed config plus :meth:`hub_metadata`."""
         return {**asdict(self.config), **self.hub_metadata()}
 
+    def hub_weights(self) -> nn.Module:
+        """The module whose state dict ``model.safetensors`` holds: the whole model here."""
+        return self
+
+    def save_weights(self, path: Union[str, Path], dtype: Optional[torch.dtype] = None) -> None:
+        """Write :meth:`hub_weights`' state dict as safetensors; ``dtype`` (e.g. float16) stores floats smaller
+        (loading restores float32)."""
+        state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
+                 for k, v in self.hub_weights().state_dict().items()}
+        save_file(state, str(path), metadata={"format": "pt"})
+
     def _save_pretrained(self, save_directory: Path) -> None:
         # The mixin writes config.json only from __init__ arguments, so a model built with defaults got none.
-        super()._save_pretrained(save_directory)
+        self.save_weights(Path(save_directory) / "model.safetensors")
         (Path(save_directory) / "config.json").write_text(json.dumps(self.config_json(), sort_keys=True, indent=2))
 
     @classmethod
@@ -99,14 +112,17 @@ class HubModel(nn.Module):
             reason = " ".join(str(e).split())  # one line, whatever the library says
             raise CheckpointError(f"{weights} cannot be read ({reason}): the file is truncated or not safetensors; "
                                   "download or save it again") from None
-        state = {k: v.float() if v.is_floating_point() else v for k, v in raw.items()}
-        own = model.state_dict()
+        target = model.hub_weights()
+        prefix = next((f"{name}." for name, child in model.named_children() if child is target), "")
+        # files saved before the classifier stored timm's keys hold them under "backbone."
+        state = {k.removeprefix(prefix): v.float() if v.is_floating_point() else v for k, v in raw.items()}
+        own = target.state_dict()
         wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
                  if k in own and v.shape != own[k].shape]
         if wrong:
             raise CheckpointError(f"Checkpoint {model_id} does not match {cls.__name__}({config.encoder}): "
                                   f"shape mismatch for {wrong[:3]} (weights vs the model its config.json builds)")
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing, unexpected = target.load_state_dict(state, strict=False)
         if strict and (missing or unexpected):
             raise CheckpointError(f"Checkpoint {model_id} does not match {cls.__name__}({config.encoder}): "
                                   f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
@@ -237,24 +253,26 @@ class TumorClassifier(HubModel, PyTorchModelHubMixin, **mixin_metadata("classifi
         """Calibrated tumour probability per slice, shape (N,)."""
         return torch.sigmoid(self(x)[:, 0] / self.config.temperature)
 
+    def hub_weights(self) -> nn.Module:
+        """The timm network: the file holds timm's own keys, which timm and transformers load as they are."""
+        return self.backbone
+
     def hub_metadata(self) -> Dict[str, object]:
-        """Also the fields timm's ``local-dir:`` loader reads, so timm can build (and load) the backbone."""
+        """Also the fields timm's ``hf-hub:``/``local-dir:`` loader and transformers' TimmWrapper read.
+
+        One logit, so one label (two names would make transformers fall back to ``LABEL_0``): the pipeline's
+        score, sigmoid(logit), is the tumour probability before the temperature. ``dtype`` keeps transformers
+        computing in float32 from the float16 file; ``mean``/``std`` stand in for the slice z-score
+        (:data:`brainseg.hub_meta.PIPELINE_MEAN`)."""
         own = self.backbone.pretrained_cfg or {}
         size = self.config.image_size
         return {**super().hub_metadata(), "architecture": timm.models.split_model_name_tag(self.config.encoder)[0],
-                "num_classes": 1, "num_features": int(self.backbone.num_features),
-                "model_args": {"in_chans": self.config.in_chans},
+                "num_classes": 1, "num_features": int(self.backbone.num_features), "label_names": list(LABEL_NAMES),
+                "model_args": {"in_chans": self.config.in_chans}, "dtype": "float32",
                 "pretrained_cfg": {"input_size": [self.config.in_chans, size, size], "num_classes": 1,
-                                   "interpolation": "bilinear", "crop_pct": 1.0,
+                                   "interpolation": "bilinear", "crop_pct": 1.0, "mean": list(PIPELINE_MEAN),
+                                   "std": list(PIPELINE_STD),
                                    **{k: own[k] for k in ("first_conv", "classifier") if k in own}}}
-
-
-def timm_state_dict(state_dict: Dict[str, torch.Tensor], model=None) -> Dict[str, torch.Tensor]:
-    """A TumorClassifier state dict with timm's own key names (``backbone.`` dropped).
-
-    For ``timm.create_model("local-dir:models/classifier", pretrained=True, pretrained_filter_fn=timm_state_dict)``.
-    """
-    return {k.removeprefix("backbone."): v for k, v in state_dict.items()}
 
 
 # ---------------------------------------------------------------- factories

@@ -15,11 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
-from .cards import (EVAL_GLOB, LICENSE, build_model_card, fill_repo_ids, is_brainseg_card,
-                    stale_card_reason)
-from .sources import PROJECT_ROOT
-
-PLACEHOLDER_NAMESPACE = "USER"  # the README's and the cards' stand-in for a real Hub user or organisation
+from .card_tables import EVAL_GLOB
+from .cards import build_model_card, fill_repo_ids, is_brainseg_card, stale_card_reason
+from .hub_meta import LICENSE, PLACEHOLDER_NAMESPACE, PROJECT_ROOT, is_placeholder
 
 MODEL_FILE_PATTERNS = ("config.json", "model.safetensors", "README.md", "metrics.json", "*.png", EVAL_GLOB)
 SPACE_REQUIRED_FILES = ("app.py", "requirements.txt")
@@ -292,11 +290,6 @@ def plan_warnings(plans: Sequence[UploadPlan]) -> List[str]:
     """Distinct warnings of the plans and their files (e.g. a placeholder repo id, a stale model card)."""
     return list(dict.fromkeys([w for plan in plans for w in plan.warnings]
                               + [f.warning for plan in plans for f in plan.files if f.warning]))
-
-
-def is_placeholder(repo_id: str) -> bool:
-    """True for the README's ``USER/...`` repo ids, which are nobody's account."""
-    return repo_id.split("/")[0] == PLACEHOLDER_NAMESPACE
 
 
 def _placeholder_warning(repo_id: str, what: str) -> List[str]:

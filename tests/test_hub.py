@@ -15,12 +15,14 @@ from huggingface_hub.errors import EntryNotFoundError
 
 import brainseg
 from brainseg import cards, hub, models, sources
-from brainseg.cards import (NOT_MEASURED, PLACEHOLDER_REPOS, build_model_card, fill_repo_ids, is_brainseg_card,
+from brainseg.cards import (NOT_MEASURED, build_model_card, fill_repo_ids, is_brainseg_card,
                             write_model_card)
 from brainseg.config import SegmenterConfig
+from brainseg.hub_meta import HUB_IDS
 from brainseg.inference import Predictor
 from brainseg.models import ResUNet, TumorClassifier
 from brainseg.sources import ModelSource, SourceNotFoundError, load_model, parse_source, resolve_source
+from conftest import SHARED_DATA, needs_shared_data
 
 COMMIT_A = "a" * 40
 COMMIT_B = "0123456789abcdef0123456789abcdef01234567"
@@ -368,13 +370,13 @@ def test_card_repo_ids_and_placeholders(model_dir):
     assert 'brainseg.from_pretrained("alice/seg")' in card and "alice/clf" in card
     placeholder_card = str(build_model_card(d, "segmenter"))
     filled = fill_repo_ids(placeholder_card, {"segmenter": "alice/seg", "classifier": "alice/clf"})
-    assert PLACEHOLDER_REPOS["segmenter"] not in filled and 'Predictor.from_sources("alice/seg", "alice/clf")' in filled
+    assert HUB_IDS["segmenter"] not in filled and 'Predictor.from_sources("alice/seg", "alice/clf")' in filled
 
 
 def test_card_weights_summary_reads_the_header_only(model_dir):
     d = model_dir("segmenter")
     n = sum(p.numel() for p in ResUNet.from_pretrained(d).state_dict().values() if p.is_floating_point())
-    summary = cards._weights_summary(d / "model.safetensors")
+    summary = cards.weights_summary(d / "model.safetensors")
     assert summary.startswith(f"{n / 1e6:.2f} M parameters, stored as float32")
 
 
@@ -454,7 +456,9 @@ def test_fused_classifier_card_indexes_the_classifier_alone(model_dir):
     assert {r.metric_name for r in card.data.eval_results} >= {"AUROC (classifier alone)"}
     assert "| Metric | With the segmenter (fused) | Classifier alone | Training-time validation |" in card.text
     assert "| AUROC | 0.991 | 0.990 | 0.970 |" in card.text  # the fused 0.991 stays in the text only
-    assert "not in this card's model-index" in card.text and 'pretrained_filter_fn=strip' in card.text
+    assert "not in this card's model-index" in card.text
+    assert f'timm.create_model("hf-hub:{HUB_IDS["classifier"]}", pretrained=True)' in card.text  # no filter any more
+    assert "pretrained_filter_fn" not in card.text
 
 
 @pytest.mark.filterwarnings("ignore:'brainseg.hub' found in sys.modules")
@@ -499,30 +503,6 @@ def test_package_is_installed_with_its_commands():
     assert {"torch", "timm", "huggingface_hub", "safetensors", "jinja2"} <= requires  # pins from requirements.txt
 
 
-def test_old_import_path_still_works():
-    """brainseg.hub stays a shim for one release (scripts/ship_models.sh, users' imports)."""
-    from brainseg import upload
-    from brainseg.hub import (DEFAULT_MODELS, ModelSource as OldSource, build_model_card as old_card,
-                              load_model as old_load, plan_model_upload, push, write_model_card as old_write)
-
-    assert old_load is load_model and old_card is build_model_card and old_write is write_model_card
-    assert OldSource is ModelSource and plan_model_upload is upload.plan_model_upload and push is upload.push
-    assert DEFAULT_MODELS is sources.DEFAULT_MODELS
-
-
-def test_readme_loading_snippets_run_verbatim(monkeypatch):
-    """The README's "Loading the models" code, with the lines that name placeholder USER/ repos left out."""
-    root = Path(__file__).resolve().parent.parent
-    readme = (root / "README.md").read_text(encoding="utf-8")
-    section = readme.split("## Loading the models in three lines", 1)[1].split("\n## ", 1)[0]
-    blocks = [b.split("```", 1)[0] for b in section.split("```python\n")[1:]]
-    assert len(blocks) == 3 and "USER/" in blocks[0]
-    monkeypatch.chdir(root)
-    for block in blocks:
-        code = "\n".join(line for line in block.splitlines() if "USER/" not in line.split("#")[0])
-        exec(compile(code, "README.md", "exec"), {})
-
-
 # ---------------------------------------------------------------- the card states the rule the Predictor applies
 
 def test_segmenter_card_states_the_one_answer_rule_not_the_old_gate(model_dir):
@@ -559,3 +539,189 @@ def test_segmenter_card_states_the_case_rule_only_when_one_applies(model_dir):
     (d / "config.json").write_text(json.dumps(dict(cfg, case_rule="largest")))
     assert "| Whole cases (3-D rule) | the largest region connected across slices is kept;" in \
         build_model_card(d, "segmenter").text
+
+
+# ---------------------------------------------------------------- issue 35.6: three ways to load, offline
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = {kind: ROOT / "models" / kind for kind in ("segmenter", "classifier")}
+needs_shipped = pytest.mark.skipif(not all((d / "model.safetensors").is_file() for d in SHIPPED.values()),
+                                   reason="no shipped models in models/")
+
+
+@pytest.fixture(scope="module")
+def shipped_cache(tmp_path_factory):
+    """A Hub cache holding the shipped folders under their (placeholder) Hub ids, as a download leaves it."""
+    cache = tmp_path_factory.mktemp("shipped_hub")
+    for kind, folder in SHIPPED.items():
+        cache_repo(cache, HUB_IDS[kind], {n: folder / n for n in ("config.json", "model.safetensors", "README.md")},
+                   COMMIT_A)
+    return cache
+
+
+@pytest.fixture
+def offline_hub(shipped_cache, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(shipped_cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(shipped_cache))
+    return shipped_cache
+
+
+@pytest.fixture(scope="module")
+def example_batch():
+    """The example PNGs (masks left out) and the shipped classifier's input for them."""
+    from brainseg.images import load_slice
+    from brainseg.preprocess import preprocess
+
+    files = sorted(str(p) for p in (ROOT / "examples").glob("*.png") if not p.stem.endswith("_mask"))
+    cfg = TumorClassifier.from_pretrained(SHIPPED["classifier"]).config
+    return files, torch.stack([preprocess(load_slice(f), cfg) for f in files])
+
+
+def shipped_logits(x):
+    with torch.no_grad():
+        return TumorClassifier.from_pretrained(SHIPPED["classifier"])(x)
+
+
+@needs_shipped
+def test_shipped_classifier_file_holds_timm_keys_and_loads_like_the_old_layout(tmp_path, example_batch):
+    """The conversion was lossless: the same float16 tensors under timm's keys; a file in the old layout
+    (``backbone.`` keys) still loads, and gives outputs identical to the shipped one."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(SHIPPED["classifier"] / "model.safetensors")
+    assert not [k for k in state if k.startswith("backbone.")] and "conv1.weight" in state and "fc.weight" in state
+    assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float16}  # same size as before
+    old = shutil.copytree(SHIPPED["classifier"], tmp_path / "old_layout")
+    save_file({f"backbone.{k}": v for k, v in state.items()}, str(old / "model.safetensors"))
+    with torch.no_grad():
+        assert torch.equal(TumorClassifier.from_pretrained(old)(example_batch[1]), shipped_logits(example_batch[1]))
+
+
+@needs_shipped
+def test_way_1_brainseg_from_pretrained_by_hub_id_offline(offline_hub, example_batch):
+    clf = brainseg.from_pretrained(HUB_IDS["classifier"])
+    seg = brainseg.from_pretrained(HUB_IDS["segmenter"])
+    assert isinstance(clf, TumorClassifier) and isinstance(seg, ResUNet)
+    with torch.no_grad():
+        assert torch.equal(clf(example_batch[1]), shipped_logits(example_batch[1]))
+
+
+@needs_shipped
+def test_way_2_timm_hf_hub_without_a_filter_offline(offline_hub, example_batch):
+    import timm
+
+    net = timm.create_model(f"hf-hub:{HUB_IDS['classifier']}", pretrained=True).eval()
+    local = timm.create_model(f"local-dir:{SHIPPED['classifier']}", pretrained=True).eval()
+    with torch.no_grad():
+        assert torch.equal(net(example_batch[1]), shipped_logits(example_batch[1]))  # max abs diff 0
+        assert torch.equal(local(example_batch[1]), shipped_logits(example_batch[1]))
+    assert net.pretrained_cfg["input_size"] == (3, 128, 128) and net.num_classes == 1
+
+
+@needs_shipped
+def test_way_3_transformers_pipeline_offline(offline_hub, example_batch):
+    """The plain pipeline: label 'tumour', score = sigmoid of the logit of timm's transform (fixed mean and
+    std, so not brainseg's number); classification_pipeline: brainseg's preprocessing, brainseg's logit."""
+    from transformers import pipeline
+
+    from brainseg.hf_pipeline import SliceImageProcessor, classification_pipeline
+
+    files, x = example_batch
+    pipe = pipeline("image-classification", model=HUB_IDS["classifier"])
+    assert pipe.model.dtype == torch.float32 and pipe.model.config.id2label == {0: "tumour"}
+    out = pipe(files[0])
+    assert [o["label"] for o in out] == ["tumour"]
+    with torch.no_grad():
+        own = pipe.model(**pipe.preprocess(files[0])).logits[0, 0]  # timm's transform from pretrained_cfg
+    assert out[0]["score"] == pytest.approx(torch.sigmoid(own).item(), abs=1e-6)
+    exact = classification_pipeline(HUB_IDS["classifier"])
+    assert isinstance(exact.image_processor, SliceImageProcessor)
+    scores = torch.tensor([exact(f)[0]["score"] for f in files])
+    torch.testing.assert_close(scores, torch.sigmoid(shipped_logits(x)[:, 0]), atol=1e-5, rtol=0)
+
+
+def test_slice_image_processor_takes_arrays_pil_images_and_tensors():
+    from PIL import Image
+
+    from brainseg.config import ClassifierConfig
+    from brainseg.hf_pipeline import SliceImageProcessor
+    from brainseg.preprocess import preprocess
+
+    image = np.random.default_rng(0).integers(0, 255, (70, 90, 3), dtype=np.uint8)
+    proc = SliceImageProcessor({"image_size": 32, "encoder": "test_resnet", "fusion_weights": None})
+    want = preprocess(image, ClassifierConfig(image_size=32))[None]
+    for given in (image, Image.fromarray(image), torch.from_numpy(image).permute(2, 0, 1).float()):
+        torch.testing.assert_close(proc(given)["pixel_values"], want)
+    assert proc([image, image])["pixel_values"].shape == (2, 3, 32, 32)
+
+
+def test_hub_ids_live_in_one_place():
+    """The placeholder ids are written in hub_meta.py only; the cards and the README part take them from there."""
+    from brainseg.hub_meta import is_placeholder
+
+    assert all(is_placeholder(i) for i in HUB_IDS.values())
+    needles = [HUB_IDS["space"] + '"', HUB_IDS["segmenter"], HUB_IDS["classifier"]]
+    written = [p.name for p in [*(ROOT / "brainseg").rglob("*.py"), ROOT / "push_to_hub.py"]
+               if p.name != "hub_meta.py" and any(n in p.read_text(encoding="utf-8") for n in needles)]
+    assert written == [], f"Hub ids written outside brainseg/hub_meta.py: {written}"
+    for kind in ("segmenter", "classifier"):
+        card = SHIPPED[kind] / "README.md"
+        if card.is_file():
+            assert f'brainseg.from_pretrained("{HUB_IDS[kind]}")' in card.read_text(encoding="utf-8")
+
+
+def load_the_weights_section() -> str:
+    """The README's "Load the weights" section once pasted, else its part in docs/readme_parts/i35b.md."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    if "\n## Load the weights\n" in readme:
+        return readme.split("\n## Load the weights\n", 1)[1].split("\n## ", 1)[0]
+    return (ROOT / "docs" / "readme_parts" / "i35b.md").read_text(encoding="utf-8")
+
+
+@needs_shipped
+def test_load_the_weights_section_runs_verbatim(monkeypatch):
+    """Every python block of the section runs as written from the repository root, and names the ids of hub_meta."""
+    section = load_the_weights_section()
+    blocks = [b.split("```", 1)[0] for b in section.split("```python\n")[1:]]
+    assert len(blocks) >= 3
+    for needle in ("brainseg.from_pretrained(", 'timm.create_model("local-dir:models/classifier", pretrained=True)',
+                   'pipeline("image-classification", model="models/classifier")', "hf-hub:" + HUB_IDS["classifier"],
+                   HUB_IDS["segmenter"]):
+        assert needle in section, needle
+    monkeypatch.chdir(ROOT)
+    for block in blocks:
+        exec(compile(block, "Load the weights", "exec"), {})
+
+
+@pytest.mark.slow
+@needs_shared_data()
+def test_pipeline_mean_and_std_are_the_dev_slices_brain_statistics():
+    """config.json's fixed mean and std for timm's and transformers' transforms come from the dev slices, as
+    hub_meta says (every 4th slice, in path order), not from a guess."""
+    from brainseg.hf_pipeline import brain_pixel_statistics
+    from brainseg.hub_meta import PIPELINE_MEAN, PIPELINE_STD
+    from brainseg.images import load_slice
+
+    files = sorted(str(p) for p in SHARED_DATA.glob("*/*.tif") if not p.stem.endswith("_mask"))
+    assert len(files) == 3133
+    mean, std = brain_pixel_statistics([load_slice(f) for f in files[::4]])
+    assert mean == pytest.approx(PIPELINE_MEAN, abs=5e-5) and std == pytest.approx(PIPELINE_STD, abs=5e-5)
+    cfg = json.loads((SHIPPED["classifier"] / "config.json").read_text())["pretrained_cfg"]
+    assert (tuple(cfg["mean"]), tuple(cfg["std"])) == (PIPELINE_MEAN, PIPELINE_STD)
+
+
+@needs_shipped
+@pytest.mark.parametrize("kind", ["segmenter", "classifier"])
+def test_card_how_to_use_snippets_run_offline(kind, offline_hub, monkeypatch):
+    """The shipped cards' "How to use" code runs against the Hub ids (from the pre-filled cache), with an example
+    slice in place of the cards' ``slice.png``."""
+    text = (SHIPPED[kind] / "README.md").read_text(encoding="utf-8")
+    section = text.split("\n## How to use\n", 1)[1].split("\n## ", 1)[0]
+    blocks = [b.split("```", 1)[0] for b in section.split("```python\n")[1:]]
+    assert len(blocks) == (5 if kind == "classifier" else 2)
+    monkeypatch.chdir(ROOT)
+    for block in blocks:
+        code = block.replace('"slice.png"', '"examples/TCGA_CS_4943_20000902_17.png"')
+        exec(compile(code, f"{kind} card", "exec"), {})

@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from brainseg.config import ClassifierConfig, SegmenterConfig
 from brainseg.models import (CheckpointError, ResUNet, TumorClassifier, build_model, resunet, rewrite_config_metadata,
-                             timm_state_dict, tumor_classifier)
+                             tumor_classifier)
 from brainseg.sources import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -223,20 +223,35 @@ def test_app_start_up_refuses_truncated_weights_in_one_line(tiny_checkpoints, tm
     assert f"{weights} cannot be read" in str(exit_.value.code).splitlines()[0]
 
 
-def test_timm_local_dir_loads_the_classifier(tiny_checkpoints):
-    """Issue 9.10: config.json carries timm's fields; the weights need the ``backbone.`` prefix dropped."""
+def test_timm_local_dir_loads_the_classifier_without_a_filter(tiny_checkpoints):
+    """Issue 35.6: the file holds timm's own keys and config.json timm's fields, so timm loads it as it is."""
     import timm
+    from safetensors.torch import load_file
 
     d = tiny_checkpoints["classifier"]
+    keys = set(load_file(d / "model.safetensors"))
+    assert "fc.weight" in keys and not any(k.startswith("backbone.") for k in keys)
     ours = TumorClassifier.from_pretrained(d)
-    net = timm.create_model(f"local-dir:{d}", pretrained=True, pretrained_filter_fn=timm_state_dict).eval()
+    net = timm.create_model(f"local-dir:{d}", pretrained=True).eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        assert net(x).shape == (2, 1)
-        torch.testing.assert_close(net(x), ours(x))
-    assert timm.create_model(f"local-dir:{d}").num_classes == 1  # no KeyError 'architecture'
-    with pytest.raises(RuntimeError, match="conv1"):  # why the card tells timm users to pass the filter
-        timm.create_model(f"local-dir:{d}", pretrained=True)
+        assert net(x).shape == (2, 1) and torch.equal(net(x), ours(x))
+    assert json.loads((d / "config.json").read_text())["label_names"] == ["tumour"]
+
+
+def test_fp16_weights_keep_the_keys_and_load_as_float32(tmp_path):
+    """calibrate --fp16 stores float16 through save_weights: the same keys as save_pretrained, float32 on load."""
+    from safetensors.torch import load_file
+
+    model = tumor_classifier("test_resnet", image_size=64)
+    model.save_pretrained(tmp_path)
+    keys = set(load_file(tmp_path / "model.safetensors"))
+    model.save_weights(tmp_path / "model.safetensors", torch.float16)
+    half = load_file(tmp_path / "model.safetensors")
+    assert set(half) == keys and half["fc.weight"].dtype == torch.float16
+    loaded = TumorClassifier.from_pretrained(tmp_path)
+    assert loaded.backbone.fc.weight.dtype == torch.float32
+    assert torch.equal(loaded.backbone.fc.weight, model.backbone.fc.weight.half().float())
 
 
 def test_pickle_only_checkpoint_is_refused(tmp_path):

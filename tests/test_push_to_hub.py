@@ -15,7 +15,8 @@ from huggingface_hub.utils import filter_repo_objects
 
 import push_to_hub
 from brainseg import upload
-from brainseg.cards import PLACEHOLDER_REPOS, is_brainseg_card, write_model_card
+from brainseg.cards import is_brainseg_card, write_model_card
+from brainseg.hub_meta import HUB_IDS
 from brainseg.upload import split_front_matter
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -177,7 +178,7 @@ def test_upload_calls_recorded(project, no_network, capsys):
     for repo, readme in ((SEG, "README.md"), (CLF, "README.md"), (SPACE, "models/segmenter/README.md")):
         text = api.uploaded[repo][readme].decode()
         assert is_brainseg_card(text) and SEG in text and CLF in text
-        assert PLACEHOLDER_REPOS["segmenter"] not in text and PLACEHOLDER_REPOS["classifier"] not in text
+        assert HUB_IDS["segmenter"] not in text and HUB_IDS["classifier"] not in text
     assert "USER/brainseg-segmenter" in (seg / "README.md").read_text()  # the local card is left alone
 
     header, body = split_front_matter(api.uploaded[SPACE]["README.md"].decode())
@@ -350,7 +351,7 @@ def test_space_header_file_is_a_valid_spaces_header():
     assert len(meta["short_description"]) <= 60
     assert meta["sdk_version"] == upload._pinned_version(ROOT / "requirements.txt", "gradio")
     assert meta["sdk_version"] == upload.SPACE_HEADER_DEFAULTS["sdk_version"]
-    assert meta["models"] == [PLACEHOLDER_REPOS["segmenter"], PLACEHOLDER_REPOS["classifier"]]
+    assert meta["models"] == [HUB_IDS["segmenter"], HUB_IDS["classifier"]]
 
 
 def test_space_readme_keeps_the_readme_header(project):
