@@ -203,7 +203,7 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
                     case_montage = gr.Image(label="All slices", show_label=False, type="filepath", interactive=False,
                                             buttons=IMAGE_BUTTONS, elem_id="case-montage")
                     case_masks = gr.File(label="Masks", interactive=False, elem_id="case-masks")
-                    case_downloads = gr.File(label="Downloads (NIfTI, TIFF, DICOM SEG, CSV)", file_count="multiple",
+                    case_downloads = gr.File(label="Downloads", file_count="multiple",
                                              interactive=False, elem_id="case-downloads")
                     with gr.Accordion("Summary as JSON (as the API returns it)", open=False):
                         case_json = gr.JSON(label="Case result", open=False)

@@ -68,6 +68,11 @@ class CaseInput:
     def __len__(self) -> int:
         return len(self.slices)
 
+    def set_spacing(self, spacing: Tuple[float, float, float]) -> None:
+        """A spacing typed by the user wins over the file's; a DICOM grid then no longer places the NIfTI mask."""
+        self.spacing = tuple(float(v) for v in spacing)
+        self.meta.pop("dicom_geometry", None)
+
 
 # ---------------------------------------------------------------- names and checks
 

@@ -415,8 +415,7 @@ def analyze_case(predictor, files: Sequence[str], threshold: Optional[float], sp
     spacing = parse_spacing(spacing_text)
     case = load_case(list(files) if len(files) != 1 else files[0], series=(series or "").strip() or None)
     if spacing is not None:
-        case.spacing = spacing
-        case.meta.pop("dicom_geometry", None)  # the typed spacing wins; the NIfTI then uses it, not the DICOM's
+        case.set_spacing(spacing)
     result = case_analysis.analyze_case(predictor, case, threshold)
     paths = write_case_outputs(case, result, out_dir, figures=True)  # no summary JSON: it goes back in the response
     base = paths["masks"].name.rsplit("_masks", 1)[0]

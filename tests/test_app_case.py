@@ -46,16 +46,18 @@ def predict_case(client, paths, threshold=0.5, spacing=""):
 
 
 def test_predict_case_returns_text_plot_montage_masks_and_json(client, case_zip):
-    text, plot, montage, masks, summary = predict_case(client, [case_zip])
+    text, plot, montage, masks, downloads, summary = predict_case(client, [case_zip])
     assert summary["case"] == "TCGA_CS_0009_20000101" and summary["slices"] == 6
     assert [s["slice"] for s in summary["per_slice"]] == list(range(1, 7))
     assert summary["dice"] is not None  # the zip carries its masks
     assert summary["tumor_volume_voxels"] == sum(s["tumor_area_px"] for s in summary["per_slice"])
     assert Path(plot).read_bytes()[:4] == b"\x89PNG" and Path(montage).read_bytes()[:4] == b"\x89PNG"
+    assert sorted(Path(p).name for p in downloads) == ["TCGA_CS_0009_20000101_masks.nii.gz",
+                                                       "TCGA_CS_0009_20000101_masks.tif", "TCGA_CS_0009_20000101_slices.csv"]
     pages = tifffile.imread(masks)
     assert pages.shape == (6, 64, 64) and set(np.unique(pages)) <= {0, 255}
     # a few readable lines, from the same JSON; per_slice stays in the JSON
-    assert text.startswith("TCGA_CS_0009_20000101: 6 slices") and len(text.splitlines()) <= 5
+    assert text.startswith("TCGA_CS_0009_20000101: 6 slices") and len(text.splitlines()) <= 8
     assert f"{summary['tumor_volume_voxels']:,} voxels" in text and "Dice" in text and "per_slice" not in text
 
 
