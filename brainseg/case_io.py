@@ -226,6 +226,12 @@ def _group(named_entries: Sequence[Tuple[str, _Entry]], what: str) -> Tuple[str,
 
 # ---------------------------------------------------------------- readers
 
+def _dicom_case(entries, name: str, where: str, limits: Limits, series: Optional[str]) -> CaseInput:
+    """A DICOM series as a case named after the upload (never after a DICOM attribute: no patient identifier)."""
+    slices, spacing, meta = load_dicom_case(entries, where, limits, series)
+    return CaseInput(name, slices, list(range(1, len(slices) + 1)), None, spacing, "dicom", meta)
+
+
 def load_case_zip(path: PathLike, limits: Limits = DEFAULT_LIMITS, series: Optional[str] = None) -> CaseInput:
     """A zip of one kaggle_3m case folder or of DICOM files, read in memory (nothing is extracted; see
     :mod:`brainseg.safe_zip`); ``series`` picks a DICOM series by its SeriesDescription."""
@@ -234,7 +240,7 @@ def load_case_zip(path: PathLike, limits: Limits = DEFAULT_LIMITS, series: Optio
     members, skipped = zip_members(path, limits, lambda n: file_ext(n) in IMAGE_EXTS or is_dicom_name(n))
     dicom = dicom_entries(members)
     if dicom:
-        return load_dicom_case(dicom, safe_name(_stem(path.name)), path.name, limits, series)
+        return _dicom_case(dicom, safe_name(_stem(path.name)), path.name, limits, series)
     members = [(n, read) for n, read in members if file_ext(n) in IMAGE_EXTS]
     if not members:
         seen = f"; it holds {', '.join(repr(s) for s in skipped[:5])}{', ...' if len(skipped) > 5 else ''}" if skipped else ""
@@ -256,7 +262,7 @@ def load_case_files(paths: Sequence[PathLike], source_kind: str = "files", limit
         check_file_size(p, limits)
     dicom = dicom_entries([(p.name, p.read_bytes) for p in named])
     if dicom:
-        return load_dicom_case(dicom, "dicom_case", "the files", limits, series)
+        return _dicom_case(dicom, "dicom_case", "the files", limits, series)
     entries = []
     for p in paths:
         if file_ext(p.name) not in IMAGE_EXTS:
@@ -276,7 +282,7 @@ def load_case_folder(folder: PathLike, limits: Limits = DEFAULT_LIMITS, series: 
         check_file_size(p, limits)
     dicom = dicom_entries([(p.name, p.read_bytes) for p in found])
     if dicom:
-        return load_dicom_case(dicom, safe_name(folder.name, "dicom_case"), folder.name, limits, series)
+        return _dicom_case(dicom, safe_name(folder.name, "dicom_case"), folder.name, limits, series)
     files = sorted(p for p in found if file_ext(p.name) in IMAGE_EXTS)
     if not files:
         raise ValueError(f"No slice images (<case>_<n>.tif or .png) in folder {folder}")

@@ -349,22 +349,19 @@ def dicom_entries(entries: Sequence[Tuple[str, Callable[[], bytes]]]) -> List[Tu
     return out
 
 
-def load_dicom_case(entries: Sequence[Tuple[str, Callable[[], bytes]]], name: str, where: str, limits: Limits,
-                    series: Optional[str] = None):
-    """DICOM entries -> a :class:`brainseg.case_io.CaseInput` (source ``dicom``), slices HxWx3 numbered 1..N.
+def load_dicom_case(entries: Sequence[Tuple[str, Callable[[], bytes]]], where: str, limits: Limits,
+                    series: Optional[str] = None) -> Tuple[List[np.ndarray], Tuple[float, float, float], Dict]:
+    """DICOM entries -> (slices HxWx3 in stack order, spacing (row, column, slice) mm, meta for the writers).
 
-    ``name`` is the upload's name (a zip's or folder's), never a DICOM attribute, so no patient
-    identifier reaches a file name, a summary or a log.
+    ``meta`` holds the SEG's source headers, the grid, which way is left, how the slices were ordered
+    and which series were read; no patient identifier goes anywhere else.
     """
-    from .case_io import CaseInput, check_same_size
     from .images import to_slice
 
     d = read_dicom_series(entries, limits, where, series)
     slices = [to_slice(a, f"{where} slice {k + 1}", nonfinite="zero")[0] for k, a in enumerate(d.slices)]
-    numbers = list(range(1, len(slices) + 1))
-    check_same_size(slices, numbers)
     meta = {"dicom_datasets": d.datasets, "dicom_geometry": d.geometry, "left_direction": left_direction(d.geometry),
             "ordering": (f"ordered by ImagePositionPatient along the slice normal ({len(slices)} slices, "
                          f"{' x '.join(f'{v:.3g}' for v in d.spacing)} mm)"),
             "input_note": d.note, "channels": d.channels, "dicom_series": d.series}
-    return CaseInput(name, slices, numbers, None, d.spacing, "dicom", meta)
+    return slices, d.spacing, meta
