@@ -72,10 +72,10 @@ def bidimensional(mask: np.ndarray, pixel_mm: Tuple[float, float] = (1.0, 1.0)) 
     lo_t, hi_t = np.minimum(t1, t2)[:, None], np.maximum(t1, t2)[:, None]
     hit = (ts[None] >= lo_t) & (ts[None] <= hi_t)
     f = np.where(hi_t > lo_t, (ts[None] - t1[:, None]) / np.where(t2 == t1, 1, t2 - t1)[:, None], 0.0)
-    cut = np.where(hit, s1[:, None] + f * (s2 - s1)[:, None], np.nan)
-    span = np.nanmax(cut, 0) - np.nanmin(cut, 0)
-    k = int(np.nanargmax(span))
-    lo, hi, tk, h = float(np.nanmin(cut[:, k])), float(np.nanmax(cut[:, k])), float(ts[k]), half(normal)
+    cut = s1[:, None] + f * (s2 - s1)[:, None]
+    top, bottom = np.where(hit, cut, -np.inf).max(0), np.where(hit, cut, np.inf).min(0)
+    k = int(np.argmax(np.where(hit.any(0), top - bottom, -np.inf)))
+    lo, hi, tk, h = float(bottom[k]), float(top[k]), float(ts[k]), half(normal)
     p_ends = tuple(tk * axis + v * normal for v in (lo - h, hi + h))
     return Diameters(float(d[i, j]) + 2 * half(axis), hi - lo + 2 * h,
                      tuple(tuple(e / scale) for e in a_ends), tuple(tuple(e / scale) for e in p_ends))
