@@ -172,7 +172,9 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
 
         with gr.Tab("Whole case"):
             gr.Markdown("A patient's stack in, a 3-D report out: a zip of a kaggle_3m case folder, several slice "
-                        "files at once (ordered by the `_<n>` in their names), a multi-page TIFF or a NIfTI volume.")
+                        "files at once (ordered by the number in their names), a multi-page TIFF, a NIfTI volume, "
+                        "or a DICOM series (a zip or the .dcm files). Masks come back as NIfTI, TIFF, DICOM SEG "
+                        "(for DICOM) and a per-slice CSV; the viewer draws the two diameters.")
             with gr.Row(equal_height=False):
                 with gr.Column(scale=1, min_width=300):
                     case_files = w.CaseFiles(label="Case files", file_count="multiple", type="filepath",

@@ -142,6 +142,14 @@ def test_measurements_in_the_summary(dicom_case, written):
     assert m["measured_slice"] in result.slice_numbers
     assert [r["tumor_area_mm2"] for r in s["per_slice"]] == pytest.approx([a * 0.72 for a in result.areas_px], abs=1e-3)
     assert "separate 3-D lesion" in case_summary_text(s) and f"slice {m['measured_slice']}" in case_summary_text(s)
+    from brainseg import viz
+
+    def yellow(frame):  # the longest diameter's colour; the slice is grey and the tumour tinted red
+        return int(((frame[..., 0] > 200) & (frame[..., 1] > 150) & (frame[..., 2] < 80)).sum())
+
+    k = result.slice_numbers.index(m["measured_slice"])
+    assert yellow(viz.case_frame(dicom_case, result, k)) >= m["longest_diameter"] / 0.9 * 0.5
+    assert yellow(viz.case_frame(dicom_case, result, (k + 1) % len(result.slice_numbers))) == 0
 
 
 def dicom_files(tmp_path, datasets, names=None):
