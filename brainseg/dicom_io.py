@@ -261,9 +261,17 @@ def read_dicom_series(entries: Sequence[Tuple[str, Callable[[], bytes]]], limits
     Raises:
         ValueError naming the file and the DICOM tag (never a patient identifier's value).
     """
+    if len(entries) > limits.max_zip_members:
+        raise ValueError(f"{where}: {len(entries)} DICOM files, more than the limit of {limits.max_zip_members}")
     groups: Dict[str, List[DicomSlice]] = {}
+    total = 0
     for label, read in entries:
-        s = read_header(read(), label, limits)
+        data = read()
+        total += len(data)
+        if total > limits.max_input_bytes:
+            raise ValueError(f"{where}: the DICOM files are over {limits.max_input_bytes // MiB} MiB in all (at "
+                             f"{label}); send one series, or fewer slices")
+        s = read_header(data, label, limits)
         groups.setdefault(str(_tag(s.ds, "SeriesInstanceUID", label, "(0020,000E)")), []).append(s)
     if not groups:
         raise ValueError(f"{where} holds no DICOM files")

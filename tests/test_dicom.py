@@ -222,6 +222,10 @@ def test_refusals_name_the_file_and_the_tag(small, tmp_path):
             Limits(max_slices=4))
     refused(tmp_path / "f", series_datasets(small, channels=(1,)), r"f000.dcm: The image is 40x48 pixels, too small",
             Limits(min_side=64))
+    refused(tmp_path / "g", series_datasets(small, channels=(1,)), r"the files: 5 DICOM files, more than the "
+            r"limit of 4", Limits(max_zip_members=4))
+    refused(tmp_path / "h", series_datasets(small, channels=(1,)), r"over 0 MiB in all \(at f00[0-4].dcm\)",
+            Limits(max_input_bytes=4000))
 
 
 def test_not_dicom_and_junk_in_a_zip(small, tmp_path):
