@@ -68,10 +68,12 @@ class CaseInput:
     def __len__(self) -> int:
         return len(self.slices)
 
-    def set_spacing(self, spacing: Tuple[float, float, float]) -> None:
-        """A spacing typed by the user wins over the file's; a DICOM grid then no longer places the NIfTI mask."""
-        self.spacing = tuple(float(v) for v in spacing)
-        self.meta.pop("dicom_geometry", None)
+    def set_spacing(self, spacing: Optional[Tuple[float, float, float]]) -> None:
+        """A spacing typed by the user wins over the file's (None keeps the file's); a DICOM grid then no longer
+        places the NIfTI mask."""
+        if spacing is not None:
+            self.spacing = tuple(float(v) for v in spacing)
+            self.meta.pop("dicom_geometry", None)
 
 
 # ---------------------------------------------------------------- names and checks
@@ -391,6 +393,11 @@ def write_mask_nifti(result, case_input: CaseInput, path: PathLike) -> Path:
     if case_input.source_kind != "nifti" or "affine" not in case_input.meta:
         raise ValueError("A NIfTI mask needs a NIfTI input (its affine and orientation)")
     return write_nifti_mask(result.masks, case_input.meta, Path(path))
+
+
+def downloads(paths: Dict[str, Path]) -> List[str]:
+    """What a user downloads of :func:`write_case_outputs`, in a fixed order: NIfTI, TIFF, DICOM SEG, CSV."""
+    return [str(paths[k]) for k in ("nifti", "tiff", "seg", "csv") if k in paths]
 
 
 def write_case_outputs(case_input: CaseInput, result, out_dir: PathLike, *, figures: bool = False,

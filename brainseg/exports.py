@@ -106,3 +106,4 @@ def write_exports(result, case_input, out: Path, base: str, inside) -> Dict[str,
     if case_input.meta.get("dicom_datasets"):
         paths["seg"] = write_dicom_seg(result, case_input, inside(out, out / f"{base}_seg.dcm"))
     return paths
+

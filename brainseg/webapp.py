@@ -30,7 +30,7 @@ from gradio_client import utils as client_utils
 from . import viz
 from . import case_analysis
 from .case_analysis import case_summary_text, summarize
-from .case_io import load_case, write_case_outputs
+from .case_io import downloads, load_case, write_case_outputs
 from .images import decode_image, load_mask
 from .metrics import dice_score
 
@@ -57,18 +57,15 @@ SLICE_API = (
     "The result as JSON: tumor_probability, tumor_detected, tumor_area_px, thresholds, models, ...",
 )
 CASE_API = (
-    "The case: one zip of a case folder or of a DICOM series, one multi-page TIFF, one NIfTI file, several "
-    "slice files <case>_<n>.tif/.png/.jpg or IM-0001-0007.png (optional _mask files), or DICOM .dcm files.",
+    "The case: a zip (kaggle_3m folder or DICOM series), a multi-page TIFF, a NIfTI file, slice files or .dcm files.",
     THRESHOLD_API,
     "Voxel spacing in mm as 'row, column, slice' for the volume in mL; '' keeps the file's own.",
-    "DICOM only: the SeriesDescription of the series to analyse when the upload holds several; '' picks "
-    "FLAIR + pre + post stacked, or the one FLAIR series.",
+    "DICOM with several series: the SeriesDescription to analyse; '' stacks FLAIR + pre + post, or takes FLAIR.",
     "The case in words: slices, tumour slices, volume, largest slice, Dice when masks came with it.",
     "Tumour probability and area along the stack (PNG).",
     "Every slice with its overlay, numbered (PNG).",
     "The predicted masks: a multi-page TIFF (0/255), or a NIfTI (0/1) on the input's grid for NIfTI input.",
-    "Every download: masks as NIfTI (.nii.gz) and spacing-tagged TIFF, a DICOM SEG for DICOM input, and the "
-    "per-slice CSV (slice, probability, verdict, area in px and mm²).",
+    "Every download: NIfTI and spacing-tagged TIFF masks, a DICOM SEG for DICOM input, the per-slice CSV.",
     "The case summary as JSON, with per_slice figures.",
 )
 
@@ -411,11 +408,10 @@ class CaseOutputs:
 def analyze_case(predictor, files: Sequence[str], threshold: Optional[float], spacing_text: Optional[str],
                  out_dir: Path, series: Optional[str] = None) -> CaseOutputs:
     """Read, analyze and draw a case; every file goes into ``out_dir`` (inside the temp root). ValueError
-    names what is wrong with the input. ``series`` picks a DICOM series by its SeriesDescription."""
+    names what is wrong with the input."""
     spacing = parse_spacing(spacing_text)
-    case = load_case(list(files) if len(files) != 1 else files[0], series=(series or "").strip() or None)
-    if spacing is not None:
-        case.set_spacing(spacing)
+    case = load_case(list(files) if len(files) != 1 else files[0], series=series)
+    case.set_spacing(spacing)
     result = case_analysis.analyze_case(predictor, case, threshold)
     paths = write_case_outputs(case, result, out_dir, figures=True)  # no summary JSON: it goes back in the response
     base = paths["masks"].name.rsplit("_masks", 1)[0]
@@ -427,9 +423,8 @@ def analyze_case(predictor, files: Sequence[str], threshold: Optional[float], sp
     summary = summarize(result)
     numbers = [int(n) for n in result.slice_numbers]
     start = result.largest_area_slice if result.largest_area_slice is not None else numbers[len(numbers) // 2]
-    downloads = [str(paths[k]) for k in ("nifti", "tiff", "seg", "csv") if k in paths]
-    return CaseOutputs(case_summary_text(summary), str(paths["probability"]), str(paths["overlays"]),
-                       str(paths["masks"]), downloads, summary, {"numbers": numbers, "frames": frames, "start": int(start)})
+    return CaseOutputs(case_summary_text(summary), str(paths["probability"]), str(paths["overlays"]), str(paths["masks"]),
+                       downloads(paths), summary, {"numbers": numbers, "frames": frames, "start": int(start)})
 
 
 def viewer_frame(viewer: Optional[dict], number) -> Optional[str]:
