@@ -96,6 +96,8 @@ def read_header(data: bytes, label: str, limits: Limits) -> DicomSlice:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
+    # pydicom's header checks warn and log with the offending value, which may be a patient's name or date
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     if len(data) > limits.max_bytes:
         raise ValueError(f"{label} is {len(data) / MiB:.0f} MiB, over the limit of {limits.max_bytes // MiB} MiB "
                          f"for one slice file")

@@ -7,10 +7,12 @@
   when known, so Fiji and :func:`brainseg.case_io.load_case` read the spacing back.
 - DICOM SEG (highdicom, binary): for DICOM input only, referencing the source series frame by frame;
   it carries the patient and study attributes of the user's own series, as a SEG must, and is the
-  only output that does.
+  only output that does. A source header highdicom cannot copy (an invalid date, say) leaves the SEG
+  out, with a log line that names the error's kind, never its value.
 - CSV: slice, tumour probability, verdict, area in pixels and mm².
 """
 import csv
+import logging
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -18,6 +20,7 @@ import numpy as np
 
 from .nifti_io import write_nifti_mask
 
+log = logging.getLogger("brainseg.exports")
 CSV_FIELDS = ["slice", "tumor_probability", "tumor_detected", "tumor_area_px", "tumor_area_mm2"]
 
 
@@ -104,6 +107,12 @@ def write_exports(result, case_input, out: Path, base: str, inside) -> Dict[str,
              "tiff": write_tiff(result, inside(out, out / f"{base}_masks.tif"), spacing),
              "csv": write_csv(result, inside(out, out / f"{base}_slices.csv"))}
     if case_input.meta.get("dicom_datasets"):
-        paths["seg"] = write_dicom_seg(result, case_input, inside(out, out / f"{base}_seg.dcm"))
+        target = inside(out, out / f"{base}_seg.dcm")
+        try:
+            paths["seg"] = write_dicom_seg(result, case_input, target)
+        except Exception as e:  # noqa: BLE001 - highdicom refuses a source header it cannot copy, quoting the value
+            target.unlink(missing_ok=True)
+            log.warning("DICOM SEG not written: the source series' header has a value highdicom refuses (%s)",
+                        type(e).__name__)  # never the message: it quotes the value, maybe a patient's
     return paths
 

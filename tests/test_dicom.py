@@ -133,6 +133,24 @@ def test_patient_identifiers_reach_only_the_seg(dicom_zip, written, caplog):
     assert "BRAINSEG" not in str(e.value) + caplog.text and "'AX FLAIR' (13 files)" in str(e.value)
 
 
+def test_bad_header_values_are_not_echoed(small, tmp_path, caplog, recwarn):
+    """pydicom warns and logs an invalid value with the value itself; a patient's must not reach a log."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # writing the bad values is the test's doing
+        (ds,) = series_datasets(small[:1], channels=(1,))
+        ds.PatientBirthDate, ds.PatientID = "SECRET-DATE", "SECRET-" + "9" * 70
+        paths = dicom_files(tmp_path, [ds])
+    recwarn.clear()
+    with caplog.at_level(logging.DEBUG):
+        case = load_case(paths)
+        paths = write_case_outputs(case, analyze_case(over(100), case), tmp_path / "out")  # a SEG copies the patient
+    assert "SECRET" not in caplog.text + " ".join(str(w.message) for w in recwarn)
+    assert "seg" not in paths and "DICOM SEG not written" in caplog.text  # highdicom refuses the date; the rest stands
+    assert {"nifti", "tiff", "csv"} <= set(paths) and not any("SECRET".encode() in p.read_bytes() for p in paths.values())
+
+
 def test_measurements_in_the_summary(dicom_case, written):
     result, _, _ = written
     s = summarize(result)
