@@ -259,3 +259,26 @@ def test_not_dicom_and_junk_in_a_zip(small, tmp_path):
     bad.write_bytes(b"\0" * 200)
     with pytest.raises(ValueError, match=r"bad.dcm is not a DICOM file"):
         load_case([bad])
+
+
+def test_nifti_mask_of_a_tiff_case_lies_on_its_grid(tiff_case, tmp_path):
+    result = analyze_case(over(150), tiff_case)
+    paths = write_case_outputs(tiff_case, result, tmp_path)
+    img = nib.load(paths["nifti"])
+    np.testing.assert_array_equal(np.transpose(np.asanyarray(img.dataobj), (2, 1, 0)), result.masks)
+    assert img.header.get_zooms() == pytest.approx((0.8, 0.9, 3.0)) and "seg" not in paths
+    assert summarize(result)["measurements"]["side"] is None  # a TIFF does not say which way is left
+
+
+def test_side_of_a_nifti_case(tmp_path):
+    """NIfTI in RAS: a blob at high x lies on the patient's right, at low x on the left."""
+    vol = np.zeros((64, 64, 4), np.float32)
+    vol[8:56, 8:56] = 100          # the 'brain'
+    vol[44:52, 28:36, 1:3] = 250   # high x: the patient's right
+    nib.save(nib.Nifti1Image(vol, np.diag([1.0, 1.0, 2.0, 1.0])), tmp_path / "right.nii.gz")
+    nib.save(nib.Nifti1Image(vol[::-1].copy(), np.diag([1.0, 1.0, 2.0, 1.0])), tmp_path / "left.nii.gz")
+    for name in ("right", "left"):
+        case = load_case(tmp_path / f"{name}.nii.gz")
+        p = FakePredictor(lambda im: (np.asarray(im, np.float32)[..., 1] > 200).astype(np.float32), image_size=64)
+        m = summarize(analyze_case(p, case))["measurements"]
+        assert m["side"] == name and m["lesions"] == 1 and m["unit"] == "mm"
