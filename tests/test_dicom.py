@@ -4,7 +4,6 @@ and bad series are refused naming the file and the tag, never a patient identifi
 import json
 import logging
 import zipfile
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
