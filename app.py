@@ -172,7 +172,9 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
 
         with gr.Tab("Whole case"):
             gr.Markdown("A patient's stack in, a 3-D report out: a zip of a kaggle_3m case folder, several slice "
-                        "files at once (ordered by the `_<n>` in their names), a multi-page TIFF or a NIfTI volume.")
+                        "files at once (ordered by the number in their names), a multi-page TIFF, a NIfTI volume, "
+                        "or a DICOM series (a zip or the .dcm files). Masks come back as NIfTI, TIFF, DICOM SEG "
+                        "(for DICOM) and a per-slice CSV; the viewer draws the two diameters.")
             with gr.Row(equal_height=False):
                 with gr.Column(scale=1, min_width=300):
                     case_files = w.CaseFiles(label="Case files", file_count="multiple", type="filepath",
@@ -182,6 +184,9 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
                     spacing = gr.Textbox("", label="Voxel spacing (mm)", placeholder="row, column, slice: e.g. 0.94, 0.94, 3",
                                          info="Gives the volume in mL. Blank: the file's own spacing, if any.",
                                          elem_id="spacing")
+                    series = gr.Textbox("", label="DICOM series", placeholder="SeriesDescription, e.g. AX FLAIR",
+                                        info="Only when a DICOM upload holds several series. Blank: FLAIR + pre + "
+                                             "post stacked, or the one FLAIR series.", elem_id="series")
                     case_btn = gr.Button("Analyse case", variant="primary", elem_id="analyze-case")
                     if example_cases:
                         case_examples = gr.Examples([[[str(p)]] for p in example_cases], inputs=[case_files],
@@ -200,25 +205,28 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
                     case_montage = gr.Image(label="All slices", show_label=False, type="filepath", interactive=False,
                                             buttons=IMAGE_BUTTONS, elem_id="case-montage")
                     case_masks = gr.File(label="Masks", interactive=False, elem_id="case-masks")
+                    case_downloads = gr.File(label="Downloads", file_count="multiple",
+                                             interactive=False, elem_id="case-downloads")
                     with gr.Accordion("Summary as JSON (as the API returns it)", open=False):
                         case_json = gr.JSON(label="Case result", open=False)
             frames = gr.State(time_to_live=delete_cache[1] if delete_cache else None)
-            case_outputs = [case_summary, case_plot, case_montage, case_masks, case_json]
-            for comp, text in zip([case_files, case_threshold, spacing, *case_outputs], w.CASE_API):
+            case_outputs = [case_summary, case_plot, case_montage, case_masks, case_downloads, case_json]
+            for comp, text in zip([case_files, case_threshold, spacing, series, *case_outputs], w.CASE_API):
                 w.describe_io(comp, text)
 
-            def predict_case(files: Optional[List[str]], threshold: float = default_threshold, spacing_mm: str = ""):
-                """Whole-case analysis: per-slice probability and area, tumour volume, largest slice and masks.
+            def predict_case(files: Optional[List[str]], threshold: float = default_threshold, spacing_mm: str = "",
+                             series: str = ""):
+                """Whole-case analysis: per-slice probability and area, tumour volume, lesions, diameters and masks.
 
                 Returns a summary, the probability plot, the montage of all slices, the masks (multi-page
-                TIFF, or NIfTI for NIfTI input) and the summary as JSON.
+                TIFF, or NIfTI for NIfTI input), every download (NIfTI, TIFF, DICOM SEG, CSV) and the JSON.
                 """
                 if not files:
                     raise gr.Error("No files: upload a zipped case folder, slice files, a multi-page TIFF or "
                                    "a NIfTI volume.", print_exception=False)
                 try:
                     out = w.analyze_case(predictor, files, threshold, spacing_mm,
-                                         Path(case_masks.GRADIO_CACHE) / uuid.uuid4().hex)
+                                         Path(case_masks.GRADIO_CACHE) / uuid.uuid4().hex, series)
                 except FileNotFoundError:  # an upload swept while the call waited or read it; no path in the message
                     log.info("case upload expired")
                     raise gr.Error(w.EXPIRED, print_exception=False) from None
@@ -226,13 +234,14 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
                     log.info("rejected case upload (%s)", type(e).__name__)
                     raise gr.Error(str(e), print_exception=False) from None
                 log.info("predicted a case of %d slices", out.json["slices"])
-                return out.text, out.plot, out.montage, out.masks, out.json, out.viewer
+                return out.text, out.plot, out.montage, out.masks, out.downloads, out.json, out.viewer
 
             case_clear = [*case_outputs, frames, viewer]
 
             def run_case_chain(first, api_name: str, visibility: str = "public"):
                 """Old results cleared (by ``first``), the analysis, the viewer at its slice, then the page scrolled to it."""
-                first.then(predict_case, inputs=[case_files, case_threshold, spacing], outputs=[*case_outputs, frames],
+                first.then(predict_case, inputs=[case_files, case_threshold, spacing, series],
+                           outputs=[*case_outputs, frames],
                            api_name=api_name, api_visibility=visibility, concurrency_id="case", concurrency_limit=1).then(
                     w.first_frame, inputs=[frames], outputs=[viewer_slider, viewer], api_name=f"viewer_{api_name}",
                     api_visibility="private").then(

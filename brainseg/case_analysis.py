@@ -22,6 +22,7 @@ import numpy as np
 
 from .case_io import load_case, write_case_outputs
 from .inference import Prediction
+from .measure import add_measurements, measure_input, measurement_lines, measurements_json, volume_ml
 from .metrics import CaseDiceAggregator, dice_score
 from .preprocess import brain_area_px
 
@@ -135,6 +136,9 @@ class CaseResult:
     removed_by_case_rule: Optional[List[bool]] = None
     case_rule: str = "none"
     case_min_voxels: int = 0
+    measurements: Optional[Dict] = None  # brainseg.measure.CaseMeasurements.to_dict()
+    ordering: Optional[str] = None  # how the slices were put in order (file numbers, DICOM positions)
+    input_note: Optional[str] = None  # what was read (which DICOM series, FLAIR alone)
 
     @property
     def tumor_slices(self) -> List[int]:
@@ -162,7 +166,8 @@ def analyze_case(predictor, case_input, threshold: Optional[float] = None, batch
     areas = [p.tumor_area_px for p in preds]
     volume = int(sum(areas))
     k = int(np.argmax(areas)) if areas else 0
-    ml = None if case_input.spacing is None else volume * float(np.prod(case_input.spacing)) / 1000.0
+    ml = volume_ml(volume, case_input.spacing)
+    measurements = measure_input(case_input, masks)
     dice = slice_dice = truth_areas = None
     if case_input.masks is not None:
         truth = np.stack(case_input.masks)
@@ -179,7 +184,8 @@ def analyze_case(predictor, case_input, threshold: Optional[float] = None, batch
         largest_area_px=areas[k] if volume > 0 else 0, threshold=thr, detection_threshold=det_thr,
         spacing=case_input.spacing, source_kind=case_input.source_kind, dice=dice, slice_dice=slice_dice,
         truth_areas_px=truth_areas, seconds=seconds, removed_by_case_rule=[p.removed_by_case_rule for p in preds],
-        case_rule=predictor.seg_cfg.case_rule, case_min_voxels=int(predictor.seg_cfg.case_min_voxels))
+        case_rule=predictor.seg_cfg.case_rule, case_min_voxels=int(predictor.seg_cfg.case_min_voxels),
+        measurements=measurements, ordering=case_input.meta.get("ordering"), input_note=case_input.meta.get("input_note"))
 
 
 def summarize(result: CaseResult) -> Dict:
@@ -196,6 +202,7 @@ def summarize(result: CaseResult) -> Dict:
                           "tumor_detected": bool(result.detected[i]), "tumor_area_px": int(result.areas_px[i]),
                           "dice": None if result.slice_dice is None else round(float(result.slice_dice[i]), 6),
                           "removed_by_case_rule": bool(result.removed_by_case_rule and result.removed_by_case_rule[i])})
+    add_measurements(per_slice, result)
     return {
         "case": result.case,
         "slices": len(result.slice_numbers),
@@ -212,6 +219,9 @@ def summarize(result: CaseResult) -> Dict:
         "case_min_voxels": int(result.case_min_voxels),
         "spacing_mm": None if result.spacing is None else [float(s) for s in result.spacing],
         "source": result.source_kind,
+        "ordering": result.ordering,
+        "input_note": result.input_note,
+        "measurements": measurements_json(result),
     }
 
 
@@ -243,6 +253,7 @@ def case_summary_text(summary: Union[Dict, CaseResult]) -> str:
         lines.append(f"Largest area: slice {s['largest_area_slice']}, {s['largest_area_px']:,} px")
     if s["dice"] is not None:
         lines.append(f"Dice against the case's masks: {s['dice']:.3f}")
+    lines += measurement_lines(s)
     lines.append(f"Detection threshold {s['detection_threshold']:g}, pixel threshold {s['threshold']:g}")
     rule = s.get("case_rule", "none")
     if rule != "none":

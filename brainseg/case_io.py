@@ -7,7 +7,11 @@ optional ground-truth masks, optional voxel spacing):
   (read in memory by :mod:`brainseg.safe_zip`, never extracted);
 - several slice files at once, ordered by the number ``_<n>`` before the extension;
 - a multi-page TIFF, pages in order (ImageJ ``spacing`` and resolution in mm are read when present);
-- a NIfTI volume (``.nii``/``.nii.gz``, needs ``nibabel``), axial slices of its closest RAS orientation.
+- a NIfTI volume (``.nii``/``.nii.gz``, needs ``nibabel``), axial slices of its closest RAS orientation;
+- a DICOM series (a zip, several files or a folder), read by :mod:`brainseg.dicom_io`.
+
+Slice files are TIFF, PNG or JPEG, named ``<case>_<n>`` (kaggle_3m) or, as viewers export them,
+``IM-0001-0007.png`` or ``slice007.png``: the last number in the name orders them.
 
 Every slice is decoded by :mod:`brainseg.images` (the decoder of the one-slice tab), under one
 :class:`~brainseg.limits.Limits`: each slice by the single-slice rules (at least 32x32), a case
@@ -30,14 +34,17 @@ import numpy as np
 from .images import apply_orientation, decode_image, decode_mask, to_slice
 from .limits import DEFAULT_LIMITS, InvalidImageError, Limits, MiB, named
 from .nifti_io import read_nifti, write_nifti_mask
+from .dicom_io import dicom_entries, is_dicom_name, load_dicom_case
+from .exports import write_exports, write_tiff
 from .safe_zip import JUNK, zip_members
 from .tiff_pages import read_tiff_stack
 
 PathLike = Union[str, Path]
 
-IMAGE_EXTS = (".tif", ".tiff", ".png")
+IMAGE_EXTS = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 NIFTI_EXTS = (".nii", ".nii.gz")
 _NAME_RE = re.compile(r"^(?P<case>.+)_(?P<num>\d+)(?P<mask>_mask)?$", re.IGNORECASE)
+_EXPORT_RE = re.compile(r"^(?P<case>.*?)[_\-. ]*(?P<num>\d+)(?P<mask>[_\-]mask)?$", re.IGNORECASE)  # IM-0001-0007
 
 
 @dataclass
@@ -61,6 +68,13 @@ class CaseInput:
     def __len__(self) -> int:
         return len(self.slices)
 
+    def set_spacing(self, spacing: Optional[Tuple[float, float, float]]) -> None:
+        """A spacing typed by the user wins over the file's (None keeps the file's); a DICOM grid then no longer
+        places the NIfTI mask."""
+        if spacing is not None:
+            self.spacing = tuple(float(v) for v in spacing)
+            self.meta.pop("dicom_geometry", None)
+
 
 # ---------------------------------------------------------------- names and checks
 
@@ -68,7 +82,7 @@ def parse_slice_name(filename: str) -> Tuple[Optional[str], Optional[int], bool]
     """``"TCGA_CS_4941_19960909_12_mask.tif"`` -> ("TCGA_CS_4941_19960909", 12, True); no number -> (stem, None, False)."""
     base = filename.replace("\\", "/").rsplit("/", 1)[-1]
     stem = base[: -len(file_ext(base))] if file_ext(base) else base
-    m = _NAME_RE.match(stem)
+    m = _NAME_RE.match(stem) or _EXPORT_RE.match(stem)
     if not m:
         return stem, None, False
     return m.group("case"), int(m.group("num")), m.group("mask") is not None
@@ -181,7 +195,10 @@ def _assemble(name: str, images: Dict[int, _Entry], masks: Dict[int, _Entry], so
                                  f"{img.shape[1]}x{img.shape[0]}")
             truth.append(m)
     check_same_size(slices, numbers)
-    return CaseInput(name, slices, numbers, truth or None, None, source_kind)
+    first, last = (images[k].label.replace("\\", "/").rsplit("/", 1)[-1] for k in (numbers[0], numbers[-1]))
+    order = (f"ordered by the number in the file names: {first} = slice {numbers[0]}"
+             + (f" ... {last} = slice {numbers[-1]}" if len(numbers) > 1 else ""))
+    return CaseInput(name, slices, numbers, truth or None, None, source_kind, {"ordering": order})
 
 
 def _group(named_entries: Sequence[Tuple[str, _Entry]], what: str) -> Tuple[str, Dict, Dict]:
@@ -211,27 +228,47 @@ def _group(named_entries: Sequence[Tuple[str, _Entry]], what: str) -> Tuple[str,
 
 # ---------------------------------------------------------------- readers
 
-def load_case_zip(path: PathLike, limits: Limits = DEFAULT_LIMITS) -> CaseInput:
-    """A zip of one kaggle_3m case folder, read in memory (nothing is extracted; see :mod:`brainseg.safe_zip`)."""
+def _dicom_case(entries, name: str, where: str, limits: Limits, series: Optional[str]) -> CaseInput:
+    """A DICOM series as a case named after the upload (never after a DICOM attribute: no patient identifier)."""
+    slices, spacing, meta = load_dicom_case(entries, where, limits, series)
+    return CaseInput(name, slices, list(range(1, len(slices) + 1)), None, spacing, "dicom", meta)
+
+
+def load_case_zip(path: PathLike, limits: Limits = DEFAULT_LIMITS, series: Optional[str] = None) -> CaseInput:
+    """A zip of one kaggle_3m case folder or of DICOM files, read in memory (nothing is extracted; see
+    :mod:`brainseg.safe_zip`); ``series`` picks a DICOM series by its SeriesDescription."""
     path = Path(path)
     check_file_size(path, limits)
-    members, skipped = zip_members(path, limits, lambda n: file_ext(n) in IMAGE_EXTS)
+    members, skipped = zip_members(path, limits, lambda n: file_ext(n) in IMAGE_EXTS or is_dicom_name(n))
+    dicom = dicom_entries(members)
+    if dicom:
+        return _dicom_case(dicom, safe_name(_stem(path.name)), path.name, limits, series)
+    members = [(n, read) for n, read in members if file_ext(n) in IMAGE_EXTS]
     if not members:
         seen = f"; it holds {', '.join(repr(s) for s in skipped[:5])}{', ...' if len(skipped) > 5 else ''}" if skipped else ""
-        raise ValueError(f"{path.name} holds no slice images (<case>_<n>.tif, .tiff or .png){seen}")
+        raise ValueError(f"{path.name} holds no slice images (<case>_<n>.tif, .tiff, .png or .jpg) or DICOM "
+                         f"files{seen}")
     case, images, masks = _group([(n, _Entry(n, read)) for n, read in members], path.name)
     return _assemble(case, images, masks, "zip", limits)
 
 
-def load_case_files(paths: Sequence[PathLike], source_kind: str = "files", limits: Limits = DEFAULT_LIMITS) -> CaseInput:
-    """Several slice files (TIFF or PNG) of one case, ordered by the ``_<n>`` in their names.
+def load_case_files(paths: Sequence[PathLike], source_kind: str = "files", limits: Limits = DEFAULT_LIMITS,
+                    series: Optional[str] = None) -> CaseInput:
+    """Several slice files (TIFF, PNG or JPEG) of one case, ordered by the number in their names, or DICOM files.
 
     Files named ``<case>_<n>_mask.tif`` are taken as ground truth. One file alone needs no number.
     """
+    paths = [Path(p) for p in paths]
+    named = [p for p in paths if is_dicom_name(p.name)]
+    for p in named:
+        check_file_size(p, limits)
+    dicom = dicom_entries([(p.name, p.read_bytes) for p in named])
+    if dicom:
+        return _dicom_case(dicom, "dicom_case", "the files", limits, series)
     entries = []
-    for p in map(Path, paths):
+    for p in paths:
         if file_ext(p.name) not in IMAGE_EXTS:
-            raise ValueError(f"{p.name} is not a slice image (.tif, .tiff or .png); send a zip, a multi-page "
+            raise ValueError(f"{p.name} is not a slice image (.tif, .tiff, .png, .jpg) or DICOM (.dcm); send a zip, a multi-page "
                              f"TIFF or a NIfTI file alone, or slice images together")
         check_file_size(p, limits)
         entries.append((p.name, _Entry(p.name, p.read_bytes)))
@@ -239,11 +276,16 @@ def load_case_files(paths: Sequence[PathLike], source_kind: str = "files", limit
     return _assemble(case, images, masks, source_kind, limits)
 
 
-def load_case_folder(folder: PathLike, limits: Limits = DEFAULT_LIMITS) -> CaseInput:
-    """A kaggle_3m case folder: its ``<case>_<n>.tif``/``.png`` slices and any ``_mask`` files."""
+def load_case_folder(folder: PathLike, limits: Limits = DEFAULT_LIMITS, series: Optional[str] = None) -> CaseInput:
+    """A kaggle_3m case folder (its ``<case>_<n>.tif``/``.png`` slices and any ``_mask`` files), or a DICOM folder."""
     folder = Path(folder)
-    files = sorted(p for p in folder.iterdir() if p.is_file() and file_ext(p.name) in IMAGE_EXTS
-                   and not JUNK.search(p.name))
+    found = [p for p in folder.iterdir() if p.is_file() and not JUNK.search(p.name)]
+    for p in found:
+        check_file_size(p, limits)
+    dicom = dicom_entries([(p.name, p.read_bytes) for p in found])
+    if dicom:
+        return _dicom_case(dicom, safe_name(folder.name, "dicom_case"), folder.name, limits, series)
+    files = sorted(p for p in found if file_ext(p.name) in IMAGE_EXTS)
     if not files:
         raise ValueError(f"No slice images (<case>_<n>.tif or .png) in folder {folder}")
     return load_case_files(files, source_kind="folder", limits=limits)
@@ -276,6 +318,7 @@ def load_case_nifti(path: PathLike, limits: Limits = DEFAULT_LIMITS) -> CaseInpu
     path = Path(path)
     check_file_size(path, limits)
     slices, spacing, meta = read_nifti(path, limits)
+    meta["left_direction"] = (0.0, -1.0)  # slices are shown in RAS: the patient's left toward column 0
     return CaseInput(safe_name(_stem(path.name)), slices, list(range(1, len(slices) + 1)), None, spacing, "nifti",
                      meta)
 
@@ -294,8 +337,10 @@ def _tiff_pages(path: Path, limits: Limits) -> int:
         raise ValueError(f"{path.name} is not a readable TIFF ({type(e).__name__}: {e})") from None
 
 
-def load_case(source: Union[PathLike, Sequence[PathLike]], limits: Limits = DEFAULT_LIMITS) -> CaseInput:
-    """Any supported case input: a zip, a multi-page TIFF, a NIfTI file, a case folder, or several slice files.
+def load_case(source: Union[PathLike, Sequence[PathLike]], limits: Limits = DEFAULT_LIMITS,
+              series: Optional[str] = None) -> CaseInput:
+    """Any supported case input: a zip, a multi-page TIFF, a NIfTI file, a case folder, several slice files,
+    or a DICOM series (a zip, files or a folder; ``series`` names one by its SeriesDescription).
 
     Raises:
         ValueError (:class:`~brainseg.images.InvalidImageError` for a bad slice) naming the file and the problem;
@@ -313,11 +358,11 @@ def load_case(source: Union[PathLike, Sequence[PathLike]], limits: Limits = DEFA
     if len(paths) == 1:
         p = paths[0]
         if p.is_dir():
-            return load_case_folder(p, limits)
+            return load_case_folder(p, limits, series)
         check_file_size(p, limits)
         ext = file_ext(p.name)
         if ext == ".zip":
-            return load_case_zip(p, limits)
+            return load_case_zip(p, limits, series)
         if ext in NIFTI_EXTS:
             return load_case_nifti(p, limits)
         if ext in (".tif", ".tiff") and _tiff_pages(p, limits) > 1:
@@ -325,7 +370,7 @@ def load_case(source: Union[PathLike, Sequence[PathLike]], limits: Limits = DEFA
     for p in paths:
         if file_ext(p.name) in (".zip",) + NIFTI_EXTS:
             raise ValueError(f"{p.name}: send a zip or a NIfTI file alone, not together with other files")
-    return load_case_files(paths, limits=limits)
+    return load_case_files(paths, limits=limits, series=series)
 
 
 # ---------------------------------------------------------------- writers
@@ -339,13 +384,8 @@ def inside(root: Path, path: Path) -> Path:
 
 
 def write_mask_tiff(result, path: PathLike) -> Path:
-    """The predicted masks as one multi-page TIFF: a uint8 0/255 page per slice, in stack order."""
-    import tifffile
-
-    path = Path(path)
-    tifffile.imwrite(str(path), result.masks * np.uint8(255), photometric="minisblack", compression="zlib",
-                     metadata={"case": result.case, "slices": [int(n) for n in result.slice_numbers]})
-    return path
+    """The predicted masks as one multi-page TIFF: a uint8 0/255 page per slice, in stack order, spacing in mm."""
+    return write_tiff(result, Path(path), result.spacing)
 
 
 def write_mask_nifti(result, case_input: CaseInput, path: PathLike) -> Path:
@@ -353,6 +393,11 @@ def write_mask_nifti(result, case_input: CaseInput, path: PathLike) -> Path:
     if case_input.source_kind != "nifti" or "affine" not in case_input.meta:
         raise ValueError("A NIfTI mask needs a NIfTI input (its affine and orientation)")
     return write_nifti_mask(result.masks, case_input.meta, Path(path))
+
+
+def downloads(paths: Dict[str, Path]) -> List[str]:
+    """What a user downloads of :func:`write_case_outputs`, in a fixed order: NIfTI, TIFF, DICOM SEG, CSV."""
+    return [str(paths[k]) for k in ("nifti", "tiff", "seg", "csv") if k in paths]
 
 
 def write_case_outputs(case_input: CaseInput, result, out_dir: PathLike, *, figures: bool = False,
@@ -371,7 +416,8 @@ def write_case_outputs(case_input: CaseInput, result, out_dir: PathLike, *, figu
             given (its ``case`` set to ``name`` when one is given).
     Returns:
         paths by role: ``masks`` (a multi-page uint8 0/255 TIFF, or a uint8 0/1 ``.nii.gz`` on the
-        input's grid for NIfTI input), ``summary`` with ``summary``, ``probability`` and
+        input's grid for NIfTI input), ``nifti``, ``tiff``, ``csv`` and for DICOM ``seg``
+        (:func:`brainseg.exports.write_exports`), ``summary`` with ``summary``, ``probability`` and
         ``overlays`` with ``figures``, ``slice_<n>`` with ``slice_masks``.
     """
     import cv2
@@ -379,11 +425,8 @@ def write_case_outputs(case_input: CaseInput, result, out_dir: PathLike, *, figu
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     base = safe_name(name or case_input.name)
-    paths: Dict[str, Path] = {}
-    if case_input.source_kind == "nifti":
-        paths["masks"] = write_mask_nifti(result, case_input, inside(out, out / f"{base}_masks.nii.gz"))
-    else:
-        paths["masks"] = write_mask_tiff(result, inside(out, out / f"{base}_masks.tif"))
+    paths: Dict[str, Path] = write_exports(result, case_input, out, base, inside)
+    paths["masks"] = paths["nifti" if case_input.source_kind == "nifti" else "tiff"]
     if slice_masks:
         for n, mask in zip(result.slice_numbers, result.masks):
             target = inside(out, out / f"{base}_{n}_mask.tif")

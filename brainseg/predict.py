@@ -4,16 +4,19 @@
     python -m brainseg.predict ../shared/data/lgg/kaggle_3m/TCGA_CS_4941_19960909 --out preds --figures
     python -m brainseg.predict ../shared/data/lgg/kaggle_3m --out preds --segmenter user/brainseg-segmenter@v1
     python -m brainseg.predict case.zip --out preds          # also a multi-page TIFF or a NIfTI volume
+    python -m brainseg.predict dicom_folder --out preds --series "AX FLAIR"   # a DICOM series (folder or zip)
     python -m brainseg.predict --data ../shared/data/lgg/kaggle_3m --out preds   # the input as --data, too
 
 INPUT is one slice file (its ``<stem>_mask.tif`` beside it is used as ground truth when present),
 a case folder, a folder of case folders (the kaggle_3m layout), a zip of a case folder, a
-multi-page TIFF or a NIfTI file. For each case it writes, under ``--out`` only:
+multi-page TIFF, a NIfTI file or a DICOM series (a folder, a zip or a .dcm file). For each case it writes, under ``--out`` only:
 
     OUT/<case>/<case>_<n>_mask.tif    predicted mask of slice n, uint8 0/255 (the kaggle_3m naming)
     OUT/<case>/<case>_summary.json    the case summary (volume, largest slice, per-slice figures, Dice)
-    OUT/<case>/<case>_masks.tif       all masks as one multi-page uint8 0/255 TIFF (the app's download), or
-    OUT/<case>/<case>_masks.nii.gz    for NIfTI input: the masks on the input's own voxel grid
+    OUT/<case>/<case>_masks.tif       all masks as one multi-page uint8 0/255 TIFF, spacing in mm when known
+    OUT/<case>/<case>_masks.nii.gz    the masks as NIfTI (on the input's own grid for NIfTI and DICOM input)
+    OUT/<case>/<case>_slices.csv      per slice: probability, verdict, area in px and mm²
+    OUT/<case>/<case>_seg.dcm         for DICOM input (a folder, a zip or .dcm files): a DICOM SEG over the series
     OUT/<case>/<case>_probability.png, <case>_overlays.png   with --figures
     OUT/predictions.csv               case, slice, tumor_probability, tumor_detected, tumor_area_px, dice
 
@@ -46,6 +49,14 @@ def _has_slices(folder: Path) -> bool:
     return False
 
 
+def _has_dicom(folder: Path) -> bool:
+    """Whether a folder holds DICOM files (a DICOM extension, or none and the DICM preamble)."""
+    from .dicom_io import dicom_entries, is_dicom_name
+
+    return bool(dicom_entries([(p.name, lambda p=p: p.open("rb").read(132)) for p in folder.iterdir()
+                               if p.is_file() and is_dicom_name(p.name)]))
+
+
 def discover(input_path: Path, out: Path) -> List[object]:
     """What to predict: [a file], [a case folder], the case folders of a kaggle_3m folder, or [[image, mask]]."""
     if not input_path.exists():
@@ -57,7 +68,7 @@ def discover(input_path: Path, out: Path) -> List[object]:
         if file_ext(input_path.name) in IMAGE_EXTS and truth.is_file():
             return [[input_path, truth]]
         return [input_path]
-    if _has_slices(input_path):
+    if _has_slices(input_path) or _has_dicom(input_path):
         return [input_path]
     out_r = out.resolve()
     folders = sorted(p for p in input_path.iterdir() if p.is_dir() and p.resolve() != out_r and _has_slices(p))
@@ -96,12 +107,14 @@ def csv_rows(summary: dict) -> List[dict]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m brainseg.predict", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_data_arg(p, "slice file, case folder, kaggle_3m folder, zip, multi-page TIFF or NIfTI", metavar="INPUT")
+    add_data_arg(p, "slice file, case folder, kaggle_3m folder, zip, multi-page TIFF, NIfTI or DICOM folder",
+                 metavar="INPUT")
     p.add_argument("--out", required=True, help="output folder (created); nothing is written outside it")
     add_model_args(p)
     p.add_argument("--threshold", type=float, help="pixel probability threshold (default: the segmenter config's)")
     p.add_argument("--spacing", type=float, nargs=3, metavar=("ROW", "COL", "SLICE"),
                    help="voxel size in mm, for volumes in mL when the input does not carry it")
+    p.add_argument("--series", help="DICOM input holding several series: the SeriesDescription of the one to analyse")
     p.add_argument("--figures", action="store_true", help="also write the probability plot and the overlay montage")
     p.add_argument("--batch-size", type=int, default=16)
     add_runtime_args(p)
@@ -122,7 +135,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if folder.parent == out.resolve() and _has_slices(folder):
                 raise ValueError(f"--out {out} holds the input case folder {folder.name}: its _mask files would be "
                                  f"overwritten; choose another --out")
-        first = load_case(sources[0]) if len(sources) == 1 else None  # bad single input fails before the models load
+        first = load_case(sources[0], series=args.series) if len(sources) == 1 else None  # bad single input fails before the models load
         from .case_analysis import analyze_case  # torch loads only once the input has passed its checks
 
         predictor = predictor_from_args(args)
@@ -141,9 +154,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         label = Path(src[0] if isinstance(src, list) else src).name
         bar.set_postfix_str(label, refresh=False)
         try:
-            case = first if first is not None else load_case(src)
+            case = first if first is not None else load_case(src, series=args.series)
             if args.spacing:
-                case.spacing = tuple(args.spacing)
+                case.set_spacing(args.spacing)
             result = analyze_case(predictor, case, args.threshold, args.batch_size)
             folder, summary = write_case(case, result, out, used, args.figures)
         except (ValueError, OSError) as e:

@@ -121,7 +121,21 @@ def case_frame(case_input, result, index: int, alpha: float = DEFAULT_ALPHA,
     """One slice of a case (at full size, or fitted as :func:`fit`): FLAIR, predicted tumour in red,
     ground truth outlined green."""
     truth = case_input.masks[index] if case_input.masks is not None else None
-    return slice_overlay(case_input.slices[index], result.masks[index], truth, alpha, max_side)
+    rgb = slice_overlay(case_input.slices[index], result.masks[index], truth, alpha, max_side)
+    m = getattr(result, "measurements", None)
+    if m and m.get("measured_slice_index") == index and m.get("longest_ends_px"):
+        draw_diameters(rgb, m, rgb.shape[0] / result.masks[index].shape[0])
+    return rgb
+
+
+def draw_diameters(rgb: np.ndarray, m: dict, scale: float = 1.0) -> np.ndarray:
+    """The longest diameter (yellow) and the longest perpendicular (cyan) of the measured slice, in place."""
+    thick = max(1, round(max(rgb.shape[:2]) / 256))
+    for key, colour in (("longest_ends_px", (255, 220, 0)), ("perpendicular_ends_px", (0, 220, 255))):
+        (r0, c0), (r1, c1) = m[key]
+        cv2.line(rgb, (round(c0 * scale), round(r0 * scale)), (round(c1 * scale), round(r1 * scale)), colour, thick,
+                 cv2.LINE_AA)
+    return rgb
 
 
 def case_montage(case_input, result, cols: Optional[int] = None, tile: int = 128) -> np.ndarray:

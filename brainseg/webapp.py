@@ -30,14 +30,14 @@ from gradio_client import utils as client_utils
 from . import viz
 from . import case_analysis
 from .case_analysis import case_summary_text, summarize
-from .case_io import load_case, write_case_outputs
+from .case_io import downloads, load_case, write_case_outputs
 from .images import decode_image, load_mask
 from .metrics import dice_score
 
 log = logging.getLogger("brainseg.app")
 
 SLICE_TYPES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
-CASE_TYPES = (".zip", ".tif", ".tiff", ".png", ".nii", ".gz")
+CASE_TYPES = (".zip", ".tif", ".tiff", ".png", ".jpg", ".jpeg", ".nii", ".gz", ".dcm")
 OVERLAY_MAX_SIDE = 1024  # overlays are for the eye; the mask keeps the input's full size
 PREVIEW_MAX_SIDE = 512
 EXPIRED = "This upload is no longer on the server (uploads are deleted after five minutes). Upload the file again."
@@ -57,14 +57,15 @@ SLICE_API = (
     "The result as JSON: tumor_probability, tumor_detected, tumor_area_px, thresholds, models, ...",
 )
 CASE_API = (
-    "The case: one zip of a case folder, one multi-page TIFF, one NIfTI file, or several slice files "
-    "<case>_<n>.tif/.png (optional _mask files).",
+    "The case: a zip (kaggle_3m folder or DICOM series), a multi-page TIFF, a NIfTI file, slice files or .dcm files.",
     THRESHOLD_API,
     "Voxel spacing in mm as 'row, column, slice' for the volume in mL; '' keeps the file's own.",
+    "DICOM with several series: the SeriesDescription to analyse; '' stacks FLAIR + pre + post, or takes FLAIR.",
     "The case in words: slices, tumour slices, volume, largest slice, Dice when masks came with it.",
     "Tumour probability and area along the stack (PNG).",
     "Every slice with its overlay, numbered (PNG).",
     "The predicted masks: a multi-page TIFF (0/255), or a NIfTI (0/1) on the input's grid for NIfTI input.",
+    "Every download: NIfTI and spacing-tagged TIFF masks, a DICOM SEG for DICOM input, the per-slice CSV.",
     "The case summary as JSON, with per_slice figures.",
 )
 
@@ -399,18 +400,18 @@ class CaseOutputs:
     plot: str
     montage: str
     masks: str
+    downloads: List[str]
     json: dict
     viewer: dict  # slice numbers, frame PNGs and the slice to open at, for the slice viewer
 
 
 def analyze_case(predictor, files: Sequence[str], threshold: Optional[float], spacing_text: Optional[str],
-                 out_dir: Path) -> CaseOutputs:
+                 out_dir: Path, series: Optional[str] = None) -> CaseOutputs:
     """Read, analyze and draw a case; every file goes into ``out_dir`` (inside the temp root). ValueError
     names what is wrong with the input."""
     spacing = parse_spacing(spacing_text)
-    case = load_case(list(files) if len(files) != 1 else files[0])
-    if spacing is not None:
-        case.spacing = spacing
+    case = load_case(list(files) if len(files) != 1 else files[0], series=series)
+    case.set_spacing(spacing)
     result = case_analysis.analyze_case(predictor, case, threshold)
     paths = write_case_outputs(case, result, out_dir, figures=True)  # no summary JSON: it goes back in the response
     base = paths["masks"].name.rsplit("_masks", 1)[0]
@@ -422,8 +423,8 @@ def analyze_case(predictor, files: Sequence[str], threshold: Optional[float], sp
     summary = summarize(result)
     numbers = [int(n) for n in result.slice_numbers]
     start = result.largest_area_slice if result.largest_area_slice is not None else numbers[len(numbers) // 2]
-    return CaseOutputs(case_summary_text(summary), str(paths["probability"]), str(paths["overlays"]),
-                       str(paths["masks"]), summary, {"numbers": numbers, "frames": frames, "start": int(start)})
+    return CaseOutputs(case_summary_text(summary), str(paths["probability"]), str(paths["overlays"]), str(paths["masks"]),
+                       downloads(paths), summary, {"numbers": numbers, "frames": frames, "start": int(start)})
 
 
 def viewer_frame(viewer: Optional[dict], number) -> Optional[str]:

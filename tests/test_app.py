@@ -287,9 +287,10 @@ def test_api_names_are_short_distinct_and_described(client):
     api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     assert [r["label"] for r in api["/predict"]["returns"]] == ["Detection", "FLAIR", "Overlay", "Mask", "Summary",
                                                                   "Result"]
-    assert [p["parameter_name"] for p in api["/predict_case"]["parameters"]] == ["files", "threshold", "spacing_mm"]
+    assert [p["parameter_name"] for p in api["/predict_case"]["parameters"]] == ["files", "threshold", "spacing_mm",
+                                                                                  "series"]
     assert [r["label"] for r in api["/predict_case"]["returns"]] == ["Summary", "Probability and area", "All slices",
-                                                                       "Masks", "Case result"]
+                                                                       "Masks", "Downloads", "Case result"]
     for name, ep in api.items():
         labels = [r["label"] for r in ep["returns"]]
         assert len(set(labels)) == len(labels), (name, labels)

@@ -11,7 +11,7 @@ from gradio_client import Client, handle_file
 import app
 from brainseg import webapp
 from brainseg.inference import Predictor
-from conftest import write_case
+from conftest import make_slice, write_case
 from test_app import REQUEST_TIMEOUT, serve
 
 
@@ -46,16 +46,18 @@ def predict_case(client, paths, threshold=0.5, spacing=""):
 
 
 def test_predict_case_returns_text_plot_montage_masks_and_json(client, case_zip):
-    text, plot, montage, masks, summary = predict_case(client, [case_zip])
+    text, plot, montage, masks, downloads, summary = predict_case(client, [case_zip])
     assert summary["case"] == "TCGA_CS_0009_20000101" and summary["slices"] == 6
     assert [s["slice"] for s in summary["per_slice"]] == list(range(1, 7))
     assert summary["dice"] is not None  # the zip carries its masks
     assert summary["tumor_volume_voxels"] == sum(s["tumor_area_px"] for s in summary["per_slice"])
     assert Path(plot).read_bytes()[:4] == b"\x89PNG" and Path(montage).read_bytes()[:4] == b"\x89PNG"
+    assert sorted(Path(p).name for p in downloads) == ["TCGA_CS_0009_20000101_masks.nii.gz",
+                                                       "TCGA_CS_0009_20000101_masks.tif", "TCGA_CS_0009_20000101_slices.csv"]
     pages = tifffile.imread(masks)
     assert pages.shape == (6, 64, 64) and set(np.unique(pages)) <= {0, 255}
     # a few readable lines, from the same JSON; per_slice stays in the JSON
-    assert text.startswith("TCGA_CS_0009_20000101: 6 slices") and len(text.splitlines()) <= 5
+    assert text.startswith("TCGA_CS_0009_20000101: 6 slices") and len(text.splitlines()) <= 8
     assert f"{summary['tumor_volume_voxels']:,} voxels" in text and "Dice" in text and "per_slice" not in text
 
 
@@ -158,3 +160,23 @@ def test_a_zip_that_vanishes_says_so(case_zip, tmp_path):
     own.unlink()
     with pytest.raises(FileNotFoundError, match="gone.zip is no longer there"):
         members[0][1]()
+
+
+def test_a_dicom_series_through_the_api(client, tmp_path):
+    """Issue 34: a zip of DICOM series in; a DICOM SEG, NIfTI, TIFF and CSV out; a series picked by name."""
+    from brainseg.dicom_write import series_datasets, write_series_zip
+
+    rng = np.random.default_rng(4)
+    slices = [make_slice(rng, 64)[0] for _ in range(4)]
+    z = write_series_zip(series_datasets(slices, (0.5, 0.5, 2.0)), tmp_path / "study.zip")
+    text, *_, downloads, summary = client.submit([handle_file(str(z))], 0.5, "", "",
+                                                 api_name="/predict_case").result(timeout=REQUEST_TIMEOUT)
+    assert summary["source"] == "dicom" and summary["spacing_mm"] == [0.5, 0.5, 2.0] and summary["slices"] == 4
+    assert sorted(Path(p).name for p in downloads) == ["study_masks.nii.gz", "study_masks.tif", "study_seg.dcm",
+                                                       "study_slices.csv"]
+    assert "stacked" in summary["input_note"] and "ImagePositionPatient" in text
+    *_, summary = client.submit([handle_file(str(z))], 0.5, "", "AX FLAIR",
+                                api_name="/predict_case").result(timeout=REQUEST_TIMEOUT)
+    assert "FLAIR alone" in summary["input_note"]
+    with pytest.raises(Exception, match="no series match SeriesDescription 'T2'"):
+        client.submit([handle_file(str(z))], 0.5, "", "T2", api_name="/predict_case").result(timeout=REQUEST_TIMEOUT)

@@ -77,7 +77,7 @@ def test_examples_work_after_the_cache_has_aged(predictor):
         for path in slices[:2]:
             stream = raw_call(url, "predict", [file_data(path), 0.5])
             assert "event: complete" in stream, stream[-400:]
-        stream = raw_call(url, "predict_case", [[file_data(cases[0])], 0.5, ""])
+        stream = raw_call(url, "predict_case", [[file_data(cases[0])], 0.5, "", ""])
         assert "event: complete" in stream and "TCGA_HT_A616_19991226" in stream, stream[-400:]
         assert all(Path(p).exists() for p in slices + cases)  # served in place, never copied and deleted
 
@@ -88,7 +88,7 @@ def test_a_folder_is_refused_and_deletion_goes_on(predictor, case_zip, tmp_path)
     with serve(predictor, tmp_path, delete_cache=(1, AGE)) as (demo, url):
         folder = Path(upload(url, case_zip)).parent
         time.sleep(AGE + 1)  # older than the age: Gradio's own task would now try to remove it
-        for endpoint, data in (("predict_case", [[file_data(folder)], 0.5, ""]), ("predict", [file_data(folder), 0.5])):
+        for endpoint, data in (("predict_case", [[file_data(folder)], 0.5, "", ""]), ("predict", [file_data(folder), 0.5])):
             stream = raw_call(url, endpoint, data)
             assert "event: error" in stream and "folder" in stream, stream[-300:]
         assert not any(os.path.isdir(p) for s in demo.temp_file_sets for p in list(s))
@@ -103,7 +103,7 @@ def test_a_case_leaves_nothing_behind(predictor, case_zip, tmp_path):
     elsewhere: the upload must outlive the call itself, which takes seconds on a loaded machine."""
     with serve(predictor, tmp_path, delete_cache=(1, CASE_AGE)) as (_, url):
         before = files_under(TEMP_ROOT)
-        stream = raw_call(url, "predict_case", [[file_data(upload(url, case_zip))], 0.5, ""])
+        stream = raw_call(url, "predict_case", [[file_data(upload(url, case_zip))], 0.5, "", ""])
         assert "event: complete" in stream, stream[-300:]
         new = files_under(TEMP_ROOT) - before
         assert any(p.endswith("_masks.tif") for p in new) and any("_slice_" in p for p in new)

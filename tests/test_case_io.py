@@ -187,7 +187,8 @@ def test_write_case_outputs_for_the_app_and_the_cli(case_dir, tmp_path):
     case = load_case(case_dir)
     result = analyze_case(over(199), case)
     paths = write_case_outputs(case, result, tmp_path / "app", figures=True, summary=summarize(result))
-    assert set(paths) == {"masks", "summary", "probability", "overlays"}
+    assert set(paths) == {"masks", "nifti", "tiff", "csv", "summary", "probability", "overlays"}
+    assert paths["masks"] == paths["tiff"]  # no DICOM SEG without DICOM input
     assert {p.parent for p in paths.values()} == {(tmp_path / "app").resolve()}
     pages = tifffile.imread(paths["masks"])
     assert pages.shape == (12, 64, 64) and set(np.unique(pages)) <= {0, 255}
@@ -197,11 +198,12 @@ def test_write_case_outputs_for_the_app_and_the_cli(case_dir, tmp_path):
     assert summary["case"] == CASE and summary["dice"] == 1.0
 
     cli = write_case_outputs(case, result, tmp_path / "cli", slice_masks=True, name="renamed", summary=summarize(result))
-    assert sorted(p.name for p in cli.values()) == sorted(
-        ["renamed_masks.tif", "renamed_summary.json"] + [f"renamed_{n}_mask.tif" for n in range(1, 13)])
+    assert sorted({p.name for p in cli.values()}) == sorted(
+        ["renamed_masks.tif", "renamed_masks.nii.gz", "renamed_slices.csv", "renamed_summary.json"]
+        + [f"renamed_{n}_mask.tif" for n in range(1, 13)])
     np.testing.assert_array_equal(read_mask(cli["slice_5"]), case.masks[4])
     assert json.loads(cli["summary"].read_text())["case"] == "renamed"
-    assert set(write_case_outputs(case, result, tmp_path / "bare")) == {"masks"}  # the app keeps its JSON in memory
+    assert set(write_case_outputs(case, result, tmp_path / "bare")) == {"masks", "nifti", "tiff", "csv"}  # no JSON
 
 
 def test_writer_refuses_a_symlink_out_of_its_folder(case_dir, tmp_path):

@@ -41,6 +41,7 @@ def test_single_slice_with_truth_beside_it(synth_root, models, tmp_path):
     out = tmp_path / "out"
     assert main([str(synth_root / CASE / f"{CASE}_5.tif"), "--out", str(out)] + models) == 0
     assert files_under(out) == sorted(["predictions.csv", f"{CASE}/{CASE}_5_mask.tif", f"{CASE}/{CASE}_masks.tif",
+                                       f"{CASE}/{CASE}_masks.nii.gz", f"{CASE}/{CASE}_slices.csv",
                                        f"{CASE}/{CASE}_summary.json"])
     mask = cv2.imread(str(out / CASE / f"{CASE}_5_mask.tif"), cv2.IMREAD_UNCHANGED)
     assert mask.shape == (64, 64) and mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 255}
@@ -110,7 +111,8 @@ def test_zip_and_unnumbered_png(synth_root, models, tmp_path):
     png = tmp_path / "brain scan.png"
     cv2.imwrite(str(png), make_slice(np.random.default_rng(0), 40)[0])
     assert main([str(png), "--out", str(tmp_path / "b")] + models) == 0
-    assert files_under(tmp_path / "b") == ["brain_scan/brain_scan_1_mask.tif", "brain_scan/brain_scan_masks.tif",
+    assert files_under(tmp_path / "b") == ["brain_scan/brain_scan_1_mask.tif", "brain_scan/brain_scan_masks.nii.gz",
+                                           "brain_scan/brain_scan_masks.tif", "brain_scan/brain_scan_slices.csv",
                                            "brain_scan/brain_scan_summary.json", "predictions.csv"]
 
 
@@ -133,8 +135,8 @@ def test_case_names_cannot_escape_out(models, tmp_path):
     cv2.imwrite(str(src / ".._1.tif"), make_slice(np.random.default_rng(0), 32)[0])  # case name '..'
     out = tmp_path / "out"
     assert main([str(src / ".._1.tif"), "--out", str(out)] + models) == 0
-    assert files_under(out) == ["case/case_1_mask.tif", "case/case_masks.tif", "case/case_summary.json",
-                                "predictions.csv"]
+    assert files_under(out) == ["case/case_1_mask.tif", "case/case_masks.nii.gz", "case/case_masks.tif",
+                                "case/case_slices.csv", "case/case_summary.json", "predictions.csv"]
 
     outside = tmp_path / "outside"
     outside.mkdir()
