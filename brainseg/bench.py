@@ -29,8 +29,9 @@ import torch.nn as nn
 
 from .cli import entry_point, write_output
 from .config import ClassifierConfig, SegmenterConfig
-from .engine import autocast, backward_step
-from .inference import resolve_precision
+from .engine import backward_step
+from .precision import autocast
+from .precision import resolve_precision
 from .losses import BCEDiceLoss
 from .models import ResUNet, TumorClassifier
 

@@ -32,7 +32,7 @@ def test_bf16_timing_runs_on_the_cpu():
 def test_segmenter_row_counts_flops_and_times_bf16_training_where_native():
     import torch
 
-    from brainseg.inference import resolve_precision
+    from brainseg.precision import resolve_precision
 
     cpu = torch.device("cpu")
     wide = bench.bench_segmenter(TINY_ENCODER, 64, cpu, train_steps=1, runs=1)

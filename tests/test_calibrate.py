@@ -74,16 +74,16 @@ def test_predictor_applies_the_stored_fusion(tiny_checkpoints, synth_root):
     with torch.no_grad():
         ev = segmenter_evidence(torch.sigmoid(pred.segmenter(x_seg))[:, 0], 20)
         expected = torch.sigmoid(0.8 * pred.classifier(x_clf)[:, 0] + 0.5 * ev - 0.2).numpy()
-    got = [p.tumor_probability for p in pred.predict_batch(images)]
+    got = [p.probability for p in pred.predict_batch(images)]
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
-    assert [p.tumor_detected for p in pred.predict_batch(images)] == list(expected >= 0.37)
+    assert [p.detected for p in pred.predict_batch(images)] == list(expected >= 0.37)
 
 
 def test_without_fusion_weights_the_classifier_alone_decides(tiny_checkpoints, synth_root):
     images = [read_image(p) for p in find_cases(synth_root)[0].images[:3]]
     pred = _fused_predictor(tiny_checkpoints, None)
     assert not pred.fused and pred.detection_threshold == pred.classifier.config.threshold
-    np.testing.assert_allclose([p.tumor_probability for p in pred.predict_batch(images)], pred.classify(images),
+    np.testing.assert_allclose([p.probability for p in pred.predict_batch(images)], pred.classify(images),
                                rtol=1e-6)
 
 
@@ -114,7 +114,6 @@ def test_calibrate_cli_writes_fusion_and_rules_from_validation_cases(tiny_checkp
     assert clf_cfg["temperature"] == report["classifier"]["temperature"]
     for k in ("threshold", "min_component_px", "tta_flip"):
         assert seg_cfg[k] == report["segmenter"]["chosen"][k]
-    assert seg_cfg["gate_threshold"] == 0.0  # the detection verdict gates the mask; no second threshold
     assert {"leave_one_case_out_auroc", "auroc_segmenter_evidence_alone", "ece", "at_threshold"} <= set(fusion)
     metrics = json.loads((out_clf / "metrics.json").read_text())
     assert metrics["calibration"]["fusion"]["weights"] == pytest.approx(fusion["weights"])
@@ -124,15 +123,15 @@ def test_calibrate_cli_writes_fusion_and_rules_from_validation_cases(tiny_checkp
 
 
 def test_precision_is_resolved_and_checked(monkeypatch, tiny_checkpoints):
-    from brainseg.inference import resolve_precision
+    from brainseg.precision import resolve_precision
 
     cpu = torch.device("cpu")
     assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("BF16", cpu) == "bf16"
     monkeypatch.setenv("BRAINSEG_PRECISION", "fp32")
     assert resolve_precision(None, cpu) == "fp32"
-    monkeypatch.setattr("brainseg.inference.cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr("brainseg.precision.cpu_has_native_bf16", lambda: False)
     assert resolve_precision("auto", cpu) == "fp32"
-    monkeypatch.setattr("brainseg.inference.cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr("brainseg.precision.cpu_has_native_bf16", lambda: True)
     assert resolve_precision("auto", cpu) == "bf16"
     with pytest.raises(ValueError, match="precision must be one of"):
         resolve_precision("fp8", cpu)
@@ -309,18 +308,18 @@ def test_main_returns_an_exit_code(tiny_checkpoints, synth_root, tmp_path):
                  "--out-segmenter", str(tmp_path / "s"), "--out-classifier", str(tmp_path / "c")]) == 0
 
 
-def test_out_of_fold_maps_of_a_2_5d_segmenter_are_the_maps_of_its_case_predictions(synth_root, tmp_path):
-    """calibrate reads a fold's cases as stacks, so a 2.5-D model's neighbours are there, as in predict_case."""
+def test_out_of_fold_maps_are_the_maps_of_the_predictors_case_predictions(synth_root, tmp_path):
+    """calibrate scores the very pixel maps the Predictor draws its masks from."""
     from brainseg.calibrate import held_out_predictions
     from brainseg.config import ClassifierConfig, SegmenterConfig
     from brainseg.data import fold_split, make_folds, read_image, select_cases
 
     val = fold_split(make_folds(find_cases(synth_root), k=3, seed=0), 0)["val"]
     torch.manual_seed(0)
-    ResUNet(SegmenterConfig(encoder="test_resnet", image_size=64, context_slices=1)).save_pretrained(tmp_path / "seg")
+    ResUNet(SegmenterConfig(encoder="test_resnet", image_size=64)).save_pretrained(tmp_path / "seg")
     TumorClassifier(ClassifierConfig(encoder="test_resnet", image_size=64)).save_pretrained(tmp_path / "clf")
     out = held_out_predictions(str(synth_root), [(str(tmp_path / "seg"), str(tmp_path / "clf"), val)])
     predictor = Predictor(ResUNet.from_pretrained(tmp_path / "seg"), None, precision="fp32")
     expected = [p.prob_map for c in select_cases(find_cases(synth_root), val)
                 for p in predictor.predict_case([read_image(ip) for ip in c.images], prob_maps=True)]
-    assert np.allclose(out["plain"][:, 0].numpy(), np.stack(expected), atol=1e-5)
+    assert np.allclose(out["plain"].numpy(), np.stack(expected), atol=1e-5)

@@ -61,7 +61,6 @@ def test_case_counts_are_the_detections_and_thresholds_read_rounded(case):
     tumour = truth.reshape(len(truth), -1).any(1)
     p = FakePredictor(detection=lambda im: 0.44 if (im[..., 1] >= 200).any() else 0.2,
                       detection_threshold=0.4000000059604645)
-    p.seg_cfg.gate_threshold = 0.5                          # the shipped config's old mask gate: not used
     s = summarize(analyze_case(p, case))
     assert s["tumor_slices"] == int(tumour.sum()) == sum(r["tumor_detected"] for r in s["per_slice"])
     assert all((r["tumor_area_px"] > 0) == r["tumor_detected"] for r in s["per_slice"])
