@@ -36,6 +36,7 @@ import numpy as np  # noqa: E402
 
 from brainseg import webapp as w  # noqa: E402
 from brainseg.cli import add_model_args, add_runtime_args, predictor_from_args  # noqa: E402
+from brainseg.file_types import CASE_UPLOAD_TYPES, SLICE_EXTS  # noqa: E402
 from brainseg.images import InvalidImageError  # noqa: E402
 from brainseg.inference import Predictor  # noqa: E402
 
@@ -89,7 +90,7 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
             with gr.Row(equal_height=False):
                 with gr.Column(scale=1, min_width=300):
                     slice_file = w.SliceFile(label="MRI slice", type="binary", height=110, elem_id="slice-file",
-                                             file_types=list(w.SLICE_TYPES))
+                                             file_types=list(SLICE_EXTS))
                     preview = gr.Image(label="Uploaded slice", type="filepath", interactive=False, height=220,
                                        buttons=IMAGE_BUTTONS, elem_id="preview")
                     threshold = w.FiniteSlider(0.01, 0.99, value=default_threshold, step=0.01,
@@ -176,7 +177,7 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
             with gr.Row(equal_height=False):
                 with gr.Column(scale=1, min_width=300):
                     case_files = w.CaseFiles(label="Case files", file_count="multiple", type="filepath",
-                                             elem_id="case-files", file_types=list(w.CASE_TYPES))
+                                             elem_id="case-files", file_types=list(CASE_UPLOAD_TYPES))
                     case_threshold = w.FiniteSlider(0.01, 0.99, value=default_threshold, step=0.01,
                                                     label="Pixel threshold")
                     spacing = gr.Textbox("", label="Voxel spacing (mm)", placeholder="row, column, slice: e.g. 0.94, 0.94, 3",

@@ -19,7 +19,6 @@ every slice or for none. Each broken rule is a ``ValueError`` naming the file an
 and ``brainseg.predict`` alike, nothing outside the folder it is given.
 """
 import json
-import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .file_types import ARCHIVE_EXTS, CASE_SLICE_EXTS, NIFTI_EXTS, file_ext
 from .images import apply_orientation, decode_image, decode_mask, to_slice
 from .limits import DEFAULT_LIMITS, InvalidImageError, Limits, MiB, named
 from .nifti_io import read_nifti, write_nifti_mask
@@ -35,8 +35,6 @@ from .tiff_pages import read_tiff_stack
 
 PathLike = Union[str, Path]
 
-IMAGE_EXTS = (".tif", ".tiff", ".png")
-NIFTI_EXTS = (".nii", ".nii.gz")
 _NAME_RE = re.compile(r"^(?P<case>.+)_(?P<num>\d+)(?P<mask>_mask)?$", re.IGNORECASE)
 
 
@@ -72,14 +70,6 @@ def parse_slice_name(filename: str) -> Tuple[Optional[str], Optional[int], bool]
     if not m:
         return stem, None, False
     return m.group("case"), int(m.group("num")), m.group("mask") is not None
-
-
-def file_ext(name: str) -> str:
-    """The lower-case extension, ".nii.gz" counted as one."""
-    low = name.lower()
-    if low.endswith(".nii.gz"):
-        return ".nii.gz"
-    return os.path.splitext(low)[1]
 
 
 def _stem(filename: str) -> str:
@@ -215,7 +205,7 @@ def load_case_zip(path: PathLike, limits: Limits = DEFAULT_LIMITS) -> CaseInput:
     """A zip of one kaggle_3m case folder, read in memory (nothing is extracted; see :mod:`brainseg.safe_zip`)."""
     path = Path(path)
     check_file_size(path, limits)
-    members, skipped = zip_members(path, limits, lambda n: file_ext(n) in IMAGE_EXTS)
+    members, skipped = zip_members(path, limits, lambda n: file_ext(n) in CASE_SLICE_EXTS)
     if not members:
         seen = f"; it holds {', '.join(repr(s) for s in skipped[:5])}{', ...' if len(skipped) > 5 else ''}" if skipped else ""
         raise ValueError(f"{path.name} holds no slice images (<case>_<n>.tif, .tiff or .png){seen}")
@@ -230,7 +220,7 @@ def load_case_files(paths: Sequence[PathLike], source_kind: str = "files", limit
     """
     entries = []
     for p in map(Path, paths):
-        if file_ext(p.name) not in IMAGE_EXTS:
+        if file_ext(p.name) not in CASE_SLICE_EXTS:
             raise ValueError(f"{p.name} is not a slice image (.tif, .tiff or .png); send a zip, a multi-page "
                              f"TIFF or a NIfTI file alone, or slice images together")
         check_file_size(p, limits)
@@ -242,7 +232,7 @@ def load_case_files(paths: Sequence[PathLike], source_kind: str = "files", limit
 def load_case_folder(folder: PathLike, limits: Limits = DEFAULT_LIMITS) -> CaseInput:
     """A kaggle_3m case folder: its ``<case>_<n>.tif``/``.png`` slices and any ``_mask`` files."""
     folder = Path(folder)
-    files = sorted(p for p in folder.iterdir() if p.is_file() and file_ext(p.name) in IMAGE_EXTS
+    files = sorted(p for p in folder.iterdir() if p.is_file() and file_ext(p.name) in CASE_SLICE_EXTS
                    and not JUNK.search(p.name))
     if not files:
         raise ValueError(f"No slice images (<case>_<n>.tif or .png) in folder {folder}")
@@ -323,7 +313,7 @@ def load_case(source: Union[PathLike, Sequence[PathLike]], limits: Limits = DEFA
         if ext in (".tif", ".tiff") and _tiff_pages(p, limits) > 1:
             return load_case_tiff(p, limits)
     for p in paths:
-        if file_ext(p.name) in (".zip",) + NIFTI_EXTS:
+        if file_ext(p.name) in ARCHIVE_EXTS + NIFTI_EXTS:
             raise ValueError(f"{p.name}: send a zip or a NIfTI file alone, not together with other files")
     return load_case_files(paths, limits=limits)
 

@@ -3,12 +3,12 @@ import math
 import os
 from typing import Dict, Iterable, Optional
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 from tqdm import tqdm
 
+from .inference import classifier_probability
 from .precision import autocast
 from .metrics import CaseDiceAggregator, detection_metrics, expected_calibration_error
 
@@ -165,7 +165,7 @@ def validate_classifier(model: nn.Module, dataset, device: torch.device, thresho
                         precision: str = "fp32") -> Dict[str, float]:
     """Slice-level AUROC, accuracy, sensitivity, specificity and ECE on the validation cases."""
     logits = predict_logits(model, dataset, device, precision=precision)[0][:, 0].numpy()
-    probs = 1 / (1 + np.exp(-logits))
+    probs = classifier_probability(logits, unwrap(model).config.temperature)  # 1.0 until calibration sets it
     out = detection_metrics(probs, dataset.labels, threshold)
     out["ece"] = expected_calibration_error(probs, dataset.labels)
     return out

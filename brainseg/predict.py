@@ -30,8 +30,9 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-from .case_io import IMAGE_EXTS, CaseInput, file_ext, inside, load_case, parse_slice_name, safe_name, write_case_outputs
+from .case_io import CaseInput, inside, load_case, parse_slice_name, safe_name, write_case_outputs
 from .cli import add_data_arg, add_model_args, add_runtime_args, data_arg, predictor_from_args
+from .file_types import CASE_SLICE_EXTS, file_ext
 
 CSV_FIELDS = ["case", "slice", "tumor_probability", "tumor_detected", "tumor_area_px", "dice"]
 
@@ -39,7 +40,7 @@ CSV_FIELDS = ["case", "slice", "tumor_probability", "tumor_detected", "tumor_are
 def _has_slices(folder: Path) -> bool:
     """Whether a folder holds numbered slice images (masks alone do not count)."""
     for p in folder.iterdir():
-        if p.is_file() and file_ext(p.name) in IMAGE_EXTS:
+        if p.is_file() and file_ext(p.name) in CASE_SLICE_EXTS:
             _, num, is_mask = parse_slice_name(p.name)
             if num is not None and not is_mask:
                 return True
@@ -54,7 +55,7 @@ def discover(input_path: Path, out: Path) -> List[object]:
         if parse_slice_name(input_path.name)[2]:
             raise ValueError(f"{input_path.name} is a mask; give the slice image")
         truth = input_path.with_name(input_path.name[: -len(file_ext(input_path.name))] + "_mask.tif")
-        if file_ext(input_path.name) in IMAGE_EXTS and truth.is_file():
+        if file_ext(input_path.name) in CASE_SLICE_EXTS and truth.is_file():
             return [[input_path, truth]]
         return [input_path]
     if _has_slices(input_path):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from brainseg.config import ClassifierConfig, SegmenterConfig
+from brainseg.config import SegmenterConfig
 from brainseg.data import find_cases, read_image
 from brainseg.inference import Prediction, Predictor, check_threshold
 from brainseg.models import ResUNet, TumorClassifier
