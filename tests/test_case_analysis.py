@@ -187,15 +187,6 @@ def test_flair_only_case_and_its_figures(tmp_path):
     assert plot_probabilities(result, tmp_path / "p.png").exists()
 
 
-def test_old_names_still_import():
-    from brainseg import cases
-
-    assert cases.analyze_case is analyze_case and cases.summarize is summarize and cases.load_case is load_case
-    p = FakePredictor()
-    img, _ = make_slice(np.random.default_rng(0), 64)
-    np.testing.assert_array_equal(cases.predict_slices(p, [img])[0].mask, p.predict(img).mask)
-
-
 EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.png") if not p.stem.endswith("_mask"))
 
 

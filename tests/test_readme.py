@@ -9,7 +9,7 @@ import pytest
 import app
 from brainseg.inference import Predictor
 from conftest import ROOT
-from test_app import JSON_KEYS, SHIPPED, serve
+from app_server import JSON_KEYS, SHIPPED, serve
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not SHIPPED.exists(), reason="needs the shipped models in models/")]

@@ -16,8 +16,7 @@ from brainseg.config import SegmenterConfig
 from brainseg.data import RandomGamma, build_augment, fold_split, institution_of, load_split, make_folds, save_split
 from brainseg.losses import BCEDiceLoss, DeepSupervisionLoss
 from brainseg.models import ResUNet
-from conftest import SYNTH_CASES, TINY_ENCODER
-from test_train import train
+from conftest import SYNTH_CASES, TINY_ENCODER, train
 
 NAMES = [f"TCGA_{inst}_{i:04d}_2000" for inst, n in [("CS", 7), ("DU", 13), ("HT", 9), ("FG", 4), ("EZ", 1)]
          for i in range(n)]

@@ -1,9 +1,6 @@
 """train.py end to end on the synthetic tree: two-step runs, resume, evaluation of the result, DDP on gloo."""
 import json
-import os
 import shutil
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -11,32 +8,9 @@ import pytest
 
 from brainseg.data import find_cases, load_split, make_split
 from brainseg.models import ResUNet, TumorClassifier
-from conftest import ROOT
+from conftest import OUTPUTS, TINY, run, train
 
 pytestmark = pytest.mark.slow
-
-ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-TINY = ["--encoder", "test_resnet", "--image-size", "64", "--batch-size", "4", "--workers", "0", "--threads", "1",
-        "--max-steps", "2"]
-OUTPUTS = ["config.json", "model.safetensors", "metrics.json", "curves.png", "split.json", "last_state.pt"]
-
-
-def run(args, timeout=240):
-    """Run a command in the repo root in its own process group; kill the whole group on timeout."""
-    proc = subprocess.Popen(args, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # torchrun's workers too
-        proc.communicate()
-        raise
-    assert proc.returncode == 0, f"{' '.join(map(str, args))} failed ({proc.returncode}):\n{out[-3000:]}"
-    return out
-
-
-def train(task, data, out, *extra, timeout=240):
-    return run([sys.executable, "train.py", task, "--data", str(data), "--out", str(out), *TINY, *extra], timeout)
 
 
 def torchrun():
