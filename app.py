@@ -281,7 +281,7 @@ def warm_up(predictor: Predictor) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Serve until the server is closed (Ctrl-C); exit code 0 then, and a one-line message if the models fail."""
+    """Serve until the server is closed (Ctrl-C); exit code 0 then, 2 with a message if the models fail to load."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     # GRADIO_SERVER_NAME/PORT are how Hugging Face Spaces (and Docker set-ups) say where to listen.
     ap.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
@@ -294,8 +294,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         predictor = predictor_from_args(args)
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"Cannot load the models: {e}\nTrain them (make train) or pass --segmenter/--classifier.")
+    except (FileNotFoundError, ValueError) as e:  # exit status 2, as for any bad argument
+        ap.error(f"Cannot load the models: {e}\nTrain them (make train) or pass --segmenter/--classifier.")
     warm_up(predictor)
     launch(build_demo(predictor, args.examples), args.host, args.port)
     return 0

@@ -108,7 +108,10 @@ np.random.seed(args.seed + rank)
 out.mkdir(parents=True, exist_ok=True)
 
 # ---------------------------------------------------------------- data: the split is by patient
-cases = find_cases(args.data)
+try:
+    cases = find_cases(args.data)
+except FileNotFoundError as e:
+    p.error(str(e))  # exit status 2, naming the folder
 split_path = Path(args.split) if args.split else out / "split.json"
 split_exists = split_path.exists() and not args.folds
 engine.barrier()  # every rank has looked before rank 0 may write, so all take the same branch
@@ -146,7 +149,7 @@ if args.init_encoder_from:
     encoder = ResUNet.from_pretrained(args.init_encoder_from).encoder
     missing, unexpected = model.backbone.load_state_dict(encoder.state_dict(), strict=False)
     if unexpected or any(not k.startswith(model.backbone.default_cfg.get("classifier", "fc")) for k in missing):
-        raise SystemExit(f"Encoder of {args.init_encoder_from} does not fit {model_cfg.encoder}: "
+        p.error(f"Encoder of {args.init_encoder_from} does not fit {model_cfg.encoder}: "
                          f"missing {missing[:3]}, unexpected {unexpected[:3]}")
 model.to(device)
 # channels-last everywhere: oneDNN's fast path on the CPU (a 2-core AMD EPYC: +3-9 % a real fp32 epoch,

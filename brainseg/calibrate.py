@@ -1,9 +1,9 @@
 """Choose the decision rules on held-out cases and write the shippable checkpoints.
 
     python -m brainseg.calibrate --data DIR --cv runs/cv \
-        --segmenter runs/segmenter --classifier runs/classifier \
-        --out-segmenter models/segmenter --out-classifier models/classifier --fp16
-    python -m brainseg.calibrate --data DIR --split SPLIT.json --segmenter ... --classifier ... --out-...
+        --segmenter runs/segmenter --classifier runs/classifier --out models --fp16 --json models/segmenter/eval_oof.json
+    python -m brainseg.calibrate --data DIR --split SPLIT.json --segmenter ... --classifier ... --out OUT
+    python -m brainseg.calibrate --rules models/rules.json --segmenter ... --classifier ... --out OUT
 
 With ``--cv DIR`` (folders ``segmenter_<f>`` and ``classifier_<f>``, each with the ``split.json`` its
 training wrote) every fold's models predict that fold's validation cases, and all choices below are
@@ -27,9 +27,9 @@ all cases. With ``--split`` the one split's validation cases are used, as before
   largest only, or those of at least N voxels, scored by per-case Dice and detection accuracy with the
   chosen pixel rule; one is applied (by :meth:`Predictor.predict_case`) only if it lowers neither and
   their summed gain is at least ``--case-rule-min-gain``.
-The chosen values go into each ``config.json``; the figures and their spread over folds into metrics.json.
-``--save-rules FILE`` also keeps the chosen values with their held-out figures, and ``--rules FILE``
-writes such a record into new checkpoints without choosing again (the fold runs need not exist).
+The chosen values go into each ``config.json`` (``OUT/segmenter``, ``OUT/classifier``); the figures and their
+spread over folds into metrics.json; the values with their held-out figures into ``OUT/rules.json``, which
+``--rules`` writes into new checkpoints without choosing again (the fold runs need not exist).
 """
 import argparse
 import itertools
@@ -45,7 +45,8 @@ import torch
 from safetensors.torch import save_file
 from sklearn.linear_model import LogisticRegression
 
-from .cli import KINDS, add_data_arg, add_model_args, add_runtime_args, apply_threads, data_arg, write_output
+from .cli import (KINDS, add_data_arg, add_model_args, add_runtime_args, apply_threads, data_arg, entry_point,
+                  write_output)
 from .data import find_cases, load_split, read_image, read_mask, select_cases
 from .evaluate import evaluation_record, to_json
 from .inference import (Predictor, classifier_probability, draw_mask, fuse_detection, is_detected, segmenter_evidence,
@@ -193,7 +194,8 @@ def cv_runs(cv_dir: Path) -> List[Tuple[Path, Path, List[str]]]:
     return runs
 
 
-def held_out_predictions(data: str, runs: Sequence[Tuple[str, str, Sequence[str]]], batch_size: int = 16) -> Dict:
+def held_out_predictions(data: str, runs: Sequence[Tuple[str, str, Sequence[str]]], batch_size: int = 16,
+                         device: str = "cpu") -> Dict:
     """Each run's models, through a :class:`Predictor` in fp32, on its own held-out cases, pooled: the masks,
     case names, fold index, classifier logits (before temperature) and the segmenter's plain and flipped
     pixel probabilities at its input size, (N, S, S)."""
@@ -202,7 +204,7 @@ def held_out_predictions(data: str, runs: Sequence[Tuple[str, str, Sequence[str]
     predictor = None
     for f, (seg_dir, clf_dir, val) in enumerate(runs):
         predictor = Predictor(ResUNet.from_pretrained(seg_dir), TumorClassifier.from_pretrained(clf_dir),
-                              precision="fp32")
+                              device=device, precision="fp32")
         images = []
         for c in select_cases(all_cases, val):
             images += [read_image(ip) for ip in c.images]
@@ -234,28 +236,37 @@ def save_checkpoint(model, out: Path, fp16: bool) -> None:
 
 def calibrate(argv=None) -> Dict:
     """Parse ``argv``, choose, write the checkpoints; returns the report (what :func:`main` prints)."""
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m brainseg.calibrate", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_arg(ap, "kaggle_3m-layout folder")
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--split", help="choose on this split's validation cases, with --segmenter/--classifier")
     src.add_argument("--cv", help="choose on the out-of-fold predictions of the fold runs in this folder")
-    src.add_argument("--rules", help="choose nothing: write the rules of this --save-rules file")
+    src.add_argument("--rules", help="choose nothing: write the rules of this OUT/rules.json of an earlier run")
     add_model_args(ap, required=True)
-    add_runtime_args(ap, device=False, precision=False)
-    ap.add_argument("--out-segmenter", required=True)
-    ap.add_argument("--out-classifier", required=True)
+    add_runtime_args(ap, precision=False)  # fp32 always: the rules are chosen on the models' exact outputs
+    ap.add_argument("--out", required=True, help="output folder: OUT/segmenter and OUT/classifier (the checkpoints "
+                    "with the chosen rules) and OUT/rules.json (the rules with their held-out figures)")
     ap.add_argument("--fp16", action="store_true", help="store weights as fp16 (half the size)")
-    ap.add_argument("--tta-min-gain", type=float, default=0.005)
+    ap.add_argument("--tta-min-gain", type=float, default=0.005,
+                    help="keep flip TTA only if it gains at least this per-case Dice (it doubles the segmenter's cost)")
     ap.add_argument("--case-rule-min-gain", type=float, default=0.005,
                     help="apply a 3-D case rule only if per-case Dice plus detection accuracy gain at least "
                     "this over none, neither falling")
-    ap.add_argument("--eval-json", help="also write the held-out figures of the chosen rules here, in "
+    ap.add_argument("--json", dest="json_out", help="also write the held-out figures of the chosen rules here, in "
                     "brainseg.evaluate's layout (e.g. models/segmenter/eval_oof.json for the cards)")
-    ap.add_argument("--save-rules", help="also write the chosen rules and their held-out figures here (JSON), "
-                    "so that they can be applied again with --rules")
     args = ap.parse_args(argv)
+    try:
+        return _calibrate(ap, args)
+    except (FileNotFoundError, KeyError, ValueError, OSError) as e:
+        ap.error(str(e.args[0]) if e.args else str(e))  # exit status 2, the message (naming the path) on stderr
+
+
+def _calibrate(ap: argparse.ArgumentParser, args: argparse.Namespace) -> Dict:
     args.data = data_arg(ap, args) if not args.rules else None
     apply_threads(args)
+    out = Path(args.out)
+    args.out_segmenter, args.out_classifier = out / "segmenter", out / "classifier"
     for kind in KINDS:  # the checkpoints the choices are written into, as folders (a Hub repo is fetched)
         setattr(args, kind, str(model_folder(getattr(args, kind), getattr(args, f"{kind}_revision"))))
 
@@ -264,7 +275,7 @@ def calibrate(argv=None) -> Dict:
                                     TumorClassifier.from_pretrained(args.classifier))
     runs = cv_runs(Path(args.cv)) if args.cv else [
         (args.segmenter, args.classifier, load_split(args.split)["val"])]
-    held = held_out_predictions(args.data, runs)
+    held = held_out_predictions(args.data, runs, device=args.device)
     seg = ResUNet.from_pretrained(args.segmenter)  # the checkpoints the choices are written into
     clf = TumorClassifier.from_pretrained(args.classifier)
     masks_np, names, logits = held["masks"], held["names"], held["logits"]
@@ -339,8 +350,8 @@ def calibrate(argv=None) -> Dict:
                                    chosen["threshold"], verdicts, seconds_per_slice=None, sources=source,
                                    precision="fp32", data_dir=args.data, split=source, case_rule=case_rule["case_rule"],
                                    cross_validation=seg_report.get("cross_validation"))
-    if args.eval_json:
-        write_output(args.eval_json, to_json(evaluation))
+    if args.json_out:
+        write_output(args.json_out, to_json(evaluation))
     print("segmenter:", json.dumps(seg_report, indent=1))
     fusion = v["fusion"]
     clf_report["chosen_on"] = source
@@ -351,25 +362,25 @@ def calibrate(argv=None) -> Dict:
               "classifier": {"temperature": t, "threshold": det_thr, "fusion_weights": fusion["weights"],
                              "fusion_threshold": fusion["threshold"]}}
     rules = {"chosen_on": source, **{kind: {k: values[kind][k] for k in RULE_FIELDS[kind]} for kind in RULE_FIELDS}}
-    if args.save_rules:  # the figures without the per-case table: a record to read, small enough to commit
-        record = {k: x for k, x in evaluation.items() if k != "per_case"}
-        record["det_classifier_alone"] = {"auroc": auroc(cal, labels), "ece": clf_report["ece_after"]}
-        write_output(args.save_rules, to_json(dict(rules, held_out=record)))
+    # the figures without the per-case table: a record to read, small enough to commit
+    record = {k: x for k, x in evaluation.items() if k != "per_case"}
+    record["det_classifier_alone"] = {"auroc": auroc(cal, labels), "ece": clf_report["ece_after"]}
+    write_output(str(Path(args.out) / "rules.json"), to_json(dict(rules, held_out=record)))
     write_checkpoints(args, seg, clf, rules, seg_report, clf_report)
     return {"classifier": clf_report, "segmenter": seg_report}
 
 
 def read_rules(path: str) -> Dict:
-    """A rules file of ``--save-rules``, checked: the rule fields of both configs, and where they were chosen."""
+    """A ``rules.json`` that calibrate wrote, checked: the rule fields of both configs, and where they were chosen."""
     try:
         rules = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
         raise ValueError(f"{path}: not a readable rules file ({e})") from e
     if not isinstance(rules, dict):
-        raise ValueError(f"{path}: not a rules file of brainseg.calibrate --save-rules (not a JSON object)")
+        raise ValueError(f"{path}: not a rules.json of brainseg.calibrate (not a JSON object)")
     missing = [f"{kind}.{k}" for kind, keys in RULE_FIELDS.items() for k in keys if k not in rules.get(kind, {})]
     if missing or "chosen_on" not in rules:
-        raise ValueError(f"{path}: not a rules file of brainseg.calibrate --save-rules "
+        raise ValueError(f"{path}: not a rules.json of brainseg.calibrate "
                          f"(missing {', '.join(missing or ['chosen_on'])})")
     return rules
 
@@ -379,9 +390,9 @@ def apply_recorded_rules(args, seg, clf) -> Dict:
     checkpoints, choosing nothing; for when the fold runs they were chosen on are gone."""
     rules = read_rules(args.rules)
     held = rules.get("held_out")
-    if args.eval_json and not held:
+    if args.json_out and not held:
         raise ValueError(f"{args.rules}: no held-out figures recorded (no 'held_out'), so there is nothing "
-                         f"for --eval-json {args.eval_json}; leave --eval-json out to apply the rules alone")
+                         f"for --json {args.json_out}; leave --json out to apply the rules alone")
     seg_report = {"chosen_on": rules["chosen_on"], "rules_file": args.rules, **rules["segmenter"]}
     alone = (held or {}).get("det_classifier_alone") or {}
     clf_report = {"chosen_on": rules["chosen_on"], "rules_file": args.rules,
@@ -392,8 +403,9 @@ def apply_recorded_rules(args, seg, clf) -> Dict:
                                                                   "threshold": rules["classifier"]["threshold"]}}
                      if alone else {})}
     print(f"applying the rules of {args.rules}, chosen on {rules['chosen_on']}")
-    if args.eval_json and held:
-        write_output(args.eval_json, to_json(dict(held, recorded_in=args.rules)))
+    write_output(str(Path(args.out) / "rules.json"), to_json(rules))  # OUT holds the rules it was written with
+    if args.json_out and held:
+        write_output(args.json_out, to_json(dict(held, recorded_in=args.rules)))
     write_checkpoints(args, seg, clf, rules, seg_report, clf_report)
     return {"classifier": clf_report, "segmenter": seg_report}
 
@@ -419,10 +431,7 @@ def write_checkpoints(args, seg, clf, rules: Dict, seg_report: Dict, clf_report:
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
 
-def main(argv=None) -> int:
-    """Command-line entry point: exit code 0 when the checkpoints were written."""
-    calibrate(argv)
-    return 0
+main = entry_point(calibrate)
 
 
 if __name__ == "__main__":

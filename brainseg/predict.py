@@ -19,8 +19,8 @@ multi-page TIFF or a NIfTI file. For each case it writes, under ``--out`` only:
 
 ``dice`` is filled where ground-truth masks exist: the CSV holds each slice's Dice, the JSON the
 per-case Dice over the whole stack (as ``brainseg.evaluate`` computes it). Bad input stops with a
-message and exit status 2; in a folder of cases, a bad case is skipped with a message and the exit
-status is 1. Progress goes to stderr: how many cases were found, then a bar over them (``--quiet``
+message and exit status 2; in a folder of cases, a bad case is skipped with a message, the others
+are written, and the exit status is 2 too. Progress goes to stderr: how many cases were found, then a bar over them (``--quiet``
 hides both); one line a case goes to stdout. The files are written by
 :func:`brainseg.case_io.write_case_outputs`, the app's writer too.
 """
@@ -166,7 +166,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     if not rows:
         print("nothing predicted", file=sys.stderr)
-        return 1
+        return 2  # every input was bad
     csv_path = inside(out, out / "predictions.csv")
     with open(csv_path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
@@ -177,7 +177,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"mean per-case Dice over {len(dices)} case(s) with ground truth: {sum(dices) / len(dices):.4f}")
     if failed:
         print(f"{len(failed)} input(s) skipped: {', '.join(failed)}", file=sys.stderr)
-        return 1
+        return 2  # bad input, as everywhere; the good cases are written
     return 0
 
 

@@ -469,9 +469,10 @@ def test_shipped_models_on_the_examples(shipped_server):
 
 # ---------------------------------------------------------------- the command line
 
-def test_cli_refuses_a_bad_model_source():
-    with pytest.raises(SystemExit, match="Cannot load the models"):
+def test_cli_refuses_a_bad_model_source(capsys):
+    with pytest.raises(SystemExit) as e:
         app.main(["--segmenter", "no/such/source", "--classifier", "no/such/source"])
+    assert e.value.code == 2 and "Cannot load the models" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -10,8 +10,8 @@ from conftest import TINY_ENCODER
 
 def test_bench_cli_on_tiny_models(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    result = bench.run(["--encoders", TINY_ENCODER, "--size", "64", "--classifier-encoder", TINY_ENCODER,
-                         "--classifier-size", "64", "--train-steps", "1", "--runs", "2", "--json", str(out)])
+    result = bench.run(["--encoder", TINY_ENCODER, "--image-size", "64", "--classifier-encoder", TINY_ENCODER,
+                         "--classifier-image-size", "64", "--train-steps", "1", "--runs", "2", "--json", str(out)])
     rows = json.loads(out.read_text())["rows"]
     assert rows == json.loads(json.dumps(result["rows"]))
     seg, clf = rows
