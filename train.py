@@ -25,7 +25,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
-from brainseg import engine, precision
+from brainseg import engine
 from brainseg.cli import add_data_arg, data_arg
 from brainseg.config import PRECISIONS, load_recipe
 from brainseg.data import (BalancedSampler, SliceDataset, find_cases, fold_split, load_split, make_split, save_split,
@@ -166,7 +166,7 @@ else:
     loss_fn = WeightedBCELoss(pos_weight=(len(train_ds) - n_pos) / n_pos)
 loss_fn.to(device)
 if args.precision == "auto":  # bf16 only where the CPU has it natively *and* a timed step says it is faster
-    args.precision = precision.auto_training_precision(device, model, loss_fn, train_ds[0], args.batch_size)
+    args.precision = engine.auto_training_precision(device, model, loss_fn, train_ds[0], args.batch_size)
     if main:
         print(f"--precision auto: {args.precision} on {device}")
 tcfg.precision = args.precision

@@ -100,39 +100,3 @@ def inference_precision(precision: Optional[str], device: torch.device, segmente
         cfg = segmenter.config
         chosen = faster_precision(segmenter, cfg.image_size, cfg.model_in_chans)
     return chosen
-
-
-def faster_training_precision(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                              runs: int = 2) -> str:
-    """'bf16' or 'fp32': whichever trains ``model`` faster on this CPU, timed on a copy (forward, loss and
-    backward on the batch ``x, y``; one warm-up each), so the run itself starts untouched.
-
-    The CPU flags alone mislead: on an AMD EPYC reporting ``avx512_bf16``, bf16 autocast trained the
-    shipped segmenter at 0.8 images/s against 7.9 in fp32; on an Intel Xeon with native bf16 it was 1.5x
-    faster at 256x256. As :func:`faster_precision` does for inference, measure.
-    """
-    import copy
-
-    from .engine import forward_loss, unwrap
-
-    probe = copy.deepcopy(unwrap(model)).train()
-
-    def step(precision):
-        probe.zero_grad(set_to_none=True)
-        forward_loss(probe, loss_fn, x, y, torch.device("cpu"), precision).backward()
-    return faster_of_fp32_and_bf16(step, runs)
-
-
-def auto_training_precision(device: torch.device, model: nn.Module, loss_fn: nn.Module, example: tuple,
-                            batch_size: int = 4) -> str:
-    """What ``--precision auto`` trains in: fp32 (or CUDA's fp16 AMP, which ``autocast`` applies on any
-    precision) unless the CPU reports native bf16 *and* :func:`faster_training_precision` times bf16 faster
-    on a batch of ``example`` (an (image, target) item of the training set); every DDP rank takes rank 0's."""
-    from .engine import broadcast_from_rank0
-
-    precision = "fp32"
-    if device.type == "cpu" and cpu_has_native_bf16():
-        x, y = example
-        n = min(batch_size, 4)
-        precision = faster_training_precision(model, loss_fn, x.expand(n, *x.shape), y.expand(n, *y.shape))
-    return broadcast_from_rank0(precision)

@@ -526,10 +526,11 @@ def test_expired_upload_gets_a_clear_error_without_logging_its_name(server, file
 
 
 def test_readme_security_section_states_the_limits_in_force():
-    """The README's "Security and privacy" figures are those of brainseg.images' Limits and the app's settings."""
+    """docs/deployment_security.md's "Security and privacy" figures are those of brainseg.images' Limits and the
+    app's settings."""
     from brainseg.images import DEFAULT_LIMITS as lim
 
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "deployment_security.md").read_text()
     section = readme.split("## Security and privacy", 1)[1].split("\n## ", 1)[0]
     mib = 2**20
     every, age = app.DELETE_CACHE

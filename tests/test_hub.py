@@ -511,10 +511,10 @@ def test_old_import_path_still_works():
 
 
 def test_readme_loading_snippets_run_verbatim(monkeypatch):
-    """The README's "Loading the models" code, with the lines that name placeholder USER/ repos left out."""
+    """The README's "Load the weights" code, with the lines that name placeholder USER/ repos left out."""
     root = Path(__file__).resolve().parent.parent
     readme = (root / "README.md").read_text(encoding="utf-8")
-    section = readme.split("## Loading the models in three lines", 1)[1].split("\n## ", 1)[0]
+    section = readme.split("## Load the weights", 1)[1].split("\n## ", 1)[0]
     blocks = [b.split("```", 1)[0] for b in section.split("```python\n")[1:]]
     assert len(blocks) == 3 and "USER/" in blocks[0]
     monkeypatch.chdir(root)

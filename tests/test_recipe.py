@@ -151,11 +151,11 @@ class _SlowIn(torch.nn.Module):
 
 def test_auto_training_precision_is_a_timed_step_not_the_cpu_flags():
     x, y = torch.randn(2, 3, 16, 16), torch.randint(0, 2, (2, 1, 16, 16)).float()
-    assert precision.faster_training_precision(_SlowIn("bf16"), BCEDiceLoss(), x, y) == "fp32"
-    assert precision.faster_training_precision(_SlowIn("fp32"), BCEDiceLoss(), x, y) == "bf16"
+    assert engine.faster_training_precision(_SlowIn("bf16"), BCEDiceLoss(), x, y) == "fp32"
+    assert engine.faster_training_precision(_SlowIn("fp32"), BCEDiceLoss(), x, y) == "bf16"
     model = tiny_model()  # the probe trains a copy: the run starts from untouched weights and BN statistics
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    precision.faster_training_precision(model, BCEDiceLoss(), torch.randn(2, 3, 32, 32),
+    engine.faster_training_precision(model, BCEDiceLoss(), torch.randn(2, 3, 32, 32),
                                      torch.randint(0, 2, (2, 1, 32, 32)).float())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())
@@ -166,14 +166,14 @@ def test_auto_training_precision_asks_the_timing_only_where_the_cpu_claims_bf16(
     model, example = tiny_model(), (torch.randn(3, 32, 32), torch.randint(0, 2, (1, 32, 32)).float())
     cpu = torch.device("cpu")
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
-    monkeypatch.setattr(precision, "faster_training_precision", lambda *a: pytest.fail("timed without bf16 flags"))
-    assert precision.auto_training_precision(cpu, model, BCEDiceLoss(), example) == "fp32"
+    monkeypatch.setattr(engine, "faster_training_precision", lambda *a: pytest.fail("timed without bf16 flags"))
+    assert engine.auto_training_precision(cpu, model, BCEDiceLoss(), example) == "fp32"
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     for faster in ("fp32", "bf16"):
         shapes = []
-        monkeypatch.setattr(precision, "faster_training_precision",
+        monkeypatch.setattr(engine, "faster_training_precision",
                             lambda m, loss, x, y, f=faster: shapes.append((x.shape, y.shape)) or f)
-        assert precision.auto_training_precision(cpu, model, BCEDiceLoss(), example, batch_size=16) == faster
+        assert engine.auto_training_precision(cpu, model, BCEDiceLoss(), example, batch_size=16) == faster
         assert shapes == [((4, 3, 32, 32), (4, 1, 32, 32))]  # a small batch of the training item
 
 
