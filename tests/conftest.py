@@ -134,7 +134,7 @@ class FakePredictor(Predictor):
         self.pixel_map, self.detection = pixel_map, detection
         self.calls = 0  # slices seen by the 'models'
 
-    def run_models(self, images, detection_threshold, neighbours=None):
+    def run_models(self, images, detection_threshold):
         s = self.seg_cfg.image_size
         maps = []
         for im in images:

@@ -332,3 +332,16 @@ def test_out_of_fold_maps_are_the_maps_of_the_predictors_case_predictions(synth_
     expected = [p.prob_map for c in select_cases(find_cases(synth_root), val)
                 for p in predictor.predict_case([read_image(ip) for ip in c.images], prob_maps=True)]
     assert np.allclose(out["plain"].numpy(), np.stack(expected), atol=1e-5)
+
+
+def test_calibrate_decides_nothing_itself():
+    """Its candidates are scored through the Predictor's own functions (brainseg.inference: segment_passes,
+    combine_passes, classifier_probability, is_detected, upsample, draw_mask): no second threshold comparison,
+    sigmoid, flip or resize of its own."""
+    import inspect
+
+    from brainseg import calibrate
+
+    source = inspect.getsource(calibrate)
+    for own in ("torch.sigmoid", "np.exp(-", "interpolate(", ".flip(", '>= v["fusion"]', "postprocess_mask("):
+        assert own not in source, own
