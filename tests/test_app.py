@@ -23,7 +23,7 @@ import app
 from brainseg import webapp
 from brainseg.inference import Predictor
 from brainseg.images import InvalidImageError
-from app_server import JSON_KEYS, REQUEST_TIMEOUT, SHIPPED, file_data, raw_call, serve, upload
+from app_server import JSON_KEYS, REQUEST_TIMEOUT, SHIPPED, file_data, free_port, raw_call, serve, upload
 from conftest import make_slice
 
 ROOT = Path(__file__).resolve().parent.parent
