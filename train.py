@@ -70,10 +70,9 @@ args.data = data_arg(p, args)
 RUN_FIELDS = ("data", "out", "split", "val_fraction", "folds", "fold", "seed", "epochs", "batch_size", "lr",
               "precision", "resume", "init_from", "init_encoder_from", "workers", "threads", "max_steps",
               "max_val_cases")
-given = [f"{k}={json.dumps(getattr(args, k))}" for k in RUN_FIELDS if getattr(args, k) is not None]
-given += [f"{k}={json.dumps(getattr(args, k))}" for k in ("encoder", "image_size") if getattr(args, k) is not None]
-try:
-    task, model_cfg, tcfg = load_recipe(args.recipe, (*args.set, *given))
+given = {k: getattr(args, k) for k in (*RUN_FIELDS, "encoder", "image_size") if getattr(args, k) is not None}
+try:  # the recipe, then --set, then the options given: the later wins
+    task, model_cfg, tcfg = load_recipe(args.recipe, args.set, **given)
 except ValueError as e:
     p.error(str(e))  # exit status 2, naming the recipe and the field
 if (tcfg.folds is None) != (tcfg.fold is None):

@@ -6,7 +6,7 @@ normalisation, decision threshold), so training, evaluation and the app cannot d
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import List, Optional, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 CHANNEL_ORDER = ["pre-contrast", "FLAIR", "post-contrast"]
 PRECISIONS = ("auto", "fp32", "bf16")  # the segmenter's arithmetic: auto picks bf16 where the hardware has it
@@ -130,13 +130,16 @@ class TrainConfig:
 RECIPES = Path(__file__).resolve().parent.parent / "configs"  # the shipped recipes: configs/<task>.json
 
 
-def load_recipe(recipe: Union[str, Path], overrides: Tuple[str, ...] = ()) -> Tuple[str, PreprocessConfig, TrainConfig]:
+def load_recipe(recipe: Union[str, Path], overrides: Sequence[str] = (), **values
+                ) -> Tuple[str, PreprocessConfig, TrainConfig]:
     """A training recipe -> (task, model config, train config): the shipped models' recipe is data, not flags.
 
     Args:
         recipe: a JSON file ``{"task": ..., "model": {SegmenterConfig or ClassifierConfig fields},
             "train": {TrainConfig fields}}``, or ``"segmenter"`` / ``"classifier"`` for ``configs/<task>.json``.
-        overrides: ``"field=value"`` strings (value as JSON, else a string) for any model or train field.
+        overrides: ``"field=value"`` strings (value as JSON, else a string) for any model or train field
+            (``train.py --set``).
+        values: typed values of model or train fields, applied last (``train.py``'s own options).
     Raises:
         ValueError naming the file and the field, for an unknown task or field or a bad value.
     """
@@ -161,6 +164,8 @@ def load_recipe(recipe: Union[str, Path], overrides: Tuple[str, ...] = ()) -> Tu
             parts[part][key] = json.loads(value)
         except ValueError:
             parts[part][key] = value
+    for key, value in values.items():
+        parts["model" if key in names["model"] else "train"][key] = value  # an unknown one is refused below
     for part, cls in (("model", model_cls), ("train", TrainConfig)):
         unknown = sorted(set(parts[part]) - names[part])
         if unknown:
