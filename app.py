@@ -36,6 +36,7 @@ import numpy as np  # noqa: E402
 
 from brainseg import webapp as w  # noqa: E402
 from brainseg.cli import add_model_args, add_runtime_args, predictor_from_args  # noqa: E402
+from brainseg.file_types import CASE_UPLOAD_TYPES, SLICE_EXTS  # noqa: E402
 from brainseg.images import InvalidImageError  # noqa: E402
 from brainseg.inference import Predictor  # noqa: E402
 
@@ -89,7 +90,7 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
             with gr.Row(equal_height=False):
                 with gr.Column(scale=1, min_width=300):
                     slice_file = w.SliceFile(label="MRI slice", type="binary", height=110, elem_id="slice-file",
-                                             file_types=list(w.SLICE_TYPES))
+                                             file_types=list(SLICE_EXTS))
                     preview = gr.Image(label="Uploaded slice", type="filepath", interactive=False, height=220,
                                        buttons=IMAGE_BUTTONS, elem_id="preview")
                     threshold = w.FiniteSlider(0.01, 0.99, value=default_threshold, step=0.01,
@@ -178,7 +179,7 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
             with gr.Row(equal_height=False):
                 with gr.Column(scale=1, min_width=300):
                     case_files = w.CaseFiles(label="Case files", file_count="multiple", type="filepath",
-                                             elem_id="case-files", file_types=list(w.CASE_TYPES))
+                                             elem_id="case-files", file_types=list(CASE_UPLOAD_TYPES))
                     case_threshold = w.FiniteSlider(0.01, 0.99, value=default_threshold, step=0.01,
                                                     label="Pixel threshold")
                     spacing = gr.Textbox("", label="Voxel spacing (mm)", placeholder="row, column, slice: e.g. 0.94, 0.94, 3",
@@ -289,7 +290,7 @@ def warm_up(predictor: Predictor) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Serve until the server is closed (Ctrl-C); exit code 0 then, and a one-line message if the models fail."""
+    """Serve until the server is closed (Ctrl-C); exit code 0 then, 2 with a message if the models fail to load."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     # GRADIO_SERVER_NAME/PORT are how Hugging Face Spaces (and Docker set-ups) say where to listen.
     ap.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
@@ -302,8 +303,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         predictor = predictor_from_args(args)
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"Cannot load the models: {e}\nTrain them (make train) or pass --segmenter/--classifier.")
+    except (FileNotFoundError, ValueError) as e:  # exit status 2, as for any bad argument
+        ap.error(f"Cannot load the models: {e}\nTrain them (make train) or pass --segmenter/--classifier.")
     warm_up(predictor)
     launch(build_demo(predictor, args.examples), args.host, args.port)
     return 0

@@ -1,9 +1,9 @@
 """Training throughput and inference latency of the models on the current device.
 
     python -m brainseg.bench                                  # resnet18 and resnet34 ResUNets at 256
-    python -m brainseg.bench --encoders resnet34 --train-steps 3 --json bench.json
+    python -m brainseg.bench --encoder resnet34 --train-steps 3 --json bench.json
     python -m brainseg.bench --shipped                        # also time models/segmenter, models/classifier
-    python -m brainseg.bench --encoders resnet18 --decoder-channels 128 64 32 16 16   # a lighter decoder
+    python -m brainseg.bench --encoder resnet18 --decoder-channels 128 64 32 16 16   # a lighter decoder
 
 For each segmenter encoder: GFLOP per slice, training images/s (ResUNet forward + backward +
 AdamW step at batch 16, channels-last as ``train.py`` runs it) in fp32 and, where the CPU has
@@ -27,10 +27,11 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from .cli import entry_point, write_output
+from .cli import add_runtime_args, apply_threads, entry_point, write_output
 from .config import ClassifierConfig, SegmenterConfig
-from .engine import autocast, backward_step
-from .inference import resolve_precision
+from .engine import backward_step
+from .precision import autocast
+from .precision import resolve_precision
 from .losses import BCEDiceLoss
 from .models import ResUNet, TumorClassifier
 
@@ -202,30 +203,29 @@ def run(argv: Optional[Sequence[str]] = None) -> Dict:
     """Parse ``argv``, run, print; returns the figures (what :func:`main` prints and writes)."""
     p = argparse.ArgumentParser(prog="python -m brainseg.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--encoders", nargs="+", default=["resnet18", "resnet34"], help="segmenter encoders (timm names)")
-    p.add_argument("--size", type=int, default=256, help="segmenter input size")
+    p.add_argument("--encoder", nargs="+", default=["resnet18", "resnet34"],
+                   help="segmenter encoders (timm names; several: one row each)")
+    p.add_argument("--image-size", type=int, default=256, help="segmenter input size")
     p.add_argument("--decoder-channels", type=int, nargs="+", help="segmenter decoder widths (default: the config's)")
-    p.add_argument("--classifier-encoder", default="resnet18")
-    p.add_argument("--classifier-size", type=int, default=128)
+    p.add_argument("--classifier-encoder", default="resnet18", help="classifier encoder (timm name)")
+    p.add_argument("--classifier-image-size", type=int, default=128, help="classifier input size")
     p.add_argument("--train-steps", type=int, default=3, help="timed training steps at batch 16 (0: skip)")
     p.add_argument("--runs", type=int, default=20, help="timed batch-1 inference runs")
     p.add_argument("--shipped", action="store_true", help="also time the shipped models in models/")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    add_runtime_args(p, precision=False)  # fp32 and, where the CPU has native bf16, bf16: both are timed
     p.add_argument("--json", dest="json_out", help="write the figures here as JSON")
     args = p.parse_args(argv)
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     device = torch.device(args.device)
     torch.manual_seed(0)
     print(f"device: {device_name(device)}; torch {torch.__version__}", flush=True)
     rows = []
-    for enc in args.encoders:
-        print(f"timing segmenter {enc} at {args.size}...", flush=True)
-        rows.append(bench_segmenter(enc, args.size, device, args.train_steps, args.runs, args.decoder_channels))
-    print(f"timing classifier {args.classifier_encoder} at {args.classifier_size}...", flush=True)
-    rows.append(bench_classifier(args.classifier_encoder, args.classifier_size, device, args.runs))
+    for enc in args.encoder:
+        print(f"timing segmenter {enc} at {args.image_size}...", flush=True)
+        rows.append(bench_segmenter(enc, args.image_size, device, args.train_steps, args.runs, args.decoder_channels))
+    print(f"timing classifier {args.classifier_encoder} at {args.classifier_image_size}...", flush=True)
+    rows.append(bench_classifier(args.classifier_encoder, args.classifier_image_size, device, args.runs))
     if args.shipped:
         rows += bench_shipped(device, args.runs)
     print()

@@ -1,9 +1,9 @@
 """Choose the decision rules on held-out cases and write the shippable checkpoints.
 
     python -m brainseg.calibrate --data DIR --cv runs/cv \
-        --segmenter runs/segmenter --classifier runs/classifier \
-        --out-segmenter models/segmenter --out-classifier models/classifier --fp16
-    python -m brainseg.calibrate --data DIR --split SPLIT.json --segmenter ... --classifier ... --out-...
+        --segmenter runs/segmenter --classifier runs/classifier --out models --fp16 --json models/segmenter/eval_oof.json
+    python -m brainseg.calibrate --data DIR --split SPLIT.json --segmenter ... --classifier ... --out OUT
+    python -m brainseg.calibrate --rules models/rules.json --segmenter ... --classifier ... --out OUT
 
 With ``--cv DIR`` (folders ``segmenter_<f>`` and ``classifier_<f>``, each with the ``split.json`` its
 training wrote) every fold's models predict that fold's validation cases, and all choices below are
@@ -27,9 +27,9 @@ all cases. With ``--split`` the one split's validation cases are used, as before
   largest only, or those of at least N voxels, scored by per-case Dice and detection accuracy with the
   chosen pixel rule; one is applied (by :meth:`Predictor.predict_case`) only if it lowers neither and
   their summed gain is at least ``--case-rule-min-gain``.
-The chosen values go into each ``config.json``; the figures and their spread over folds into metrics.json.
-``--save-rules FILE`` also keeps the chosen values with their held-out figures, and ``--rules FILE``
-writes such a record into new checkpoints without choosing again (the fold runs need not exist).
+The chosen values go into each ``config.json`` (``OUT/segmenter``, ``OUT/classifier``); the figures and their
+spread over folds into metrics.json; the values with their held-out figures into ``OUT/rules.json``, which
+``--rules`` writes into new checkpoints without choosing again (the fold runs need not exist).
 """
 import argparse
 import itertools
@@ -38,19 +38,20 @@ import shutil
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from .cli import KINDS, add_data_arg, add_model_args, add_runtime_args, apply_threads, data_arg, write_output
+from .cli import (KINDS, add_data_arg, add_model_args, add_runtime_args, apply_threads, data_arg, entry_point,
+                  write_output)
 from .data import find_cases, load_split, read_image, read_mask, select_cases
-from .inference import fuse_detection, segmenter_evidence
+from .evaluate import evaluation_record, to_json
+from .inference import (Predictor, classifier_probability, draw_mask, fuse_detection, is_detected, segmenter_evidence,
+                        upsample)
 from .metrics import CaseDiceAggregator, auroc, detection_metrics, expected_calibration_error
 from .models import ResUNet, TumorClassifier
-from .postprocess import postprocess_mask
-from .preprocess import preprocess, preprocess_stack
 from .sources import model_folder
 from .volume import apply_case_rule
 
@@ -104,15 +105,10 @@ def leave_one_case_out(logits: np.ndarray, evidence: np.ndarray, labels: np.ndar
     return out
 
 
-@torch.no_grad()
-def forward_batches(fn, xs: Sequence[torch.Tensor], batch_size: int = 32) -> torch.Tensor:
-    return torch.cat([fn(torch.stack(xs[i:i + batch_size])) for i in range(0, len(xs), batch_size)])
-
-
 def rule_aggregator(probs: np.ndarray, masks: np.ndarray, cases: List[str], detected: np.ndarray, thr: float,
                     min_px: int, model_size: int) -> CaseDiceAggregator:
-    """Per-case counts of the masks the Predictor would draw: :func:`postprocess_mask` of each slice's
-    map (at the masks' size) at this pixel threshold and minimum component size, drawn iff detected."""
+    """Per-case counts of the masks the Predictor would draw (:func:`brainseg.inference.draw_mask`) at this pixel
+    threshold and minimum component size, drawn iff detected."""
     return case_rule_aggregator(probs, masks, cases, detected, thr, min_px, model_size)[0]
 
 
@@ -125,11 +121,12 @@ def score_rule(probs: np.ndarray, masks: np.ndarray, cases: List[str], detected:
 def case_rule_aggregator(probs: np.ndarray, masks: np.ndarray, cases: List[str], detected: np.ndarray, thr: float,
                          min_px: int, model_size: int, rule: str = "none", min_voxels: int = 0
                          ) -> Tuple[CaseDiceAggregator, np.ndarray]:
-    """Per-case counts of the masks the Predictor would draw for a case: :func:`postprocess_mask` of each
-    slice's map, drawn iff detected, then the 3-D case rule as :meth:`Predictor.predict_case` applies it
-    (:func:`brainseg.volume.apply_case_rule`); also the slices' verdicts after the rule."""
+    """Per-case counts of the masks the Predictor would draw for a case: :func:`brainseg.inference.draw_mask` of
+    each slice's map (at the masks' size) with these rules, then the 3-D case rule as
+    :meth:`Predictor.predict_case` applies it (:func:`brainseg.volume.apply_case_rule`); also the slices'
+    verdicts after the rule. ``detected`` holds the slices' verdicts at the detection threshold."""
     cases = np.asarray(cases)
-    drawn = np.stack([postprocess_mask(p, thr, min_px, model_size, bool(d)) for p, d in zip(probs, detected)])
+    drawn = np.stack([draw_mask(p, bool(d), p.shape, thr, min_px, model_size) for p, d in zip(probs, detected)])
     agg, verdicts = CaseDiceAggregator(), np.asarray(detected, bool).copy()
     for c in dict.fromkeys(cases):
         idx = np.flatnonzero(cases == c)
@@ -179,24 +176,6 @@ def fold_summary(per_case: Dict[str, Dict[str, float]], folds: Dict[str, int]) -
             "dice_per_case_sd_over_folds": float(np.std(means, ddof=1)) if len(means) > 1 else float("nan")}
 
 
-def held_out_evaluation(agg: CaseDiceAggregator, names: Sequence[str], det: np.ndarray, labels: np.ndarray,
-                        det_threshold: float, pixel_threshold: float, source: str, data: str,
-                        cross_validation: Optional[Dict] = None, verdicts: Optional[np.ndarray] = None,
-                        case_rule: str = "none") -> Dict:
-    """The held-out figures of the chosen rules in :mod:`brainseg.evaluate`'s JSON layout, so the cards read
-    them like any evaluation (``seconds_per_slice`` is None: these predictions were not timed). ``verdicts``:
-    the slices' verdicts after the case rule (None: the detection threshold alone).
-    ``cross_validation`` (:func:`fold_summary`) marks out-of-fold figures; the cards then say so."""
-    counts = Counter(names)  # slices a case
-    return {"cases": len(counts), "slices": len(names),
-            "seg": {**agg.compute(), "pixel_threshold": pixel_threshold},
-            "det": detection_metrics(det, labels, det_threshold, verdicts), "seconds_per_slice": None,
-            "ece": expected_calibration_error(det, labels), "tumor_slices": int(labels.sum()),
-            "per_case": {n: dict(v, slices=counts[n]) for n, v in agg.per_case().items()},
-            "sources": source, "precision": "fp32", "data_dir": data, "split": source, "case_rule": case_rule,
-            **({"cross_validation": cross_validation} if cross_validation else {})}
-
-
 def cv_runs(cv_dir: Path) -> List[Tuple[Path, Path, List[str]]]:
     """(segmenter dir, classifier dir, validation case names) of each fold under ``cv_dir``."""
     runs = []
@@ -214,31 +193,35 @@ def cv_runs(cv_dir: Path) -> List[Tuple[Path, Path, List[str]]]:
     return runs
 
 
-def held_out_predictions(data: str, runs: Sequence[Tuple[str, str, Sequence[str]]]) -> Dict:
-    """Each run's models on its own held-out cases, pooled: images' masks, case names, fold index,
-    classifier logits and the segmenter's plain and flipped probabilities at its input size."""
+def held_out_predictions(data: str, runs: Sequence[Tuple[str, str, Sequence[str]]], batch_size: int = 16,
+                         device: str = "cpu") -> Dict:
+    """Each run's models, through a :class:`Predictor` in fp32, on its own held-out cases, pooled: the masks,
+    case names, fold index, classifier logits (before temperature) and the segmenter's plain and flipped
+    pixel probabilities at its input size, (N, S, S)."""
     all_cases = find_cases(data)
     out = {k: [] for k in ("masks", "names", "fold", "logits", "plain", "flipped")}
-    seg = clf = None
+    predictor = None
     for f, (seg_dir, clf_dir, val) in enumerate(runs):
-        seg, clf = ResUNet.from_pretrained(seg_dir), TumorClassifier.from_pretrained(clf_dir)
-        images, xs = [], []
+        predictor = Predictor(ResUNet.from_pretrained(seg_dir), TumorClassifier.from_pretrained(clf_dir),
+                              device=device, precision="fp32")
+        images = []
         for c in select_cases(all_cases, val):
-            case_images = [read_image(ip) for ip in c.images]
-            xs.extend(preprocess_stack(case_images, seg.config))  # a case at a time: a 2.5-D model reads neighbours
-            images += case_images
+            images += [read_image(ip) for ip in c.images]
             out["masks"] += [read_mask(mp) for mp in c.masks]
             out["names"] += [c.name] * len(c)
             out["fold"] += [f] * len(c)
-        out["logits"].append(forward_batches(clf, [preprocess(im, clf.config) for im in images])[:, 0])
-        out["plain"].append(forward_batches(lambda x: torch.sigmoid(seg(x)), xs, 16))
-        out["flipped"].append(forward_batches(lambda x: torch.sigmoid(seg(x.flip(-1))).flip(-1), xs, 16))
+        for i in range(0, len(images), batch_size):
+            chunk = images[i:i + batch_size]
+            out["logits"].append(predictor.classifier_logits(chunk))
+            plain, flipped = predictor.segment_passes(chunk)
+            out["plain"].append(plain)
+            out["flipped"].append(flipped)
         print(f"fold {f}: {len(val)} held-out cases, {len(images)} slices ({seg_dir}, {clf_dir})", flush=True)
     for k in ("logits", "plain", "flipped"):
         out[k] = torch.cat(out[k])
     out["logits"] = out["logits"].numpy()
     out["masks"] = np.stack(out["masks"])
-    out["top_k"], out["model_size"] = clf.config.fusion_top_k, seg.config.image_size
+    out["top_k"], out["model_size"] = predictor.classifier.config.fusion_top_k, predictor.seg_cfg.image_size
     return out
 
 
@@ -251,28 +234,37 @@ def save_checkpoint(model, out: Path, fp16: bool) -> None:
 
 def calibrate(argv=None) -> Dict:
     """Parse ``argv``, choose, write the checkpoints; returns the report (what :func:`main` prints)."""
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m brainseg.calibrate", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_arg(ap, "kaggle_3m-layout folder")
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--split", help="choose on this split's validation cases, with --segmenter/--classifier")
     src.add_argument("--cv", help="choose on the out-of-fold predictions of the fold runs in this folder")
-    src.add_argument("--rules", help="choose nothing: write the rules of this --save-rules file")
+    src.add_argument("--rules", help="choose nothing: write the rules of this OUT/rules.json of an earlier run")
     add_model_args(ap, required=True)
-    add_runtime_args(ap, device=False, precision=False)
-    ap.add_argument("--out-segmenter", required=True)
-    ap.add_argument("--out-classifier", required=True)
+    add_runtime_args(ap, precision=False)  # fp32 always: the rules are chosen on the models' exact outputs
+    ap.add_argument("--out", required=True, help="output folder: OUT/segmenter and OUT/classifier (the checkpoints "
+                    "with the chosen rules) and OUT/rules.json (the rules with their held-out figures)")
     ap.add_argument("--fp16", action="store_true", help="store weights as fp16 (half the size)")
-    ap.add_argument("--tta-min-gain", type=float, default=0.005)
+    ap.add_argument("--tta-min-gain", type=float, default=0.005,
+                    help="keep flip TTA only if it gains at least this per-case Dice (it doubles the segmenter's cost)")
     ap.add_argument("--case-rule-min-gain", type=float, default=0.005,
                     help="apply a 3-D case rule only if per-case Dice plus detection accuracy gain at least "
                     "this over none, neither falling")
-    ap.add_argument("--eval-json", help="also write the held-out figures of the chosen rules here, in "
+    ap.add_argument("--json", dest="json_out", help="also write the held-out figures of the chosen rules here, in "
                     "brainseg.evaluate's layout (e.g. models/segmenter/eval_oof.json for the cards)")
-    ap.add_argument("--save-rules", help="also write the chosen rules and their held-out figures here (JSON), "
-                    "so that they can be applied again with --rules")
     args = ap.parse_args(argv)
+    try:
+        return _calibrate(ap, args)
+    except (FileNotFoundError, KeyError, ValueError, OSError) as e:
+        ap.error(str(e.args[0]) if e.args else str(e))  # exit status 2, the message (naming the path) on stderr
+
+
+def _calibrate(ap: argparse.ArgumentParser, args: argparse.Namespace) -> Dict:
     args.data = data_arg(ap, args) if not args.rules else None
     apply_threads(args)
+    out = Path(args.out)
+    args.out_segmenter, args.out_classifier = out / "segmenter", out / "classifier"
     for kind in KINDS:  # the checkpoints the choices are written into, as folders (a Hub repo is fetched)
         setattr(args, kind, str(model_folder(getattr(args, kind), getattr(args, f"{kind}_revision"))))
 
@@ -281,7 +273,7 @@ def calibrate(argv=None) -> Dict:
                                     TumorClassifier.from_pretrained(args.classifier))
     runs = cv_runs(Path(args.cv)) if args.cv else [
         (args.segmenter, args.classifier, load_split(args.split)["val"])]
-    held = held_out_predictions(args.data, runs)
+    held = held_out_predictions(args.data, runs, device=args.device)
     seg = ResUNet.from_pretrained(args.segmenter)  # the checkpoints the choices are written into
     clf = TumorClassifier.from_pretrained(args.classifier)
     masks_np, names, logits = held["masks"], held["names"], held["logits"]
@@ -292,9 +284,9 @@ def calibrate(argv=None) -> Dict:
     print(f"calibrating on {n_cases} held-out cases, {len(names)} slices ({labels.sum()} with tumour): {source}")
 
     # classifier: temperature, then threshold
-    raw = 1 / (1 + np.exp(-logits))
+    raw = classifier_probability(logits, 1.0)
     t = fit_temperature(logits, labels)
-    cal = 1 / (1 + np.exp(-logits / t))
+    cal = classifier_probability(logits, t)
     det_thr = youden_threshold(cal, labels)
     clf_report = {"temperature": t, "threshold": det_thr,
                   "ece_before": expected_calibration_error(raw, labels),
@@ -311,14 +303,13 @@ def calibrate(argv=None) -> Dict:
     plain, flipped = held.pop("plain"), held.pop("flipped")
     variants = {}
     for tta in (False, True):
-        p = 0.5 * (plain + flipped) if tta else plain
-        evidence = segmenter_evidence(p[:, 0], top_k).numpy()
+        p = Predictor.combine_passes(plain, flipped, tta)
+        evidence = segmenter_evidence(p, top_k).numpy()
         weights = fit_fusion(logits, evidence, labels)
         fused = fuse_detection(torch.tensor(logits), torch.tensor(evidence), weights).numpy()
         thr = youden_threshold(fused, labels)
         loco = leave_one_case_out(logits, evidence, labels, names)
-        at_full = torch.nn.functional.interpolate(p, size=size, mode="bilinear", align_corners=False)[:, 0].numpy()
-        variants[tta] = {"probs": at_full, "det": fused, "fusion": {
+        variants[tta] = {"probs": upsample(p, size), "det": fused, "fusion": {
             "weights": weights, "top_k": top_k, "threshold": thr,
             "auroc_segmenter_evidence_alone": auroc(evidence, labels),
             "ece": expected_calibration_error(fused, labels),
@@ -332,7 +323,7 @@ def calibrate(argv=None) -> Dict:
     masks_bool = masks_np.astype(bool)
     for tta, thr, min_px in itertools.product([False, True], THRESHOLDS, MIN_COMPONENTS):
         v = variants[tta]
-        detected = v["det"] >= v["fusion"]["threshold"]
+        detected = is_detected(v["det"], v["fusion"]["threshold"])
         grid.append({"tta_flip": tta, "threshold": thr, "min_component_px": min_px,
                      **score_rule(v["probs"], masks_bool, names, detected, thr, min_px, model_size)})
     key = "dice_per_case_mean"
@@ -341,7 +332,7 @@ def calibrate(argv=None) -> Dict:
     chosen = best_tta if best_tta[key] >= best_plain[key] + args.tta_min_gain else best_plain
     default = next(g for g in grid if not g["tta_flip"] and g["threshold"] == 0.5 and g["min_component_px"] == 0)
     v = variants[chosen["tta_flip"]]
-    detected = v["det"] >= v["fusion"]["threshold"]
+    detected = is_detected(v["det"], v["fusion"]["threshold"])
     rule = (v["probs"], masks_bool, names, detected, chosen["threshold"], chosen["min_component_px"], model_size)
     case_rules = score_case_rules(*rule)
     case_rule = choose_case_rule(case_rules, args.case_rule_min_gain)
@@ -352,11 +343,13 @@ def calibrate(argv=None) -> Dict:
     chosen_agg, verdicts = case_rule_aggregator(*rule, case_rule["case_rule"], case_rule["min_voxels"])
     if args.cv:
         seg_report["cross_validation"] = fold_summary(chosen_agg.per_case(), dict(zip(names, held["fold"])))
-    evaluation = held_out_evaluation(chosen_agg, list(names), v["det"], labels, v["fusion"]["threshold"],
-                                     chosen["threshold"], source, args.data, seg_report.get("cross_validation"),
-                                     verdicts, case_rule["case_rule"])
-    if args.eval_json:
-        write_output(args.eval_json, json.dumps(evaluation, indent=2) + "\n")
+    # seconds_per_slice None: these predictions were not timed
+    evaluation = evaluation_record(chosen_agg, Counter(names), v["det"], labels, v["fusion"]["threshold"],
+                                   chosen["threshold"], verdicts, seconds_per_slice=None, sources=source,
+                                   precision="fp32", data_dir=args.data, split=source, case_rule=case_rule["case_rule"],
+                                   cross_validation=seg_report.get("cross_validation"))
+    if args.json_out:
+        write_output(args.json_out, to_json(evaluation))
     print("segmenter:", json.dumps(seg_report, indent=1))
     fusion = v["fusion"]
     clf_report["chosen_on"] = source
@@ -367,25 +360,25 @@ def calibrate(argv=None) -> Dict:
               "classifier": {"temperature": t, "threshold": det_thr, "fusion_weights": fusion["weights"],
                              "fusion_threshold": fusion["threshold"]}}
     rules = {"chosen_on": source, **{kind: {k: values[kind][k] for k in RULE_FIELDS[kind]} for kind in RULE_FIELDS}}
-    if args.save_rules:  # the figures without the per-case table: a record to read, small enough to commit
-        record = {k: x for k, x in evaluation.items() if k != "per_case"}
-        record["det_classifier_alone"] = {"auroc": auroc(cal, labels), "ece": clf_report["ece_after"]}
-        write_output(args.save_rules, json.dumps(dict(rules, held_out=record), indent=2) + "\n")
+    # the figures without the per-case table: a record to read, small enough to commit
+    record = {k: x for k, x in evaluation.items() if k != "per_case"}
+    record["det_classifier_alone"] = {"auroc": auroc(cal, labels), "ece": clf_report["ece_after"]}
+    write_output(str(Path(args.out) / "rules.json"), to_json(dict(rules, held_out=record)))
     write_checkpoints(args, seg, clf, rules, seg_report, clf_report)
     return {"classifier": clf_report, "segmenter": seg_report}
 
 
 def read_rules(path: str) -> Dict:
-    """A rules file of ``--save-rules``, checked: the rule fields of both configs, and where they were chosen."""
+    """A ``rules.json`` that calibrate wrote, checked: the rule fields of both configs, and where they were chosen."""
     try:
         rules = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
         raise ValueError(f"{path}: not a readable rules file ({e})") from e
     if not isinstance(rules, dict):
-        raise ValueError(f"{path}: not a rules file of brainseg.calibrate --save-rules (not a JSON object)")
+        raise ValueError(f"{path}: not a rules.json of brainseg.calibrate (not a JSON object)")
     missing = [f"{kind}.{k}" for kind, keys in RULE_FIELDS.items() for k in keys if k not in rules.get(kind, {})]
     if missing or "chosen_on" not in rules:
-        raise ValueError(f"{path}: not a rules file of brainseg.calibrate --save-rules "
+        raise ValueError(f"{path}: not a rules.json of brainseg.calibrate "
                          f"(missing {', '.join(missing or ['chosen_on'])})")
     return rules
 
@@ -395,9 +388,9 @@ def apply_recorded_rules(args, seg, clf) -> Dict:
     checkpoints, choosing nothing; for when the fold runs they were chosen on are gone."""
     rules = read_rules(args.rules)
     held = rules.get("held_out")
-    if args.eval_json and not held:
+    if args.json_out and not held:
         raise ValueError(f"{args.rules}: no held-out figures recorded (no 'held_out'), so there is nothing "
-                         f"for --eval-json {args.eval_json}; leave --eval-json out to apply the rules alone")
+                         f"for --json {args.json_out}; leave --json out to apply the rules alone")
     seg_report = {"chosen_on": rules["chosen_on"], "rules_file": args.rules, **rules["segmenter"]}
     alone = (held or {}).get("det_classifier_alone") or {}
     clf_report = {"chosen_on": rules["chosen_on"], "rules_file": args.rules,
@@ -408,8 +401,9 @@ def apply_recorded_rules(args, seg, clf) -> Dict:
                                                                   "threshold": rules["classifier"]["threshold"]}}
                      if alone else {})}
     print(f"applying the rules of {args.rules}, chosen on {rules['chosen_on']}")
-    if args.eval_json and held:
-        write_output(args.eval_json, json.dumps(dict(held, recorded_in=args.rules), indent=2) + "\n")
+    write_output(str(Path(args.out) / "rules.json"), to_json(rules))  # OUT holds the rules it was written with
+    if args.json_out and held:
+        write_output(args.json_out, to_json(dict(held, recorded_in=args.rules)))
     write_checkpoints(args, seg, clf, rules, seg_report, clf_report)
     return {"classifier": clf_report, "segmenter": seg_report}
 
@@ -419,7 +413,6 @@ def write_checkpoints(args, seg, clf, rules: Dict, seg_report: Dict, clf_report:
     for model, kind in ((seg, "segmenter"), (clf, "classifier")):
         for k in RULE_FIELDS[kind]:
             setattr(model.config, k, rules[kind][k])
-    seg.config.gate_threshold = 0.0  # no longer a separate rule: the detection verdict gates the mask
     for model, src, out, report in ((seg, args.segmenter, args.out_segmenter, seg_report),
                                     (clf, args.classifier, args.out_classifier, clf_report)):
         out = Path(out)
@@ -436,10 +429,7 @@ def write_checkpoints(args, seg, clf, rules: Dict, seg_report: Dict, clf_report:
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
 
-def main(argv=None) -> int:
-    """Command-line entry point: exit code 0 when the checkpoints were written."""
-    calibrate(argv)
-    return 0
+main = entry_point(calibrate)
 
 
 if __name__ == "__main__":

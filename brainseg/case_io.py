@@ -23,7 +23,6 @@ every slice or for none. Each broken rule is a ``ValueError`` naming the file an
 and ``brainseg.predict`` alike, nothing outside the folder it is given.
 """
 import json
-import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .file_types import ARCHIVE_EXTS, CASE_SLICE_EXTS, NIFTI_EXTS, file_ext
 from .images import apply_orientation, decode_image, decode_mask, to_slice
 from .limits import DEFAULT_LIMITS, InvalidImageError, Limits, MiB, named
 from .nifti_io import read_nifti, write_nifti_mask
@@ -41,8 +41,6 @@ from .tiff_pages import read_tiff_stack
 
 PathLike = Union[str, Path]
 
-IMAGE_EXTS = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
-NIFTI_EXTS = (".nii", ".nii.gz")
 _NAME_RE = re.compile(r"^(?P<case>.+)_(?P<num>\d+)(?P<mask>_mask)?$", re.IGNORECASE)
 _EXPORT_RE = re.compile(r"^(?P<case>.*?)[_\-. ]*(?P<num>\d+)(?P<mask>[_\-]mask)?$", re.IGNORECASE)  # IM-0001-0007
 
@@ -86,14 +84,6 @@ def parse_slice_name(filename: str) -> Tuple[Optional[str], Optional[int], bool]
     if not m:
         return stem, None, False
     return m.group("case"), int(m.group("num")), m.group("mask") is not None
-
-
-def file_ext(name: str) -> str:
-    """The lower-case extension, ".nii.gz" counted as one."""
-    low = name.lower()
-    if low.endswith(".nii.gz"):
-        return ".nii.gz"
-    return os.path.splitext(low)[1]
 
 
 def _stem(filename: str) -> str:
@@ -239,11 +229,11 @@ def load_case_zip(path: PathLike, limits: Limits = DEFAULT_LIMITS, series: Optio
     :mod:`brainseg.safe_zip`); ``series`` picks a DICOM series by its SeriesDescription."""
     path = Path(path)
     check_file_size(path, limits)
-    members, skipped = zip_members(path, limits, lambda n: file_ext(n) in IMAGE_EXTS or is_dicom_name(n))
+    members, skipped = zip_members(path, limits, lambda n: file_ext(n) in CASE_SLICE_EXTS or is_dicom_name(n))
     dicom = dicom_entries(members)
     if dicom:
         return _dicom_case(dicom, safe_name(_stem(path.name)), path.name, limits, series)
-    members = [(n, read) for n, read in members if file_ext(n) in IMAGE_EXTS]
+    members = [(n, read) for n, read in members if file_ext(n) in CASE_SLICE_EXTS]
     if not members:
         seen = f"; it holds {', '.join(repr(s) for s in skipped[:5])}{', ...' if len(skipped) > 5 else ''}" if skipped else ""
         raise ValueError(f"{path.name} holds no slice images (<case>_<n>.tif, .tiff, .png or .jpg) or DICOM "
@@ -267,7 +257,7 @@ def load_case_files(paths: Sequence[PathLike], source_kind: str = "files", limit
         return _dicom_case(dicom, "dicom_case", "the files", limits, series)
     entries = []
     for p in paths:
-        if file_ext(p.name) not in IMAGE_EXTS:
+        if file_ext(p.name) not in CASE_SLICE_EXTS:
             raise ValueError(f"{p.name} is not a slice image (.tif, .tiff, .png, .jpg) or DICOM (.dcm); send a zip, a multi-page "
                              f"TIFF or a NIfTI file alone, or slice images together")
         check_file_size(p, limits)
@@ -285,7 +275,7 @@ def load_case_folder(folder: PathLike, limits: Limits = DEFAULT_LIMITS, series: 
     dicom = dicom_entries([(p.name, p.read_bytes) for p in found])
     if dicom:
         return _dicom_case(dicom, safe_name(folder.name, "dicom_case"), folder.name, limits, series)
-    files = sorted(p for p in found if file_ext(p.name) in IMAGE_EXTS)
+    files = sorted(p for p in found if file_ext(p.name) in CASE_SLICE_EXTS)
     if not files:
         raise ValueError(f"No slice images (<case>_<n>.tif or .png) in folder {folder}")
     return load_case_files(files, source_kind="folder", limits=limits)
@@ -368,7 +358,7 @@ def load_case(source: Union[PathLike, Sequence[PathLike]], limits: Limits = DEFA
         if ext in (".tif", ".tiff") and _tiff_pages(p, limits) > 1:
             return load_case_tiff(p, limits)
     for p in paths:
-        if file_ext(p.name) in (".zip",) + NIFTI_EXTS:
+        if file_ext(p.name) in ARCHIVE_EXTS + NIFTI_EXTS:
             raise ValueError(f"{p.name}: send a zip or a NIfTI file alone, not together with other files")
     return load_case_files(paths, limits=limits, series=series)
 

@@ -3,8 +3,10 @@
 A checkpoint carries everything needed to use it (encoder, input size, channel order,
 normalisation, decision threshold), so training, evaluation and the app cannot drift apart.
 """
-from dataclasses import dataclass, field
-from typing import List, Optional
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple, Union
 
 CHANNEL_ORDER = ["pre-contrast", "FLAIR", "post-contrast"]
 PRECISIONS = ("auto", "fp32", "bf16")  # the segmenter's arithmetic: auto picks bf16 where the hardware has it
@@ -28,7 +30,7 @@ class PreprocessConfig:
 
     @property
     def model_in_chans(self) -> int:
-        """The model's input channels (a slice's ``in_chans``; more for a 2.5-D segmenter)."""
+        """The model's input channels: a slice's ``in_chans``."""
         return self.in_chans
 
 
@@ -43,15 +45,11 @@ class SegmenterConfig(PreprocessConfig):
       probability is >= this; the app's slider and every ``threshold=`` argument move this one;
     - ``min_component_px``: connected components smaller than this are dropped, counted at the model's
       input size (``image_size``) and scaled to the slice's own size;
-    - ``gate_threshold``: no longer used (kept so older ``config.json`` files load). The mask is drawn
-      iff the slice is detected, at the classifier's detection threshold; a second gate made the
-      mask and the verdict disagree.
+    - the mask is drawn iff the slice is detected, at the classifier's detection threshold (one gate).
     - ``case_rule`` / ``case_min_voxels``: where the input is a whole case
       (:meth:`Predictor.predict_case`: whole-case analysis and evaluation), 3-D connected components
       across its slices are judged (:mod:`brainseg.volume`: ``"none"``, ``"largest"``, ``"min_voxels"``;
       voxels counted at ``image_size``). A slice the rule leaves without a mask is no longer detected.
-
-    The field names stay as shipped so every ``config.json`` keeps loading.
     """
 
     encoder: str = "resnet34"
@@ -59,20 +57,10 @@ class SegmenterConfig(PreprocessConfig):
     pretrained: bool = False
     threshold: float = 0.5
     min_component_px: int = 0
-    gate_threshold: float = 0.0
     tta_flip: bool = False
     case_rule: str = "none"
     case_min_voxels: int = 0
     deep_supervision: int = 0  # training only: side heads on this many of the coarser decoder stages
-    context_slices: int = 0  # 2.5-D: see ``model_in_chans``
-
-    @property
-    def model_in_chans(self) -> int:
-        """The encoder's input channels: a slice's ``in_chans``, then the FLAIR of ``context_slices`` neighbours
-        on each side (below first, in stack order; :func:`brainseg.preprocess.add_context`). A tumour spans
-        several slices; where a neighbour is missing (a single slice, a case's first or last) the slice
-        stands in for it, as it does in a share of training batches, so single slices keep working."""
-        return self.in_chans + 2 * self.context_slices
 
 
 @dataclass
@@ -125,11 +113,8 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_epochs: float = 0.5
     empty_fraction: float = 0.3
-    fn_weight: float = 0.5  # segmenter: the Dice term's weight on missed pixels (losses.BCEDiceLoss; 0.5: Dice)
-    dice_per_image: bool = False  # segmenter: Dice term averaged over tumour images, not pooled (losses.BCEDiceLoss)
     augment: bool = True
     dark_interior: float = 0.0  # segmenter: share of slices whose large tumour gets a dark core (data.RandomDarkInterior)
-    context_dropout: float = 0.2  # 2.5-D segmenter: share of training slices whose neighbours are the slice itself
     precision: str = "auto"  # "auto": bf16 autocast where the CPU has native bf16 and a timed step is faster, fp16 AMP on CUDA, else fp32
     ema_decay: float = 0.0  # per-step decay of the weight average that is validated and saved (0: none)
     select: str = "best"  # which epoch is saved: "best" on validation, or "last" (a fixed schedule: nothing chosen)
@@ -140,3 +125,49 @@ class TrainConfig:
     init_from: Optional[str] = None
     init_encoder_from: Optional[str] = None
     threads: int = 0
+
+
+RECIPES = Path(__file__).resolve().parent.parent / "configs"  # the shipped recipes: configs/<task>.json
+
+
+def load_recipe(recipe: Union[str, Path], overrides: Sequence[str] = (), **values
+                ) -> Tuple[str, PreprocessConfig, TrainConfig]:
+    """A training recipe -> (task, model config, train config): the shipped models' recipe is data, not flags.
+
+    Args:
+        recipe: a JSON file ``{"task": ..., "model": {SegmenterConfig or ClassifierConfig fields},
+            "train": {TrainConfig fields}}``, or ``"segmenter"`` / ``"classifier"`` for ``configs/<task>.json``.
+        overrides: ``"field=value"`` strings (value as JSON, else a string) for any model or train field
+            (``train.py --set``).
+        values: typed values of model or train fields, applied last (``train.py``'s own options).
+    Raises:
+        ValueError naming the file and the field, for an unknown task or field or a bad value.
+    """
+    path = RECIPES / f"{recipe}.json" if str(recipe) in ("segmenter", "classifier") else Path(recipe)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable recipe ({e})") from None
+    task = data.get("task")
+    if task not in ("segmenter", "classifier") or set(data) - {"task", "model", "train"}:
+        raise ValueError(f"{path}: a recipe holds task ('segmenter' or 'classifier'), model and train, got "
+                         f"{sorted(data)} with task {task!r}")
+    model_cls = SegmenterConfig if task == "segmenter" else ClassifierConfig
+    parts = {"model": dict(data.get("model") or {}), "train": dict(data.get("train") or {}, task=task)}
+    names = {"model": {f.name for f in fields(model_cls)}, "train": {f.name for f in fields(TrainConfig)}}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        part = next((k for k in ("model", "train") if key in names[k]), None)
+        if not sep or part is None:
+            raise ValueError(f"--set {item}: expected FIELD=VALUE with a field of {model_cls.__name__} or TrainConfig")
+        try:
+            parts[part][key] = json.loads(value)
+        except ValueError:
+            parts[part][key] = value
+    for key, value in values.items():
+        parts["model" if key in names["model"] else "train"][key] = value  # an unknown one is refused below
+    for part, cls in (("model", model_cls), ("train", TrainConfig)):
+        unknown = sorted(set(parts[part]) - names[part])
+        if unknown:
+            raise ValueError(f"{path}: {part} fields {cls.__name__} does not have: {', '.join(unknown)}")
+    return task, model_cls(**parts["model"]), TrainConfig(**parts["train"])

@@ -13,9 +13,9 @@ from torch.utils.data import Dataset, Sampler
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from .config import FLAIR_INDEX, PreprocessConfig
+from .config import PreprocessConfig
 from .images import DATASET_LIMITS, InvalidImageError, load_mask, load_slice
-from .preprocess import neighbour_indices, normalize_slice, resize
+from .preprocess import preprocess, resize
 
 PathLike = Union[str, Path]
 _SLICE_RE = re.compile(r"^(?P<case>.+)_(?P<num>\d+)\.tif$")
@@ -264,29 +264,17 @@ class SliceDataset(Dataset):
     """All slices of some cases, held in memory as uint8 (a few hundred MB for the whole set).
 
     ``task="segmenter"`` yields (image, mask[1,H,W] float 0/1); ``task="classifier"`` yields
-    (image, label[1] float: mask not empty). Each slice is resized to the training size first, as at
-    inference (:func:`brainseg.preprocess.resize`), then augmented (at 128 that is ~4x cheaper than
-    augmenting the 256-pixel slice, and on a 2-core machine the loader shares the model's cores), then
-    normalised (:func:`brainseg.preprocess.normalize_slice`).
-
-    A 2.5-D segmenter's config (``context_slices`` k > 0) adds the FLAIR of the k slices on each side
-    (:func:`brainseg.preprocess.add_context`): the neighbours go through the same augmentation as the
-    slice (one draw for all) and are normalised each on its own; with ``context_dropout`` p, a share p of
-    the items get the slice itself as every neighbour, as a single slice has at inference.
+    (image, label[1] float: mask not empty). Each slice goes through :func:`brainseg.preprocess.preprocess`,
+    the function inference uses, with the augmentation slotted in after the resize (at 128 that is ~4x
+    cheaper than augmenting the 256-pixel slice, and on a 2-core machine the loader shares the model's cores).
     """
 
     def __init__(self, cases: Sequence[Case], cfg: PreprocessConfig, task: str = "segmenter",
-                 augment: bool = False, progress: bool = False, context_dropout: float = 0.0,
-                 dark_interior: float = 0.0):
+                 augment: bool = False, progress: bool = False, dark_interior: float = 0.0):
         if task not in ("segmenter", "classifier"):
             raise ValueError(f"task must be 'segmenter' or 'classifier', got {task!r}")
         self.cfg, self.task = cfg, task
         self.transform = None
-        self.context = getattr(cfg, "context_slices", 0)
-        self.context_dropout = context_dropout
-        starts = np.cumsum([0] + [len(c) for c in cases])
-        self.neighbours = np.concatenate([s + neighbour_indices(len(c), self.context) for s, c in zip(starts, cases)]
-                                         ) if cases and self.context else np.zeros((0, 0), np.int64)
         paths = [(c.name, i, m) for c in cases for i, m in zip(c.images, c.masks)]
         if progress:
             from tqdm import tqdm
@@ -305,26 +293,20 @@ class SliceDataset(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def _resized(self, i: int, size: int) -> torch.Tensor:
-        return resize(torch.from_numpy(self.images[i]).permute(2, 0, 1).float(), size)
-
     def __getitem__(self, i: int) -> Tuple[torch.Tensor, torch.Tensor]:
         size = self.cfg.image_size
-        img = self._resized(i, size)
-        if self.context:  # (1 + 2k, 3, S, S): the slice, then its neighbours
-            alone = self.transform is not None and torch.rand(()).item() < self.context_dropout
-            img = torch.stack([img] + [img if alone else self._resized(j, size) for j in self.neighbours[i]])
         mask = torch.from_numpy(self.masks[i])[None]
         if mask.shape[-1] != size:
             mask = (resize(mask.float(), size) > 0.5).to(torch.uint8)
-        if self.transform is not None:  # torchvision's colour transforms take float images in [0, 1]
-            img, mask = self.transform(tv_tensors.Image(img / 255), tv_tensors.Mask(mask))  # one draw for the stack
-            img = img.as_subclass(torch.Tensor) * 255
-        if self.context:
-            x = torch.cat([normalize_slice(img[0], self.cfg.clip)] +
-                          [normalize_slice(n, self.cfg.clip)[FLAIR_INDEX:FLAIR_INDEX + 1] for n in img[1:]])
-        else:
-            x = normalize_slice(img, self.cfg.clip)
+        moved = [mask]
+
+        def augment(img: torch.Tensor) -> torch.Tensor:  # one draw moves image and mask together
+            # torchvision's colour transforms take float images in [0, 1]
+            out, moved[0] = self.transform(tv_tensors.Image(img / 255), tv_tensors.Mask(moved[0]))
+            return out.as_subclass(torch.Tensor) * 255
+
+        x = preprocess(self.images[i], self.cfg, augment if self.transform is not None else None)
+        mask = moved[0]
         if self.task == "classifier":
             return x, torch.tensor([float(mask.any())])
         return x, mask.as_subclass(torch.Tensor).float()

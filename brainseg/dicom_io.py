@@ -27,7 +27,7 @@ import numpy as np
 
 from .limits import Limits, MiB, check_budget, check_size, decoded_bytes, named
 
-DICOM_EXTS = (".dcm", ".dicom", ".ima")
+from .file_types import DICOM_EXTS
 FLAIR_RE = re.compile(r"flair", re.IGNORECASE)
 POST_RE = re.compile(r"post|\+\s*c\b|\bc\+|gad|\bgd\b|contrast|t1c|t1ce|mprage.*\+", re.IGNORECASE)
 PRE_RE = re.compile(r"\bpre\b|pre[-_ ]?contrast|\bt1\b|t1w|t1[-_ ]", re.IGNORECASE)

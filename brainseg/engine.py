@@ -1,15 +1,16 @@
 """Train one epoch, validate, checkpoint and resume; no argument parsing here (see train.py)."""
 import math
 import os
-from contextlib import nullcontext
 from typing import Dict, Iterable, Optional
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 from tqdm import tqdm
 
+from .inference import classifier_probability
+from . import precision as prec
+from .precision import autocast
 from .metrics import CaseDiceAggregator, detection_metrics, expected_calibration_error
 
 
@@ -52,15 +53,6 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 # ---------------------------------------------------------------- precision and weight averaging
 
-def autocast(device: torch.device, precision: str = "fp32"):
-    """Mixed precision for the forward pass: fp16 on CUDA, bf16 on a CPU when asked; fp32 master weights."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.float16)
-    if precision == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return nullcontext()
-
-
 def make_ema(model: nn.Module, decay: float) -> Optional[torch.optim.swa_utils.AveragedModel]:
     """An exponential moving average of the weights and BatchNorm statistics (None when ``decay`` is 0).
 
@@ -90,6 +82,8 @@ def cosine_with_warmup(optimizer, warmup_steps: int, total_steps: int, min_ratio
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+# ---------------------------------------------------------------- training precision (the rule: brainseg.precision)
+
 def faster_training_precision(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor,
                               runs: int = 2) -> str:
     """'bf16' or 'fp32': whichever trains ``model`` faster on this CPU, timed on a copy (forward, loss and
@@ -97,18 +91,16 @@ def faster_training_precision(model: nn.Module, loss_fn: nn.Module, x: torch.Ten
 
     The CPU flags alone mislead: on an AMD EPYC reporting ``avx512_bf16``, bf16 autocast trained the
     shipped segmenter at 0.8 images/s against 7.9 in fp32; on an Intel Xeon with native bf16 it was 1.5x
-    faster at 256x256. As :func:`brainseg.inference.faster_precision` does for inference, measure.
+    faster at 256x256. As :func:`brainseg.precision.faster_precision` does for inference, measure.
     """
     import copy
-
-    from .inference import faster_of_fp32_and_bf16
 
     probe = copy.deepcopy(unwrap(model)).train()
 
     def step(precision):
         probe.zero_grad(set_to_none=True)
         forward_loss(probe, loss_fn, x, y, torch.device("cpu"), precision).backward()
-    return faster_of_fp32_and_bf16(step, runs)
+    return prec.faster_of_fp32_and_bf16(step, runs)
 
 
 def auto_training_precision(device: torch.device, model: nn.Module, loss_fn: nn.Module, example: tuple,
@@ -116,10 +108,8 @@ def auto_training_precision(device: torch.device, model: nn.Module, loss_fn: nn.
     """What ``--precision auto`` trains in: fp32 (or CUDA's fp16 AMP, which ``autocast`` applies on any
     precision) unless the CPU reports native bf16 *and* :func:`faster_training_precision` times bf16 faster
     on a batch of ``example`` (an (image, target) item of the training set); every DDP rank takes rank 0's."""
-    from .inference import cpu_has_native_bf16
-
     precision = "fp32"
-    if device.type == "cpu" and cpu_has_native_bf16():
+    if device.type == "cpu" and prec.cpu_has_native_bf16():
         x, y = example
         n = min(batch_size, 4)
         precision = faster_training_precision(model, loss_fn, x.expand(n, *x.shape), y.expand(n, *y.shape))
@@ -210,7 +200,7 @@ def validate_classifier(model: nn.Module, dataset, device: torch.device, thresho
                         precision: str = "fp32") -> Dict[str, float]:
     """Slice-level AUROC, accuracy, sensitivity, specificity and ECE on the validation cases."""
     logits = predict_logits(model, dataset, device, precision=precision)[0][:, 0].numpy()
-    probs = 1 / (1 + np.exp(-logits))
+    probs = classifier_probability(logits, unwrap(model).config.temperature)  # 1.0 until calibration sets it
     out = detection_metrics(probs, dataset.labels, threshold)
     out["ece"] = expected_calibration_error(probs, dataset.labels)
     return out

@@ -115,36 +115,53 @@ def evaluate(data_dir: PathLike, predictor, split: Optional[Union[PathLike, Dict
         seconds += time.perf_counter() - t0
         agg.update(case.name, np.stack([p.mask for p in preds]), np.stack(truths))
         for path, pred, truth in zip(case.images, preds, truths):
-            probs.append(pred.tumor_probability)
+            probs.append(pred.probability)
             verdicts.append(pred.detected)
             labels.append(int(truth.any()))
             if keep_slices:
-                detail.append({"case": case.name, "slice": slice_number(path), "probability": pred.tumor_probability,
+                detail.append({"case": case.name, "slice": slice_number(path), "probability": pred.probability,
                                "label": labels[-1], "pred_px": pred.tumor_area_px, "true_px": int(truth.sum())})
 
     pixel_threshold, det_threshold = predictor.thresholds(threshold)  # the Predictor's, as its verdicts used
-    seg = agg.compute()
-    seg["pixel_threshold"] = pixel_threshold
-    n_slices = {c.name: len(c) for c in cases}
-    per_case = {name: dict(v, slices=n_slices[name]) for name, v in agg.per_case().items()}
-    result = {
-        "cases": len(cases),
-        "slices": len(labels),
-        "seg": seg,
-        "det": detection_metrics(probs, labels, det_threshold, verdicts),
-        "seconds_per_slice": seconds / max(len(labels), 1),
-        "ece": expected_calibration_error(probs, labels),
-        "tumor_slices": int(sum(labels)),
-        "per_case": per_case,
-        "sources": {k: str(v) for k, v in getattr(predictor, "sources", {}).items()},
-        "precision": getattr(predictor, "precision", "fp32"),
-        "data_dir": str(data_dir),
-        "split": None if split is None or isinstance(split, dict) else str(split),
-        "case_rule": predictor.seg_cfg.case_rule,
-    }
+    result = evaluation_record(
+        agg, {c.name: len(c) for c in cases}, probs, labels, det_threshold, pixel_threshold, verdicts,
+        seconds_per_slice=seconds / max(len(labels), 1),
+        sources={k: str(v) for k, v in getattr(predictor, "sources", {}).items()},
+        precision=getattr(predictor, "precision", "fp32"), data_dir=str(data_dir),
+        split=None if split is None or isinstance(split, dict) else str(split), case_rule=predictor.seg_cfg.case_rule)
     if keep_slices:
         result["slices_detail"] = detail
     return result
+
+
+def evaluation_record(agg: CaseDiceAggregator, case_slices: Dict[str, int], probs: Sequence[float],
+                      labels: Sequence[int], det_threshold: float, pixel_threshold: float,
+                      verdicts: Optional[Sequence[bool]], *, seconds_per_slice: Optional[float], sources,
+                      precision: str, data_dir: Optional[str], split: Optional[str], case_rule: str,
+                      cross_validation: Optional[Dict] = None) -> Dict:
+    """The one layout of an evaluation's figures (this command's ``--json``, calibrate's held-out figures, the
+    cards read both). ``case_slices``: slices per case, in order; ``verdicts``: the slices' final verdicts
+    (None: the detection threshold alone); ``cross_validation`` marks out-of-fold figures. Write it with
+    :func:`to_json` (undefined figures, NaN, become null)."""
+    labels = np.asarray(labels)
+    seg = agg.compute()
+    seg["pixel_threshold"] = pixel_threshold
+    return {
+        "cases": len(case_slices),
+        "slices": int(len(labels)),
+        "seg": seg,
+        "det": detection_metrics(probs, labels, det_threshold, verdicts),
+        "seconds_per_slice": seconds_per_slice,
+        "ece": expected_calibration_error(probs, labels),
+        "tumor_slices": int(labels.sum()),
+        "per_case": {name: dict(v, slices=case_slices[name]) for name, v in agg.per_case().items()},
+        "sources": sources,
+        "precision": precision,
+        "data_dir": data_dir,
+        "split": split,
+        "case_rule": case_rule,
+        **({"cross_validation": cross_validation} if cross_validation else {}),
+    }
 
 
 def _fmt(v) -> str:

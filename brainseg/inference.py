@@ -20,8 +20,6 @@ import copy
 import hashlib
 import math
 import os
-import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -30,9 +28,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import PRECISIONS  # noqa: F401  (also imported from here)
-from .postprocess import postprocess_mask, remove_small_components  # noqa: F401  (old import path)
-from .preprocess import add_context, neighbour_indices, preprocess
+from .postprocess import postprocess_mask
+from .precision import inference_autocast, inference_precision
+from .preprocess import preprocess
 from .volume import apply_case_rule
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -97,15 +95,6 @@ class Prediction:
         """The verdict in words, as the app shows it."""
         return "tumour" if self.detected else "no tumour"
 
-    # The names before the rule had one place (kept one release for code that reads them).
-    @property
-    def tumor_probability(self) -> float:
-        return self.probability
-
-    @property
-    def tumor_detected(self) -> bool:
-        return self.detected
-
 
 def segmenter_evidence(probs: torch.Tensor, top_k: int) -> torch.Tensor:
     """Logit of the mean of each slice's ``top_k`` highest pixel probabilities, (N,).
@@ -124,6 +113,40 @@ def fuse_detection(classifier_logits: torch.Tensor, evidence: torch.Tensor, weig
     return torch.sigmoid(w0 * classifier_logits.float() + w1 * evidence + b)
 
 
+def classifier_probability(logits, temperature: float):
+    """The classifier's calibrated tumour probability, ``sigmoid(logit / temperature)``; an array gives an array."""
+    p = torch.sigmoid(torch.as_tensor(logits) / temperature)
+    return p.numpy() if isinstance(logits, np.ndarray) else p
+
+
+def is_detected(probability, detection_threshold: float):
+    """The slice verdict: ``probability >= detection_threshold`` (a float or an array of them)."""
+    return probability >= detection_threshold
+
+
+def upsample(prob_maps: torch.Tensor, size: Tuple[int, int]) -> np.ndarray:
+    """Pixel maps (N, S, S) at the model's size -> (N, H, W) float32 at the slices' own size (bilinear)."""
+    full = F.interpolate(prob_maps[:, None].float(), size=tuple(size), mode="bilinear", align_corners=False)
+    return full[:, 0].cpu().numpy()
+
+
+def draw_mask(full_map: Optional[np.ndarray], detected: bool, size: Tuple[int, int], pixel_threshold: float,
+              min_component_px: int, model_size: int) -> np.ndarray:
+    """A slice's mask (uint8, ``size``): :func:`brainseg.postprocess.postprocess_mask` of ``full_map`` (:func:`upsample`
+    of its pixel map; None where the segmenter did not run) at the pixel threshold, drawn iff ``detected``."""
+    if not detected or full_map is None:
+        return np.zeros(size, np.uint8)
+    return postprocess_mask(full_map, pixel_threshold, min_component_px, model_size, detected)
+
+
+def decide(probability: float, full_map: Optional[np.ndarray], size: Tuple[int, int], pixel_threshold: float,
+           detection_threshold: float, min_component_px: int, model_size: int) -> Tuple[bool, np.ndarray]:
+    """One slice's (verdict, mask) from the models' outputs: the rule the Predictor applies to every slice
+    (:func:`is_detected`, then :func:`draw_mask`). :mod:`brainseg.calibrate` scores its candidates with the same two."""
+    detected = bool(is_detected(probability, detection_threshold))
+    return detected, draw_mask(full_map, detected, size, pixel_threshold, min_component_px, model_size)
+
+
 def as_three_channels(image: np.ndarray, in_chans: int = 3):
     """HxW or HxWx1 (a FLAIR channel alone) -> HxWx3 by replication; returns (image, replicated)."""
     if image.ndim == 2:
@@ -136,68 +159,6 @@ def as_three_channels(image: np.ndarray, in_chans: int = 3):
         raise ValueError(f"Expected {in_chans} channels (pre-contrast, FLAIR, post-contrast) or 1 (FLAIR), "
                          f"got {image.shape[-1]}")
     return image, False
-
-
-def cpu_has_native_bf16() -> bool:
-    """True where the CPU computes bf16 in hardware (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slower."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_precision(precision: Optional[str], device: torch.device) -> str:
-    """'auto' (or None: the ``BRAINSEG_PRECISION`` env var, else auto) becomes 'bf16' where the hardware
-    runs it natively, else 'fp32'."""
-    precision = (precision or os.environ.get("BRAINSEG_PRECISION") or "auto").lower()
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
-
-
-def faster_of_fp32_and_bf16(step, runs: int = 2) -> str:
-    """'bf16' or 'fp32': whichever ``step(precision)`` runs faster, timed over ``runs`` calls after one warm-up
-    each (oneDNN picks its kernels on the first call); a tie keeps fp32. Inference and training both ask."""
-    seconds = {}
-    for precision in ("fp32", "bf16"):
-        step(precision)
-        start = time.perf_counter()
-        for _ in range(runs):
-            step(precision)
-        seconds[precision] = time.perf_counter() - start
-    return "bf16" if seconds["bf16"] < seconds["fp32"] else "fp32"
-
-
-_FASTER: Dict[tuple, str] = {}  # (model class, its config, input size) -> the faster precision, per process
-
-
-def faster_precision(model: torch.nn.Module, size: int, in_chans: int = 3, runs: int = 2) -> str:
-    """'bf16' or 'fp32': whichever runs ``model`` faster on this CPU, timed at batch 1 (after one warm-up each).
-
-    CPUs that report bf16 instructions differ: on some (AMX) bf16 autocast halves the segmenter's time,
-    on others (AVX512-BF16 alone, as on this project's VMs in December 2026) it is slower than fp32.
-    So ``precision="auto"`` measures instead of trusting the flags; the answer is cached per process.
-    """
-    config = getattr(model, "config", None)  # a model without a config is timed each time (nothing to key on)
-    key = (type(model).__name__, repr(config), size) if config is not None else None
-    if key is None or key not in _FASTER:
-        x = torch.randn(1, in_chans, size, size).contiguous(memory_format=torch.channels_last)
-
-        def step(precision):
-            with torch.no_grad(), (torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16"
-                                   else nullcontext()):
-                model(x)
-        answer = faster_of_fp32_and_bf16(step, runs)
-        if key is None:
-            return answer
-        _FASTER[key] = answer
-    return _FASTER[key]
 
 
 def _display_source(src) -> Tuple[str, Optional[str]]:
@@ -238,16 +199,12 @@ class Predictor:
     def __init__(self, segmenter, classifier=None, device: str = "cpu", sources: Optional[dict] = None,
                  precision: Optional[str] = None):
         self.device = torch.device(device)
-        requested = (precision or os.environ.get("BRAINSEG_PRECISION") or "auto").lower()
-        self.precision = resolve_precision(precision, self.device)
         self.segmenter = segmenter.to(self.device).eval()
         self.classifier = classifier.to(self.device).eval() if classifier is not None else None
         for m in (self.segmenter, self.classifier):
             if m is not None:
                 m.to(memory_format=torch.channels_last)
-        if requested == "auto" and self.device.type == "cpu" and self.precision == "bf16":
-            cfg = self.segmenter.config  # the CPU claims bf16: keep it only where it is faster here
-            self.precision = faster_precision(self.segmenter, cfg.image_size, cfg.model_in_chans)
+        self.precision = inference_precision(precision, self.device, self.segmenter)
         self.sources = sources or {}
         self._description: Optional[Dict[str, dict]] = None
 
@@ -324,42 +281,43 @@ class Predictor:
         return x.contiguous(memory_format=torch.channels_last)
 
     def _segment_logits(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+        with inference_autocast(self.device, self.precision):
             return self.segmenter(x).float()
 
-    def stack_neighbours(self, images: Sequence[np.ndarray]) -> Optional[List[List[np.ndarray]]]:
-        """For a 2.5-D segmenter, each slice's neighbours among ``images`` (one case, in stack order), as
-        :meth:`segment_probs` reads them; None for a single-slice segmenter."""
-        k = self.seg_cfg.context_slices
-        return [[images[j] for j in row] for row in neighbour_indices(len(images), k)] if k else None
+    @torch.no_grad()
+    def segment_passes(self, images: Sequence[np.ndarray], flipped: bool = True
+                       ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The segmenter's pixel probabilities at its input size, (N, S, S): the plain pass, and (``flipped``) the
+        mirrored pass mirrored back (None otherwise); :meth:`segment_probs` combines them as the config says."""
+        x = self._batch(images, self.seg_cfg)
+        plain = torch.sigmoid(self._segment_logits(x))[:, 0]
+        return plain, torch.sigmoid(self._segment_logits(x.flip(-1))).flip(-1)[:, 0] if flipped else None
+
+    @staticmethod
+    def combine_passes(plain: torch.Tensor, flipped: Optional[torch.Tensor], tta_flip: bool) -> torch.Tensor:
+        """The pixel map flip TTA gives: the mean of both passes when ``tta_flip``, else the plain pass."""
+        return 0.5 * (plain + flipped) if tta_flip else plain
 
     @torch.no_grad()
-    def segment_probs(self, images: Sequence[np.ndarray],
-                      neighbours: Optional[Sequence[Sequence[np.ndarray]]] = None) -> torch.Tensor:
+    def segment_probs(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """Pixel tumour probabilities at the model's input size, (N, S, S); with ``tta_flip`` the mean
-        of the plain pass and the mirrored pass mirrored back.
+        of the plain pass and the mirrored pass mirrored back."""
+        tta = self.seg_cfg.tta_flip
+        return self.combine_passes(*self.segment_passes(images, flipped=tta), tta)
 
-        A 2.5-D segmenter (``context_slices`` k) also reads ``neighbours``: each slice's 2k neighbours in
-        the stack (:func:`brainseg.preprocess.context_offsets`); None: each slice stands alone."""
-        cfg = self.seg_cfg
-        x = self._batch(images, cfg)
-        if cfg.context_slices:
-            nb = None
-            if neighbours is not None:
-                flat = self._batch([im for group in neighbours for im in group], cfg)
-                nb = flat.reshape(len(images), 2 * cfg.context_slices, *flat.shape[1:])
-            x = add_context(x, cfg.context_slices, nb).contiguous(memory_format=torch.channels_last)
-        p = torch.sigmoid(self._segment_logits(x))
-        if self.seg_cfg.tta_flip:
-            p = 0.5 * (p + torch.sigmoid(self._segment_logits(x.flip(-1))).flip(-1))
-        return p[:, 0]
+    @torch.no_grad()
+    def classifier_logits(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """The classifier's raw logits, (N,): before temperature, as calibration fits it."""
+        if self.classifier is None:
+            raise RuntimeError("This Predictor has no classifier")
+        return self.classifier.logits(self._batch(images, self.classifier.config)).float()
 
     @torch.no_grad()
     def classify(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """The classifier's own calibrated slice tumour probabilities, (N,) (no fusion)."""
         if self.classifier is None:
             raise RuntimeError("This Predictor has no classifier")
-        return self.classifier.predict_proba(self._batch(images, self.classifier.config)).cpu().numpy()
+        return classifier_probability(self.classifier_logits(images), self.classifier.config.temperature).cpu().numpy()
 
     @torch.no_grad()
     def detect(self, images: Sequence[np.ndarray], seg_probs: torch.Tensor) -> np.ndarray:
@@ -375,11 +333,9 @@ class Predictor:
                              cfg.fusion_weights)
         return det.cpu().numpy()
 
-    def run_models(self, images: Sequence[np.ndarray], detection_threshold: float,
-                   neighbours: Optional[Sequence[Sequence[np.ndarray]]] = None
+    def run_models(self, images: Sequence[np.ndarray], detection_threshold: float
                    ) -> Tuple[np.ndarray, List[Optional[torch.Tensor]]]:
-        """The models' part for HxWx3 arrays: slice tumour probabilities (N,) and pixel maps (S, S);
-        ``neighbours`` as in :meth:`segment_probs`.
+        """The models' part for HxWx3 arrays: slice tumour probabilities (N,) and pixel maps (S, S).
 
         Each slice is classified once. With a classifier alone deciding (no fusion), the segmenter
         runs only on the slices at or over ``detection_threshold`` (their map is None elsewhere):
@@ -389,19 +345,18 @@ class Predictor:
         if self.classifier is not None and not self.fused:
             det = self.classify(images)
             maps: List[Optional[torch.Tensor]] = [None] * len(images)
-            run = [i for i, d in enumerate(det) if d >= detection_threshold]
+            run = [i for i, d in enumerate(det) if is_detected(d, detection_threshold)]
             if run:
-                nb = [neighbours[i] for i in run] if neighbours is not None else None
-                for i, p in zip(run, self.segment_probs([images[i] for i in run], nb)):
+                for i, p in zip(run, self.segment_probs([images[i] for i in run])):
                     maps[i] = p
             return det, maps
-        probs = self.segment_probs(images, neighbours)
+        probs = self.segment_probs(images)
         return self.detect(images, probs), list(probs)
 
     # ------------------------------------------------------------ the answer
 
     def predict_batch(self, images: Sequence[ImageOrPath], threshold: Optional[float] = None,
-                      batch_size: int = 16, prob_maps: bool = True, stack: bool = False) -> List[Prediction]:
+                      batch_size: int = 16, prob_maps: bool = True) -> List[Prediction]:
         """Predict slices of any size (each HxWx3, or HxW / HxWx1 FLAIR); masks come back at each input's size.
 
         Args:
@@ -410,31 +365,20 @@ class Predictor:
             threshold: pixel probability threshold; None uses the segmenter config's.
             batch_size: slices per forward pass.
             prob_maps: keep each slice's pixel map in ``Prediction.prob_map`` (False saves memory on a case).
-            stack: the images are one case's slices in stack order, so a 2.5-D segmenter reads each
-                slice's neighbours (:meth:`predict_case`); otherwise every slice stands alone.
         Returns:
             one :class:`Prediction` a slice, in order.
         """
         pixel_thr, det_thr = self.thresholds(threshold)
         cfg = self.seg_cfg
         out: List[Prediction] = []
-        around = None
-        if stack and cfg.context_slices:  # every slice read up front: a chunk's neighbours may lie in the next one
-            read = [as_three_channels(_as_array(im), cfg.in_chans) for im in images]
-            around = self.stack_neighbours([r[0] for r in read])
         for start in range(0, len(images), batch_size):
-            chunk = read[start:start + batch_size] if around else [
-                as_three_channels(_as_array(im), cfg.in_chans) for im in images[start:start + batch_size]]
-            nb = around[start:start + len(chunk)] if around else None
-            det, maps = self.run_models([c[0] for c in chunk], det_thr, nb)
+            chunk = [as_three_channels(_as_array(im), cfg.in_chans) for im in images[start:start + batch_size]]
+            det, maps = self.run_models([c[0] for c in chunk], det_thr)
             for (im, replicated), d, p in zip(chunk, det, maps):
                 h, w = im.shape[:2]
-                detected = bool(d >= det_thr)
-                mask = np.zeros((h, w), np.uint8)
-                if detected and p is not None:
-                    full = F.interpolate(p[None, None].float(), size=(h, w), mode="bilinear", align_corners=False)
-                    mask = postprocess_mask(full[0, 0].cpu().numpy(), pixel_thr, cfg.min_component_px,
-                                            cfg.image_size, detected)
+                full = None if p is None else upsample(p[None], (h, w))[0]
+                detected, mask = decide(float(d), full, (h, w), pixel_thr, det_thr, cfg.min_component_px,
+                                        cfg.image_size)
                 keep = p.float().cpu().numpy() if (prob_maps and p is not None) else None
                 out.append(Prediction(float(d), detected, mask, [h, w, int(im.shape[2])], replicated, keep,
                                       pixel_thr, det_thr))
@@ -450,8 +394,7 @@ class Predictor:
         A slice whose every pixel the rule removes is reported not detected (``removed_by_case_rule``),
         so a detected slice keeps its outline. The slices must share one height and width.
         """
-        preds = self.predict_batch(images, threshold=threshold, batch_size=batch_size, prob_maps=prob_maps,
-                                   stack=True)
+        preds = self.predict_batch(images, threshold=threshold, batch_size=batch_size, prob_maps=prob_maps)
         cfg = self.seg_cfg
         if cfg.case_rule == "none" or not preds:
             return preds

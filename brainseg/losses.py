@@ -5,25 +5,11 @@ import torch.nn.functional as F
 
 
 class BCEDiceLoss(nn.Module):
-    """BCE plus soft Dice over the batch; Dice keeps small tumours from drowning in background.
+    """BCE plus soft Dice over the batch's pooled pixels; Dice keeps small tumours from drowning in background."""
 
-    ``fn_weight`` turns the Dice term into the Tversky index ``TP / (TP + (1 - w) FP + w FN)``: at the
-    default 0.5 it is Dice exactly, above it a missed tumour pixel costs more than a false one, which is
-    the error the lowest cases make (under-segmented tumours, README "Training").
-
-    ``per_image``: the Dice term is the mean over the batch's images that hold tumour, each scored on its
-    own, instead of one Dice over the pooled pixels, where a slice with a large tumour outweighs one with a
-    small tumour by its area. Per-case Dice is lowest on the smallest tumours (README "Training"); empty
-    images are left to the BCE term (a batch without tumour falls back to the pooled Dice).
-    """
-
-    def __init__(self, bce_weight: float = 1.0, dice_weight: float = 1.0, smooth: float = 1.0,
-                 fn_weight: float = 0.5, per_image: bool = False):
+    def __init__(self, bce_weight: float = 1.0, dice_weight: float = 1.0, smooth: float = 1.0):
         super().__init__()
-        if not 0 < fn_weight < 1:
-            raise ValueError(f"fn_weight must lie in (0, 1), got {fn_weight}")
-        self.bce_weight, self.dice_weight, self.smooth, self.fn_weight = bce_weight, dice_weight, smooth, fn_weight
-        self.per_image = per_image
+        self.bce_weight, self.dice_weight, self.smooth = bce_weight, dice_weight, smooth
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if logits.shape != target.shape:
@@ -33,15 +19,9 @@ class BCEDiceLoss(nn.Module):
         bce = F.binary_cross_entropy_with_logits(logits, target)
         p = torch.sigmoid(logits).flatten(1)
         t = target.flatten(1)
-        tp, fp, fn = (p * t).sum(1), (p * (1 - t)).sum(1), ((1 - p) * t).sum(1)  # per image
-        tumour = t.sum(1) > 0
-        if self.per_image and tumour.any():
-            tp, fp, fn = tp[tumour], fp[tumour], fn[tumour]
-        else:
-            tp, fp, fn = tp.sum(), fp.sum(), fn.sum()
-        w = self.fn_weight
-        overlap = (tp + self.smooth / 2) / (tp + (1 - w) * fp + w * fn + self.smooth / 2)
-        return self.bce_weight * bce + self.dice_weight * (1 - overlap.mean())
+        tp, fp, fn = (p * t).sum(), (p * (1 - t)).sum(), ((1 - p) * t).sum()
+        dice = (tp + self.smooth / 2) / (tp + 0.5 * fp + 0.5 * fn + self.smooth / 2)
+        return self.bce_weight * bce + self.dice_weight * (1 - dice)
 
 
 class DeepSupervisionLoss(nn.Module):

@@ -22,8 +22,8 @@ multi-page TIFF, a NIfTI file or a DICOM series (a folder, a zip or a .dcm file)
 
 ``dice`` is filled where ground-truth masks exist: the CSV holds each slice's Dice, the JSON the
 per-case Dice over the whole stack (as ``brainseg.evaluate`` computes it). Bad input stops with a
-message and exit status 2; in a folder of cases, a bad case is skipped with a message and the exit
-status is 1. Progress goes to stderr: how many cases were found, then a bar over them (``--quiet``
+message and exit status 2; in a folder of cases, a bad case is skipped with a message, the others
+are written, and the exit status is 2 too. Progress goes to stderr: how many cases were found, then a bar over them (``--quiet``
 hides both); one line a case goes to stdout. The files are written by
 :func:`brainseg.case_io.write_case_outputs`, the app's writer too.
 """
@@ -33,8 +33,9 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-from .case_io import IMAGE_EXTS, CaseInput, file_ext, inside, load_case, parse_slice_name, safe_name, write_case_outputs
+from .case_io import CaseInput, inside, load_case, parse_slice_name, safe_name, write_case_outputs
 from .cli import add_data_arg, add_model_args, add_runtime_args, data_arg, predictor_from_args
+from .file_types import CASE_SLICE_EXTS, file_ext
 
 CSV_FIELDS = ["case", "slice", "tumor_probability", "tumor_detected", "tumor_area_px", "dice"]
 
@@ -42,7 +43,7 @@ CSV_FIELDS = ["case", "slice", "tumor_probability", "tumor_detected", "tumor_are
 def _has_slices(folder: Path) -> bool:
     """Whether a folder holds numbered slice images (masks alone do not count)."""
     for p in folder.iterdir():
-        if p.is_file() and file_ext(p.name) in IMAGE_EXTS:
+        if p.is_file() and file_ext(p.name) in CASE_SLICE_EXTS:
             _, num, is_mask = parse_slice_name(p.name)
             if num is not None and not is_mask:
                 return True
@@ -65,7 +66,7 @@ def discover(input_path: Path, out: Path) -> List[object]:
         if parse_slice_name(input_path.name)[2]:
             raise ValueError(f"{input_path.name} is a mask; give the slice image")
         truth = input_path.with_name(input_path.name[: -len(file_ext(input_path.name))] + "_mask.tif")
-        if file_ext(input_path.name) in IMAGE_EXTS and truth.is_file():
+        if file_ext(input_path.name) in CASE_SLICE_EXTS and truth.is_file():
             return [[input_path, truth]]
         return [input_path]
     if _has_slices(input_path) or _has_dicom(input_path):
@@ -178,7 +179,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     if not rows:
         print("nothing predicted", file=sys.stderr)
-        return 1
+        return 2  # every input was bad
     csv_path = inside(out, out / "predictions.csv")
     with open(csv_path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
@@ -189,7 +190,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"mean per-case Dice over {len(dices)} case(s) with ground truth: {sum(dices) / len(dices):.4f}")
     if failed:
         print(f"{len(failed)} input(s) skipped: {', '.join(failed)}", file=sys.stderr)
-        return 1
+        return 2  # bad input, as everywhere; the good cases are written
     return 0
 
 

@@ -2,13 +2,13 @@
 
 Training, evaluation, the CLI and the app all call :func:`preprocess`, so they cannot drift.
 """
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import FLAIR_INDEX, PreprocessConfig
+from .config import PreprocessConfig
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
@@ -64,54 +64,24 @@ def resize(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(x[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
 
 
-def preprocess(image: ArrayLike, cfg: PreprocessConfig) -> torch.Tensor:
+def preprocess(image: ArrayLike, cfg: PreprocessConfig,
+               augment: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
     """One slice (HxWxC array in the config's channel order, any dtype) -> model input CxSxS.
 
     Args:
         image: HxWxC numpy array or CxHxW tensor; uint8, uint16 or float.
         cfg: the checkpoint's config (``image_size``, ``in_chans``, ``normalization``, ``clip``).
+        augment: training only: applied to the resized slice (values as read) before normalisation, so
+            training augments exactly what inference would normalise (:class:`brainseg.data.SliceDataset`).
     Returns:
         float32 tensor of shape (in_chans, image_size, image_size).
     """
     x = to_chw_float(image)
     if x.shape[0] != cfg.in_chans:
         raise ValueError(f"Expected {cfg.in_chans} channels ({', '.join(cfg.channel_order)}), got {x.shape[0]}")
-    x = resize(x, cfg.image_size)
     if cfg.normalization != "slice_zscore":
         raise ValueError(f"Unknown normalization {cfg.normalization!r}; this version knows 'slice_zscore'")
+    x = resize(x, cfg.image_size)
+    if augment is not None:
+        x = augment(x)
     return normalize_slice(x, cfg.clip)
-
-
-def context_offsets(k: int):
-    """The neighbours a 2.5-D input holds, as offsets in the stack: ``-k .. -1, 1 .. k``."""
-    return [o for o in range(-k, k + 1) if o]
-
-
-def add_context(x: torch.Tensor, k: int, neighbours: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Preprocessed slices (N, C, S, S) -> (N, C + 2k, S, S): each slice, then its neighbours' FLAIR.
-
-    ``neighbours`` (N, 2k, C, S, S), each slice's neighbours at :func:`context_offsets`, already
-    preprocessed (each with its own statistics, as it would be alone); None: the slice stands in for
-    every neighbour (a single slice). ``k = 0`` returns ``x``.
-    """
-    if k == 0:
-        return x
-    if neighbours is None:
-        flair = x[:, FLAIR_INDEX:FLAIR_INDEX + 1].expand(-1, 2 * k, -1, -1)
-    else:
-        flair = neighbours[:, :, FLAIR_INDEX]
-    return torch.cat([x, flair], 1)
-
-
-def neighbour_indices(n: int, k: int) -> np.ndarray:
-    """(n, 2k) stack indices of each slice's neighbours at :func:`context_offsets`, clamped at the ends of the
-    stack (a case's first slice stands in for the one below it)."""
-    return np.clip(np.arange(n)[:, None] + np.array(context_offsets(k), dtype=np.int64)[None], 0, n - 1)
-
-
-def preprocess_stack(images, cfg: PreprocessConfig) -> torch.Tensor:
-    """One case's slices in stack order -> the segmenter's inputs (N, model_in_chans, S, S), a 2.5-D
-    model's neighbours included (each slice preprocessed once, alone, then stacked)."""
-    x = torch.stack([preprocess(im, cfg) for im in images])
-    k = getattr(cfg, "context_slices", 0)
-    return add_context(x, k, x[torch.from_numpy(neighbour_indices(len(x), k))]) if k else x

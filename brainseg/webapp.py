@@ -31,13 +31,12 @@ from . import viz
 from . import case_analysis
 from .case_analysis import case_summary_text, summarize
 from .case_io import downloads, load_case, write_case_outputs
+from .file_types import SLICE_EXTS
 from .images import decode_image, load_mask
 from .metrics import dice_score
 
 log = logging.getLogger("brainseg.app")
 
-SLICE_TYPES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
-CASE_TYPES = (".zip", ".tif", ".tiff", ".png", ".jpg", ".jpeg", ".nii", ".gz", ".dcm")
 OVERLAY_MAX_SIDE = 1024  # overlays are for the eye; the mask keeps the input's full size
 PREVIEW_MAX_SIDE = 512
 EXPIRED = "This upload is no longer on the server (uploads are deleted after five minutes). Upload the file again."
@@ -284,9 +283,9 @@ def find_examples(folder: Path) -> List[Example]:
     if not folder.is_dir():
         return []
     found = []
-    images = [p for p in folder.iterdir() if p.suffix.lower() in SLICE_TYPES and not p.stem.endswith("_mask")]
+    images = [p for p in folder.iterdir() if p.suffix.lower() in SLICE_EXTS and not p.stem.endswith("_mask")]
     for p in sorted(images, key=_natural_key):
-        mask = next((m for m in (p.with_name(p.stem + "_mask" + s) for s in SLICE_TYPES) if m.exists()), None)
+        mask = next((m for m in (p.with_name(p.stem + "_mask" + s) for s in SLICE_EXTS) if m.exists()), None)
         m = re.match(r"^(?:TCGA_)?(?P<case>.+?)(?:_\d{8})?_(?P<num>\d+)$", p.stem)
         label = f"{m['case']} · slice {m['num']}" if m else p.stem
         caption = f"{m['case']} · {m['num']}" if m else p.stem

@@ -2,7 +2,8 @@
 # Ship the models of scripts/train_models.sh: choose every rule on the out-of-fold predictions of the fold runs
 # (temperature, fused detection, thresholds, post-processing, TTA, the 3-D case rule), write them into the
 # all-case models, store fp16 weights in models/, record the rules with their held-out figures (rules.json)
-# and those figures as eval_oof.json, and regenerate the cards.
+# and those figures as eval_oof.json, and regenerate the cards. The golden figures (tests/golden.json) stay: rerun
+# python tests/test_golden.py after shipping, and check what moved.
 # Usage: bash scripts/ship_models.sh [DATA_DIR] [RUNS_DIR] [MODELS_DIR]   (MODELS_DIR: models)
 #        CV=DIR bash scripts/ship_models.sh ...      (the fold runs to choose on; default RUNS_DIR/cv, every fold finished)
 #        RULES=FILE bash scripts/ship_models.sh ...  (choose nothing: apply a rules.json recorded by an earlier
@@ -18,11 +19,10 @@ mkdir -p "$OUT"
 if [[ -n "${RULES:-}" ]]; then
     CHOOSE=(--rules "$RULES")
 else
-    CHOOSE=(--data "$DATA" --cv "$CV" --save-rules "$OUT/rules.json")
+    CHOOSE=(--data "$DATA" --cv "$CV")
 fi
 $PY -m brainseg.calibrate "${CHOOSE[@]}" --segmenter "$RUNS/segmenter" --classifier "$RUNS/classifier" \
-    --out-segmenter "$OUT/segmenter" --out-classifier "$OUT/classifier" --fp16 \
-    --eval-json "$OUT/segmenter/eval_oof.json" | tee "$OUT/calibration.log"
+    --out "$OUT" --fp16 --json "$OUT/segmenter/eval_oof.json" | tee "$OUT/calibration.log"
 # The all-case models have no held-out cases of their own: their figures are the recipe's out-of-fold ones.
 rm -f "$OUT/segmenter/eval_val.json" "$OUT/classifier/eval_val.json"
 cp "$OUT/segmenter/eval_oof.json" "$OUT/classifier/eval_oof.json"

@@ -1,6 +1,9 @@
 """Shared fixtures: a synthetic kaggle_3m tree (ellipse 'tumours') and tiny-model checkpoints."""
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -86,6 +89,12 @@ def tiny_checkpoints(tmp_path_factory):
     return {"segmenter": d / "segmenter", "classifier": d / "classifier"}
 
 
+@pytest.fixture(scope="module")
+def predictor(tiny_checkpoints):
+    """A Predictor over the tiny untrained checkpoints (real models, real rules; their figures mean nothing)."""
+    return Predictor.from_sources(str(tiny_checkpoints["segmenter"]), str(tiny_checkpoints["classifier"]))
+
+
 def flair_map(image: np.ndarray) -> np.ndarray:
     """Pixel 'probabilities' that find make_slice's tumours exactly (it paints FLAIR 220 there)."""
     return (np.asarray(image)[..., 1] >= 200).astype(np.float32)
@@ -125,7 +134,7 @@ class FakePredictor(Predictor):
         self.pixel_map, self.detection = pixel_map, detection
         self.calls = 0  # slices seen by the 'models'
 
-    def run_models(self, images, detection_threshold, neighbours=None):
+    def run_models(self, images, detection_threshold):
         s = self.seg_cfg.image_size
         maps = []
         for im in images:
@@ -142,6 +151,33 @@ class FakePredictor(Predictor):
 def fake_predictor():
     """A FakePredictor that finds the synthetic tumours exactly (64 px slices, no classifier)."""
     return FakePredictor()
+
+
+# ---------------------------------------------------------------- train.py in a subprocess (test_train, test_recipe)
+
+ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+TINY = ["--encoder", "test_resnet", "--image-size", "64", "--batch-size", "4", "--workers", "0", "--threads", "1",
+        "--max-steps", "2"]
+OUTPUTS = ["config.json", "model.safetensors", "metrics.json", "curves.png", "split.json", "last_state.pt"]
+
+
+def run(args, timeout=240):
+    """Run a command in the repo root in its own process group; kill the whole group on timeout."""
+    proc = subprocess.Popen(args, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # torchrun's workers too
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, f"{' '.join(map(str, args))} failed ({proc.returncode}):\n{out[-3000:]}"
+    return out
+
+
+def train(task, data, out, *extra, timeout=240):
+    return run([sys.executable, "train.py", task, "--data", str(data), "--out", str(out), *TINY, *extra], timeout)
+
 
 
 def needs_shared_data():

@@ -9,7 +9,6 @@ import logging
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -24,32 +23,10 @@ import app
 from brainseg import webapp
 from brainseg.inference import Predictor
 from brainseg.images import InvalidImageError
+from app_server import JSON_KEYS, REQUEST_TIMEOUT, SHIPPED, file_data, free_port, raw_call, serve, upload
 from conftest import make_slice
 
 ROOT = Path(__file__).resolve().parent.parent
-SHIPPED = ROOT / "models" / "segmenter" / "config.json"
-REQUEST_TIMEOUT = 60  # seconds: any request that takes longer counts as a hang
-JSON_KEYS = {"tumor_probability", "tumor_detected", "tumor_area_px", "tumor_area_pct_brain", "brain_area_px",
-             "input_shape", "input_dtype", "channels_replicated", "threshold", "detection_threshold", "dice", "models"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def serve(predictor, examples_dir, **build_kw):
-    """build_demo + launch on a free loopback port; always closed."""
-    demo = app.build_demo(predictor, examples_dir, **build_kw)
-    try:
-        _, url, _ = app.launch(demo, port=free_port(), prevent_thread_lock=True, quiet=True)
-        yield demo, url
-    finally:
-        demo.close()
-
-
 def call(client: Client, path, *args):
     """/predict with a bound on the wait, so a hang fails the test instead of stalling it."""
     return client.submit(handle_file(str(path)), *args, api_name="/predict").result(timeout=REQUEST_TIMEOUT)
@@ -58,11 +35,6 @@ def call(client: Client, path, *args):
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.astype(bool), b.astype(bool)
     return 1.0 if not a.any() and not b.any() else 2 * (a & b).sum() / (a.sum() + b.sum())
-
-
-@pytest.fixture(scope="module")
-def predictor(tiny_checkpoints):
-    return Predictor.from_sources(str(tiny_checkpoints["segmenter"]), str(tiny_checkpoints["classifier"]))
 
 
 @pytest.fixture(scope="module")
@@ -332,24 +304,6 @@ def test_out_of_range_threshold_is_an_error(client, files):
         call(client, files["png"], 1.5)
 
 
-def raw_call(url: str, endpoint: str, data: list) -> str:
-    """POST /gradio_api/call/<endpoint> with a JSON body as written (NaN allowed), then read the event stream."""
-    with httpx.Client(timeout=REQUEST_TIMEOUT) as c:
-        r = c.post(url + f"gradio_api/call/{endpoint}", content=json.dumps(data and {"data": data}),
-                   headers={"content-type": "application/json"})
-        r.raise_for_status()
-        return c.get(url + f"gradio_api/call/{endpoint}/{r.json()['event_id']}").text
-
-
-def upload(url: str, path: Path) -> str:
-    with httpx.Client(timeout=REQUEST_TIMEOUT) as c:
-        return c.post(url + "gradio_api/upload", files={"files": (path.name, path.read_bytes())}).json()[0]
-
-
-def file_data(path) -> dict:
-    return {"path": str(path), "meta": {"_type": "gradio.FileData"}}
-
-
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
 def test_non_finite_threshold_is_refused_over_raw_http(server, files, value):
     url = server[1]
@@ -516,9 +470,10 @@ def test_shipped_models_on_the_examples(shipped_server):
 
 # ---------------------------------------------------------------- the command line
 
-def test_cli_refuses_a_bad_model_source():
-    with pytest.raises(SystemExit, match="Cannot load the models"):
+def test_cli_refuses_a_bad_model_source(capsys):
+    with pytest.raises(SystemExit) as e:
         app.main(["--segmenter", "no/such/source", "--classifier", "no/such/source"])
+    assert e.value.code == 2 and "Cannot load the models" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -572,10 +527,11 @@ def test_expired_upload_gets_a_clear_error_without_logging_its_name(server, file
 
 
 def test_readme_security_section_states_the_limits_in_force():
-    """The README's "Security and privacy" figures are those of brainseg.images' Limits and the app's settings."""
+    """docs/deployment_security.md's "Security and privacy" figures are those of brainseg.images' Limits and the
+    app's settings."""
     from brainseg.images import DEFAULT_LIMITS as lim
 
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "deployment_security.md").read_text()
     section = readme.split("## Security and privacy", 1)[1].split("\n## ", 1)[0]
     mib = 2**20
     every, age = app.DELETE_CACHE

@@ -12,7 +12,7 @@ import app
 from brainseg import webapp
 from brainseg.inference import Predictor
 from conftest import make_slice, write_case
-from test_app import REQUEST_TIMEOUT, serve
+from app_server import REQUEST_TIMEOUT, serve
 
 
 def zip_case(d: Path, name: str, n: int, seed: int) -> Path:
@@ -27,11 +27,6 @@ def zip_case(d: Path, name: str, n: int, seed: int) -> Path:
 @pytest.fixture(scope="module")
 def case_zip(tmp_path_factory) -> Path:
     return zip_case(tmp_path_factory.mktemp("case"), "TCGA_CS_0009_20000101", 6, 3)
-
-
-@pytest.fixture(scope="module")
-def predictor(tiny_checkpoints):
-    return Predictor.from_sources(str(tiny_checkpoints["segmenter"]), str(tiny_checkpoints["classifier"]))
 
 
 @pytest.fixture(scope="module")

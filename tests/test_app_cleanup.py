@@ -14,18 +14,12 @@ import pytest
 
 import app
 from brainseg import webapp
-from brainseg.inference import Predictor
 from conftest import write_case
-from test_app import REQUEST_TIMEOUT, file_data, raw_call, serve, upload
+from app_server import REQUEST_TIMEOUT, file_data, raw_call, serve, upload
 
 AGE = 2
 CASE_AGE = 10
 TEMP_ROOT = Path(os.environ["GRADIO_TEMP_DIR"])
-
-
-@pytest.fixture(scope="module")
-def predictor(tiny_checkpoints):
-    return Predictor.from_sources(str(tiny_checkpoints["segmenter"]), str(tiny_checkpoints["classifier"]))
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ from conftest import TINY_ENCODER
 
 def test_bench_cli_on_tiny_models(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    result = bench.run(["--encoders", TINY_ENCODER, "--size", "64", "--classifier-encoder", TINY_ENCODER,
-                         "--classifier-size", "64", "--train-steps", "1", "--runs", "2", "--json", str(out)])
+    result = bench.run(["--encoder", TINY_ENCODER, "--image-size", "64", "--classifier-encoder", TINY_ENCODER,
+                         "--classifier-image-size", "64", "--train-steps", "1", "--runs", "2", "--json", str(out)])
     rows = json.loads(out.read_text())["rows"]
     assert rows == json.loads(json.dumps(result["rows"]))
     seg, clf = rows
@@ -32,7 +32,7 @@ def test_bf16_timing_runs_on_the_cpu():
 def test_segmenter_row_counts_flops_and_times_bf16_training_where_native():
     import torch
 
-    from brainseg.inference import resolve_precision
+    from brainseg.precision import resolve_precision
 
     cpu = torch.device("cpu")
     wide = bench.bench_segmenter(TINY_ENCODER, 64, cpu, train_steps=1, runs=1)

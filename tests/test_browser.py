@@ -58,7 +58,7 @@ def chromium_path() -> str:
 @pytest.fixture(scope="module")
 def site(tiny_checkpoints, tmp_path_factory):
     """The app on a free loopback port: the shipped models and examples when present, else tiny, synthetic ones."""
-    from test_app import free_port
+    from app_server import free_port
 
     if SHIPPED.exists():
         predictor = Predictor.from_sources()

@@ -1,6 +1,7 @@
 """brainseg.calibrate and fused detection: the fit recovers known weights, the Predictor applies the
 stored fusion exactly, and the calibration CLI writes it into the checkpoints it ships."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -74,16 +75,16 @@ def test_predictor_applies_the_stored_fusion(tiny_checkpoints, synth_root):
     with torch.no_grad():
         ev = segmenter_evidence(torch.sigmoid(pred.segmenter(x_seg))[:, 0], 20)
         expected = torch.sigmoid(0.8 * pred.classifier(x_clf)[:, 0] + 0.5 * ev - 0.2).numpy()
-    got = [p.tumor_probability for p in pred.predict_batch(images)]
+    got = [p.probability for p in pred.predict_batch(images)]
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
-    assert [p.tumor_detected for p in pred.predict_batch(images)] == list(expected >= 0.37)
+    assert [p.detected for p in pred.predict_batch(images)] == list(expected >= 0.37)
 
 
 def test_without_fusion_weights_the_classifier_alone_decides(tiny_checkpoints, synth_root):
     images = [read_image(p) for p in find_cases(synth_root)[0].images[:3]]
     pred = _fused_predictor(tiny_checkpoints, None)
     assert not pred.fused and pred.detection_threshold == pred.classifier.config.threshold
-    np.testing.assert_allclose([p.tumor_probability for p in pred.predict_batch(images)], pred.classify(images),
+    np.testing.assert_allclose([p.probability for p in pred.predict_batch(images)], pred.classify(images),
                                rtol=1e-6)
 
 
@@ -96,11 +97,10 @@ def run_calibration(tiny_checkpoints, synth_root, tmp_path, *extra):
     """calibrate's CLI on a fixed split of the synthetic cases: (report, split, segmenter dir, classifier dir)."""
     split = make_split(find_cases(synth_root), 0.34, seed=0)
     save_split(split, tmp_path / "split.json")
-    out_seg, out_clf = tmp_path / "seg", tmp_path / "clf"
+    out_seg, out_clf = tmp_path / "out" / "segmenter", tmp_path / "out" / "classifier"
     report = calibrate_main(["--data", str(synth_root), "--split", str(tmp_path / "split.json"),
                              "--segmenter", str(tiny_checkpoints["segmenter"]),
-                             "--classifier", str(tiny_checkpoints["classifier"]),
-                             "--out-segmenter", str(out_seg), "--out-classifier", str(out_clf), *extra])
+                             "--classifier", str(tiny_checkpoints["classifier"]), "--out", str(tmp_path / "out"), *extra])
     return report, split, out_seg, out_clf
 
 
@@ -114,7 +114,6 @@ def test_calibrate_cli_writes_fusion_and_rules_from_validation_cases(tiny_checkp
     assert clf_cfg["temperature"] == report["classifier"]["temperature"]
     for k in ("threshold", "min_component_px", "tta_flip"):
         assert seg_cfg[k] == report["segmenter"]["chosen"][k]
-    assert seg_cfg["gate_threshold"] == 0.0  # the detection verdict gates the mask; no second threshold
     assert {"leave_one_case_out_auroc", "auroc_segmenter_evidence_alone", "ece", "at_threshold"} <= set(fusion)
     metrics = json.loads((out_clf / "metrics.json").read_text())
     assert metrics["calibration"]["fusion"]["weights"] == pytest.approx(fusion["weights"])
@@ -124,15 +123,15 @@ def test_calibrate_cli_writes_fusion_and_rules_from_validation_cases(tiny_checkp
 
 
 def test_precision_is_resolved_and_checked(monkeypatch, tiny_checkpoints):
-    from brainseg.inference import resolve_precision
+    from brainseg.precision import resolve_precision
 
     cpu = torch.device("cpu")
     assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("BF16", cpu) == "bf16"
     monkeypatch.setenv("BRAINSEG_PRECISION", "fp32")
     assert resolve_precision(None, cpu) == "fp32"
-    monkeypatch.setattr("brainseg.inference.cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr("brainseg.precision.cpu_has_native_bf16", lambda: False)
     assert resolve_precision("auto", cpu) == "fp32"
-    monkeypatch.setattr("brainseg.inference.cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr("brainseg.precision.cpu_has_native_bf16", lambda: True)
     assert resolve_precision("auto", cpu) == "bf16"
     with pytest.raises(ValueError, match="precision must be one of"):
         resolve_precision("fp8", cpu)
@@ -155,7 +154,7 @@ def test_calibration_scores_the_masks_the_predictor_draws(tiny_checkpoints, synt
     from brainseg.evaluate import evaluate
 
     report, split, out_seg, out_clf = run_calibration(tiny_checkpoints, synth_root, tmp_path,
-                                                      "--eval-json", str(tmp_path / "eval_held_out.json"))
+                                                      "--json", str(tmp_path / "eval_held_out.json"))
     chosen = report["segmenter"]["chosen"]
     p = Predictor.from_sources(str(out_seg), str(out_clf), precision="fp32")
     r = evaluate(synth_root, p, split=split)
@@ -190,11 +189,10 @@ def _fold_runs(tmp_path, synth_root, k=3):
 
 def test_cv_calibration_chooses_on_every_case_of_the_folds(tiny_checkpoints, synth_root, tmp_path):
     folds = _fold_runs(tmp_path / "cv", synth_root)
-    out_seg, out_clf = tmp_path / "seg", tmp_path / "clf"
+    out_seg, out_clf = tmp_path / "out" / "segmenter", tmp_path / "out" / "classifier"
     report = calibrate_main(["--data", str(synth_root), "--cv", str(tmp_path / "cv"),
                              "--segmenter", str(tiny_checkpoints["segmenter"]),
-                             "--classifier", str(tiny_checkpoints["classifier"]),
-                             "--out-segmenter", str(out_seg), "--out-classifier", str(out_clf)])
+                             "--classifier", str(tiny_checkpoints["classifier"]), "--out", str(tmp_path / "out")])
     seg = report["segmenter"]
     assert seg["cases"] == 6 and seg["slices"] == 72  # all six cases, each predicted by the fold that held it out
     cv = seg["cross_validation"]
@@ -209,8 +207,8 @@ def test_cv_calibration_chooses_on_every_case_of_the_folds(tiny_checkpoints, syn
     assert sorted(n for f in folds["folds"] for n in f) == sorted(c.name for c in find_cases(synth_root))
 
 
-def test_saved_rules_are_applied_again_without_the_fold_runs(tiny_checkpoints, synth_root, tmp_path):
-    """--save-rules records what --cv chose; --rules writes the same configs once the fold runs are gone."""
+def test_saved_rules_are_applied_again_without_the_fold_runs(tiny_checkpoints, synth_root, tmp_path, capsys):
+    """OUT/rules.json records what --cv chose; --rules writes the same configs once the fold runs are gone."""
     import shutil
 
     from brainseg.cards import build_model_card
@@ -218,43 +216,53 @@ def test_saved_rules_are_applied_again_without_the_fold_runs(tiny_checkpoints, s
     _fold_runs(tmp_path / "cv", synth_root)
     models = {k: str(tiny_checkpoints[k]) for k in ("segmenter", "classifier")}
     common = ["--segmenter", models["segmenter"], "--classifier", models["classifier"]]
-    report = calibrate_main(["--data", str(synth_root), "--cv", str(tmp_path / "cv"), *common,
-                             "--out-segmenter", str(tmp_path / "a_seg"), "--out-classifier", str(tmp_path / "a_clf"),
-                             "--save-rules", str(tmp_path / "rules.json")])
+    report = calibrate_main(["--data", str(synth_root), "--cv", str(tmp_path / "cv"), *common, "--out", str(tmp_path / "a")])
     shutil.rmtree(tmp_path / "cv")
-    calibrate_main(["--rules", str(tmp_path / "rules.json"), *common, "--out-segmenter", str(tmp_path / "b_seg"),
-                    "--out-classifier", str(tmp_path / "b_clf"), "--eval-json", str(tmp_path / "b_seg" / "eval_oof.json")])
-    for kind in ("seg", "clf"):
-        assert (json.loads((tmp_path / f"a_{kind}" / "config.json").read_text())
-                == json.loads((tmp_path / f"b_{kind}" / "config.json").read_text()))
-    rules = json.loads((tmp_path / "rules.json").read_text())
+    rules_file = tmp_path / "a" / "rules.json"
+    calibrate_main(["--rules", str(rules_file), *common, "--out", str(tmp_path / "b"),
+                    "--json", str(tmp_path / "b" / "segmenter" / "eval_oof.json")])
+    for kind in ("segmenter", "classifier"):
+        assert (json.loads((tmp_path / "a" / kind / "config.json").read_text())
+                == json.loads((tmp_path / "b" / kind / "config.json").read_text()))
+    rules = json.loads(rules_file.read_text())
+    assert rules == json.loads((tmp_path / "b" / "rules.json").read_text())  # OUT says which rules it holds
     assert rules["classifier"]["fusion_weights"] == pytest.approx(report["classifier"]["fusion"]["weights"])
-    held = json.loads((tmp_path / "b_seg" / "eval_oof.json").read_text())
-    assert held["recorded_in"] == str(tmp_path / "rules.json") and held["cases"] == 6
+    held = json.loads((tmp_path / "b" / "segmenter" / "eval_oof.json").read_text())
+    assert held["recorded_in"] == str(rules_file) and held["cases"] == 6
     # the held-out Dice is that of the masks after the chosen case rule
     assert held["seg"]["dice_per_case_mean"] == pytest.approx(report["segmenter"]["case_rule_chosen"]["dice_per_case_mean"])
-    card = str(build_model_card(tmp_path / "b_seg", "segmenter"))
+    card = str(build_model_card(tmp_path / "b" / "segmenter", "segmenter"))
     assert "the fold runs were not kept" in card and "Out-of-fold" in card
-    # a rules file without its held-out figures cannot give --eval-json one: refused by name, nothing written
+    # a rules file without its held-out figures cannot give --json one: refused by name (exit 2), nothing written
     (tmp_path / "bare.json").write_text(json.dumps({k: v for k, v in rules.items() if k != "held_out"}))
-    with pytest.raises(ValueError, match=r"bare\.json: no held-out figures .*--eval-json"):
-        calibrate_main(["--rules", str(tmp_path / "bare.json"), *common, "--out-segmenter", str(tmp_path / "c_seg"),
-                        "--out-classifier", str(tmp_path / "c_clf"), "--eval-json", str(tmp_path / "c.json")])
-    assert not (tmp_path / "c_seg").exists() and not (tmp_path / "c.json").exists()
+    with pytest.raises(SystemExit) as e:
+        calibrate_main(["--rules", str(tmp_path / "bare.json"), *common, "--out", str(tmp_path / "c"),
+                        "--json", str(tmp_path / "c.json")])
+    assert e.value.code == 2 and re.search(r"bare\.json: no held-out figures .*--json", capsys.readouterr().err)
+    assert not (tmp_path / "c").exists() and not (tmp_path / "c.json").exists()
 
 
-def test_a_file_that_is_not_a_rules_file_is_refused_by_name(tiny_checkpoints, tmp_path):
+def test_a_file_that_is_not_a_rules_file_is_refused_by_name(tiny_checkpoints, tmp_path, capsys):
     bad = tmp_path / "rules.json"
     argv = ["--rules", str(bad), "--segmenter", str(tiny_checkpoints["segmenter"]),
-            "--classifier", str(tiny_checkpoints["classifier"]),
-            "--out-segmenter", str(tmp_path / "s"), "--out-classifier", str(tmp_path / "c")]
+            "--classifier", str(tiny_checkpoints["classifier"]), "--out", str(tmp_path / "out")]
     bad.write_text(json.dumps({"chosen_on": "x", "segmenter": {"threshold": 0.5}, "classifier": {}}))
-    with pytest.raises(ValueError, match=r"rules\.json: not a rules file .*segmenter\.tta_flip"):
-        calibrate_main(argv)
-    assert not (tmp_path / "s").exists()  # nothing written
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert re.search(r"rules\.json: not a rules\.json of brainseg\.calibrate .*segmenter\.tta_flip", capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()  # nothing written
     bad.write_text("{not json")
-    with pytest.raises(ValueError, match=r"rules\.json: not a readable rules file"):
-        calibrate_main(argv)
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert "rules.json: not a readable rules file" in capsys.readouterr().err
+
+
+def test_a_missing_fold_folder_exits_2_naming_it(tiny_checkpoints, synth_root, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--data", str(synth_root), "--cv", str(tmp_path / "no_cv"), "--segmenter", str(tiny_checkpoints["segmenter"]),
+              "--classifier", str(tiny_checkpoints["classifier"]), "--out", str(tmp_path / "out")])
+    assert e.value.code == 2 and "no_cv" in capsys.readouterr().err
 
 
 def test_cv_runs_refuse_unfinished_or_overlapping_folds(synth_root, tmp_path):
@@ -306,21 +314,34 @@ def test_main_returns_an_exit_code(tiny_checkpoints, synth_root, tmp_path):
     save_split(split, tmp_path / "split.json")
     assert main(["--data", str(synth_root), "--split", str(tmp_path / "split.json"),
                  "--segmenter", str(tiny_checkpoints["segmenter"]), "--classifier", str(tiny_checkpoints["classifier"]),
-                 "--out-segmenter", str(tmp_path / "s"), "--out-classifier", str(tmp_path / "c")]) == 0
+                 "--out", str(tmp_path / "out")]) == 0
 
 
-def test_out_of_fold_maps_of_a_2_5d_segmenter_are_the_maps_of_its_case_predictions(synth_root, tmp_path):
-    """calibrate reads a fold's cases as stacks, so a 2.5-D model's neighbours are there, as in predict_case."""
+def test_out_of_fold_maps_are_the_maps_of_the_predictors_case_predictions(synth_root, tmp_path):
+    """calibrate scores the very pixel maps the Predictor draws its masks from."""
     from brainseg.calibrate import held_out_predictions
     from brainseg.config import ClassifierConfig, SegmenterConfig
     from brainseg.data import fold_split, make_folds, read_image, select_cases
 
     val = fold_split(make_folds(find_cases(synth_root), k=3, seed=0), 0)["val"]
     torch.manual_seed(0)
-    ResUNet(SegmenterConfig(encoder="test_resnet", image_size=64, context_slices=1)).save_pretrained(tmp_path / "seg")
+    ResUNet(SegmenterConfig(encoder="test_resnet", image_size=64)).save_pretrained(tmp_path / "seg")
     TumorClassifier(ClassifierConfig(encoder="test_resnet", image_size=64)).save_pretrained(tmp_path / "clf")
     out = held_out_predictions(str(synth_root), [(str(tmp_path / "seg"), str(tmp_path / "clf"), val)])
     predictor = Predictor(ResUNet.from_pretrained(tmp_path / "seg"), None, precision="fp32")
     expected = [p.prob_map for c in select_cases(find_cases(synth_root), val)
                 for p in predictor.predict_case([read_image(ip) for ip in c.images], prob_maps=True)]
-    assert np.allclose(out["plain"][:, 0].numpy(), np.stack(expected), atol=1e-5)
+    assert np.allclose(out["plain"].numpy(), np.stack(expected), atol=1e-5)
+
+
+def test_calibrate_decides_nothing_itself():
+    """Its candidates are scored through the Predictor's own functions (brainseg.inference: segment_passes,
+    combine_passes, classifier_probability, is_detected, upsample, draw_mask): no second threshold comparison,
+    sigmoid, flip or resize of its own."""
+    import inspect
+
+    from brainseg import calibrate
+
+    source = inspect.getsource(calibrate)
+    for own in ("torch.sigmoid", "np.exp(-", "interpolate(", ".flip(", '>= v["fusion"]', "postprocess_mask("):
+        assert own not in source, own

@@ -61,7 +61,6 @@ def test_case_counts_are_the_detections_and_thresholds_read_rounded(case):
     tumour = truth.reshape(len(truth), -1).any(1)
     p = FakePredictor(detection=lambda im: 0.44 if (im[..., 1] >= 200).any() else 0.2,
                       detection_threshold=0.4000000059604645)
-    p.seg_cfg.gate_threshold = 0.5                          # the shipped config's old mask gate: not used
     s = summarize(analyze_case(p, case))
     assert s["tumor_slices"] == int(tumour.sum()) == sum(r["tumor_detected"] for r in s["per_slice"])
     assert all((r["tumor_area_px"] > 0) == r["tumor_detected"] for r in s["per_slice"])
@@ -186,15 +185,6 @@ def test_flair_only_case_and_its_figures(tmp_path):
     assert result.masks.shape == (3, 40, 40) and result.tumor_slices == [7, 8, 9]
     assert case_montage(case, result).ndim == 3
     assert plot_probabilities(result, tmp_path / "p.png").exists()
-
-
-def test_old_names_still_import():
-    from brainseg import cases
-
-    assert cases.analyze_case is analyze_case and cases.summarize is summarize and cases.load_case is load_case
-    p = FakePredictor()
-    img, _ = make_slice(np.random.default_rng(0), 64)
-    np.testing.assert_array_equal(cases.predict_slices(p, [img])[0].mask, p.predict(img).mask)
 
 
 EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.png") if not p.stem.endswith("_mask"))

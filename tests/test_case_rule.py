@@ -34,14 +34,14 @@ def truth():
     return m
 
 
-def predictor(rule="none", min_voxels=0):
+def rule_predictor(rule="none", min_voxels=0):
     p = FakePredictor()
     p.seg_cfg.case_rule, p.seg_cfg.case_min_voxels = rule, min_voxels
     return p
 
 
 def test_no_rule_is_predict_batch():
-    p = predictor()
+    p = rule_predictor()
     a, b = p.predict_case(slices()), p.predict_batch(slices(), prob_maps=False)
     assert [x.detected for x in a] == [x.detected for x in b] == [False, True, True, True, False, True]
     assert all(np.array_equal(x.mask, y.mask) for x, y in zip(a, b))
@@ -49,7 +49,7 @@ def test_no_rule_is_predict_batch():
 
 
 def test_largest_drops_the_unconnected_blob_and_its_verdict():
-    preds = predictor("largest").predict_case(slices())
+    preds = rule_predictor("largest").predict_case(slices())
     assert [x.detected for x in preds] == [False, True, True, True, False, False]
     assert [x.removed_by_case_rule for x in preds] == [False] * 5 + [True]
     assert preds[5].mask.sum() == 0 and preds[5].probability == 1.0  # the probability is the slice's own
@@ -59,10 +59,10 @@ def test_largest_drops_the_unconnected_blob_and_its_verdict():
 def test_min_voxels_counts_at_the_model_size_and_scales_to_the_slice():
     """36 voxels at the model's 64 px: a limit of 37 drops the blob, 36 keeps it; at 128 px slices the blob
     has 144 voxels and the same limit of 37 (at 64 px, 148 at 128) still drops it."""
-    assert predictor("min_voxels", 37).predict_case(slices())[5].removed_by_case_rule
-    assert not predictor("min_voxels", 36).predict_case(slices())[5].removed_by_case_rule
+    assert rule_predictor("min_voxels", 37).predict_case(slices())[5].removed_by_case_rule
+    assert not rule_predictor("min_voxels", 36).predict_case(slices())[5].removed_by_case_rule
     big = [np.repeat(np.repeat(s, 2, 0), 2, 1) for s in slices()]
-    preds = predictor("min_voxels", 37).predict_case(big)
+    preds = rule_predictor("min_voxels", 37).predict_case(big)
     assert preds[5].removed_by_case_rule and preds[1].mask.sum() == 576
 
 
@@ -70,13 +70,13 @@ def test_slices_of_different_sizes_are_refused():
     s = slices()
     s[0] = np.zeros((32, 32, 3), np.uint8)
     with pytest.raises(ValueError, match="share one size"):
-        predictor("largest").predict_case(s)
+        rule_predictor("largest").predict_case(s)
 
 
 def test_case_analysis_reports_the_rule():
     case = CaseInput("TCGA_XX_0001_20000101", slices(), list(range(1, 7)), list(truth()))
-    plain = summarize(analyze_case(predictor(), case))
-    ruled = summarize(analyze_case(predictor("largest"), case))
+    plain = summarize(analyze_case(rule_predictor(), case))
+    ruled = summarize(analyze_case(rule_predictor("largest"), case))
     json.dumps(ruled, allow_nan=False)
     assert plain["case_rule"] == "none" and plain["tumor_slices"] == 4 and plain["dice"] < 1
     assert ruled["case_rule"] == "largest" and ruled["tumor_slices"] == 3 and ruled["dice"] == 1.0
@@ -93,7 +93,7 @@ def test_evaluate_applies_the_rule_to_masks_and_verdicts(tmp_path):
     for i, (im, m) in enumerate(zip(slices(), truth()), 1):
         tifffile.imwrite(case / f"{case.name}_{i}.tif", im)
         tifffile.imwrite(case / f"{case.name}_{i}_mask.tif", m * 255)
-    plain, ruled = evaluate(tmp_path, predictor()), evaluate(tmp_path, predictor("largest"))
+    plain, ruled = evaluate(tmp_path, rule_predictor()), evaluate(tmp_path, rule_predictor("largest"))
     assert plain["case_rule"] == "none" and ruled["case_rule"] == "largest"
     assert plain["seg"]["false_positive_slices"] == 1 and ruled["seg"]["false_positive_slices"] == 0
     assert ruled["seg"]["dice_per_case_mean"] == 1.0 > plain["seg"]["dice_per_case_mean"]

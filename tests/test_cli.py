@@ -41,10 +41,10 @@ def script(name: str):
 @pytest.fixture(scope="module")
 def commands():
     import app
-    from brainseg import calibrate, evaluate, predict
+    from brainseg import bench, calibrate, evaluate, predict
 
     return {"evaluate": evaluate.main, "predict": predict.main, "calibrate": calibrate.main, "app": app.main,
-            "bench_app": script("bench_app").main, "bench_case": script("bench_case").main,
+            "bench": bench.main, "bench_app": script("bench_app").main, "bench_case": script("bench_case").main,
             "train": lambda argv: runpy.run_path(str(ROOT / "train.py"), run_name="train_under_test")}
 
 
@@ -59,8 +59,11 @@ def test_every_command_spells_the_shared_arguments_alike(commands, monkeypatch):
             continue  # train.py shares the data folder only: its --precision is the training arithmetic
         opts = options(parser_of(main, monkeypatch))
         for flag in SHARED:
-            if name == "calibrate" and flag in ("--device", "--precision"):
-                continue  # calibrate computes on the CPU in fp32: the choices it writes do not depend on them
+            if name in ("calibrate", "bench") and flag == "--precision":
+                continue  # calibrate chooses in fp32; bench times fp32 and (where native) bf16 both
+            if name == "bench" and flag in ("--segmenter", "--classifier", "--segmenter-revision",
+                                            "--classifier-revision"):
+                continue  # bench times architectures (and models/ with --shipped), not a chosen checkpoint
             assert flag in opts, f"{name} lacks {flag}"
             seen.setdefault(flag, {})[name] = opts[flag]
     for flag, by_command in seen.items():
@@ -73,8 +76,50 @@ def test_every_command_spells_the_shared_arguments_alike(commands, monkeypatch):
 
 
 REQUIRED = {"evaluate": [], "predict": ["--out", "o"], "train": ["--out", "o"],
-            "calibrate": ["--split", "s.json", "--segmenter", "s", "--classifier", "c",
-                          "--out-segmenter", "os", "--out-classifier", "oc"]}
+            "calibrate": ["--split", "s.json", "--segmenter", "s", "--classifier", "c", "--out", "o"]}
+
+
+def test_one_spelling_for_json_output_folders_and_the_device(commands, monkeypatch):
+    """--json for every JSON output, --out for every output folder, --device defaulting to the CPU everywhere,
+    --encoder/--image-size as train.py spells them; none of the old spellings is left."""
+    old = {"--eval-json", "--save-rules", "--out-segmenter", "--out-classifier", "--segmenter-dir", "--encoders",
+           "--size", "--classifier-size"}
+    for name, main in commands.items():
+        opts = options(parser_of(main, monkeypatch, argv=("segmenter",) if name == "train" else ("x",)))
+        assert not old & set(opts), (name, old & set(opts))
+        assert not [o for o in opts if o != "--json" and (o.endswith("-json") or o.startswith("--out-"))], name
+        if "--device" in opts:
+            assert opts["--device"].default == "cpu", name
+        if name in ("evaluate", "calibrate", "bench", "bench_app", "bench_case"):
+            assert "--json" in opts, f"{name} writes JSON without --json"
+        if name in ("predict", "calibrate", "train"):
+            assert "--out" in opts and opts["--out"].required, name
+        if name in ("bench", "train"):
+            assert {"--encoder", "--image-size"} <= set(opts), name
+
+
+def test_every_command_has_an_entry_point_that_resolves():
+    """pyproject.toml names an entry point for every command, and each one imports as a callable."""
+    import importlib
+    import tomllib
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    for name in ("evaluate", "predict", "calibrate", "bench", "card", "train", "app", "push"):
+        assert f"brainseg-{name}" in scripts, name
+    for target in scripts.values():
+        module, func = target.split(":")
+        assert callable(getattr(importlib.import_module(module), func)), target
+
+
+def test_script_entry_points_run_the_scripts_with_their_exit_codes(monkeypatch, capsys):
+    from brainseg import commands
+
+    monkeypatch.setattr("sys.argv", ["brainseg-app", "--segmenter", "no/such", "--classifier", "no/such"])
+    with pytest.raises(SystemExit) as e:
+        commands.app()
+    assert e.value.code == 2 and "Cannot load the models" in capsys.readouterr().err
+    monkeypatch.setattr(commands, "PROJECT_ROOT", ROOT / "no_such_checkout")
+    assert commands.train() == 2 and "runs from a clone" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", sorted(REQUIRED))

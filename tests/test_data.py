@@ -354,8 +354,6 @@ def test_dark_interior_darkens_the_core_of_a_large_tumour_only_and_keeps_the_mas
     small[:, 30:36, 30:36] = 1  # 36 px, under min_px: left alone
     out, _ = t(tv_tensors.Image(img), tv_tensors.Mask(small))
     assert torch.equal(out, img)
-    stack, _ = t(tv_tensors.Image(img.expand(3, 3, 64, 64).clone()), tv_tensors.Mask(mask))  # a 2.5-D stack: one draw
-    assert torch.equal(stack[0], stack[1]) and torch.equal(stack[0], stack[2])
 
 
 def test_build_augment_adds_dark_interiors_only_when_asked():
@@ -364,3 +362,22 @@ def test_build_augment_adds_dark_interiors_only_when_asked():
     def has_dark(aug):
         return any(isinstance(t, RandomDarkInterior) for r in aug.transforms for t in getattr(r, "transforms", [r]))
     assert not has_dark(build_augment(0.5)) and has_dark(build_augment(0.5, dark_interior=0.3))
+
+
+def test_slice_dataset_goes_through_the_one_preprocessing_function(synth_root, monkeypatch):
+    """Training reads slices as inference does: SliceDataset calls brainseg.preprocess.preprocess (with the
+    augmentation slotted in after the resize), and without augmentation its tensor is preprocess()'s."""
+    from brainseg import data
+    from brainseg.config import SegmenterConfig
+    from brainseg.preprocess import preprocess
+
+    cfg = SegmenterConfig(image_size=32)
+    ds = data.SliceDataset(find_cases(synth_root)[:1], cfg)
+    calls = []
+    monkeypatch.setattr(data, "preprocess", lambda image, c, augment=None: calls.append(augment) or preprocess(image, c))
+    x, mask = ds[5]
+    assert calls == [None] and torch.equal(x, preprocess(ds.images[5], cfg)) and mask.shape == (1, 32, 32)
+    augmented = data.SliceDataset(find_cases(synth_root)[:1], cfg, augment=True)
+    calls.clear()
+    augmented[5]
+    assert len(calls) == 1 and callable(calls[0])

@@ -8,18 +8,12 @@ import pytest
 
 from brainseg.data import find_cases, make_split, read_image, read_mask, save_split
 from brainseg.evaluate import evaluate, main, run, to_json
-from brainseg.inference import Predictor
 from brainseg.metrics import dice_score, iou_score
 from conftest import FakePredictor, write_case
 
 SEG_KEYS = {"dice_per_case_mean", "dice_per_case_median", "dice_tumor_slices_mean", "iou_per_case_mean",
             "false_positive_slices"}
 DET_KEYS = {"auroc", "accuracy", "sensitivity", "specificity", "threshold"}
-
-
-@pytest.fixture(scope="module")
-def predictor(tiny_checkpoints):
-    return Predictor.from_sources(str(tiny_checkpoints["segmenter"]), str(tiny_checkpoints["classifier"]))
 
 
 @pytest.fixture(scope="module")

@@ -175,7 +175,7 @@ def test_predictor_from_repo_ids(cached_models):
     local = Predictor.from_sources(str(cached_models["v1"]), str(cached_models["classifier"]))
     assert str(from_hub.sources["segmenter"]) == f"user/seg@{COMMIT_A}"
     a, b = from_hub.predict(image), local.predict(image)
-    assert a.tumor_probability == b.tumor_probability and np.array_equal(a.mask, b.mask)
+    assert a.probability == b.probability and np.array_equal(a.mask, b.mask)
     assert a.mask.shape == (70, 90)
 
 

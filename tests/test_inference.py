@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from brainseg.config import ClassifierConfig, SegmenterConfig
+from brainseg.config import SegmenterConfig
 from brainseg.data import find_cases, read_image
 from brainseg.inference import Prediction, Predictor, check_threshold
 from brainseg.models import ResUNet, TumorClassifier
@@ -90,12 +90,11 @@ def test_predictor_drops_small_components_at_any_input_size():
 
 # ---------------------------------------------------------------- one answer (issue 9.2)
 
-def test_detected_slice_keeps_its_mask_whatever_the_old_gate():
-    """Detection threshold 0.40, the old mask gate 0.5 in the config, a slice at p = 0.44: detected,
-    and drawn (before: 'Tumour detected' with an empty mask)."""
+def test_detected_slice_keeps_its_mask():
+    """Detection threshold 0.40, a slice at p = 0.44: detected, and drawn (once: 'Tumour detected' with an
+    empty mask, from a second gate)."""
     img, big, small = blobs()
     p = FakePredictor(detection=lambda im: 0.44, detection_threshold=0.4000000059604645)
-    p.seg_cfg.gate_threshold = 0.5
     pred = p.predict(img)
     assert pred.detected and pred.label == "tumour" and pred.probability == pytest.approx(0.44)
     np.testing.assert_array_equal(pred.mask, big | small)
@@ -111,7 +110,6 @@ def test_a_prediction_breaking_the_rule_cannot_be_built():
         Prediction(0.1, False, np.ones((4, 4), np.uint8))
     ok = Prediction(0.9, True, np.ones((4, 4), bool))
     assert ok.mask.dtype == np.uint8 and ok.tumor_area_px == 16
-    assert (ok.tumor_probability, ok.tumor_detected) == (0.9, True)   # the old names
 
 
 # ---------------------------------------------------------------- thresholds (issue 10.7)
@@ -262,7 +260,7 @@ class _Timed(torch.nn.Module):
 
 
 def test_faster_precision_is_measured_not_taken_from_the_flags():
-    from brainseg.inference import faster_precision
+    from brainseg.precision import faster_precision
 
     assert faster_precision(_Timed("bf16"), 16) == "fp32"
     assert faster_precision(_Timed("fp32"), 16) == "bf16"
@@ -276,7 +274,7 @@ def test_faster_precision_is_measured_not_taken_from_the_flags():
 
 
 def test_auto_keeps_bf16_only_where_it_is_faster(monkeypatch, tiny_checkpoints):
-    from brainseg import inference
+    from brainseg import precision as inference
 
     monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: True)
     monkeypatch.delenv("BRAINSEG_PRECISION", raising=False)

@@ -70,35 +70,13 @@ def test_deep_supervision_loss_weighs_the_side_outputs_against_pooled_masks():
     assert ds((perfect, [exact]), t) < ds((perfect, [-exact]), t)
 
 
-def test_fn_weight_half_is_dice_and_above_it_a_miss_costs_more_than_a_false_alarm():
+def test_the_dice_term_is_dice_and_prices_a_miss_like_a_false_alarm():
     t = _target()
     logits = torch.randn(2, 1, 8, 8)
     dice = BCEDiceLoss(bce_weight=0, smooth=0)(logits, t)
     p = torch.sigmoid(logits)
     assert dice.item() == pytest.approx(1 - 2 * (p * t).sum().item() / (p.sum() + t.sum()).item(), rel=1e-5)
-    assert torch.allclose(BCEDiceLoss(bce_weight=0, smooth=0, fn_weight=0.5)(logits, t), dice)
-    # one tumour pixel missed, or one background pixel added: Dice prices them about alike, fn_weight 0.7 does not
     miss, extra = t.clone(), t.clone()
     miss[0, 0, 2, 2], extra[0, 0, 0, 0] = 0, 1
     as_logits = lambda m: m * 40 - 20
-    ratio = lambda loss: (loss(as_logits(miss), t) / loss(as_logits(extra), t)).item()
-    assert ratio(BCEDiceLoss(bce_weight=0)) < 1.1
-    assert ratio(BCEDiceLoss(bce_weight=0, fn_weight=0.7)) > 2
-    with pytest.raises(ValueError, match="fn_weight"):
-        BCEDiceLoss(fn_weight=1.0)
-
-
-def test_per_image_dice_scores_each_tumour_slice_alone_and_leaves_empty_slices_to_bce():
-    t = torch.zeros(3, 1, 8, 8)
-    t[0, 0, :6, :6] = 1  # a large tumour, found
-    t[1, 0, 0, 0] = 1  # a one-pixel tumour, missed
-    logits = t * 40 - 20
-    logits[1] = -20
-    pooled = BCEDiceLoss(bce_weight=0, smooth=0)(logits, t).item()
-    per_image = BCEDiceLoss(bce_weight=0, smooth=0, per_image=True)(logits, t).item()
-    assert pooled == pytest.approx(1 / 73, rel=1e-3)  # the miss is 1 pixel of 37: hardly counted
-    assert per_image == pytest.approx(0.5, rel=1e-3)  # the small tumour weighs as much as the large one
-    # the empty third image is not in the Dice mean; a batch with no tumour falls back to the pooled Dice
-    empty = torch.zeros(2, 1, 8, 8)
-    noisy = torch.randn(2, 1, 8, 8)
-    assert torch.allclose(BCEDiceLoss(per_image=True)(noisy, empty), BCEDiceLoss()(noisy, empty))
+    assert (BCEDiceLoss(bce_weight=0)(as_logits(miss), t) / BCEDiceLoss(bce_weight=0)(as_logits(extra), t)).item() < 1.1

@@ -210,7 +210,7 @@ def test_truncated_weights_fail_with_one_line_naming_the_file(tmp_path, keep):
     assert isinstance(err.value, ValueError)  # what the app's start-up and the CLIs catch
 
 
-def test_app_start_up_refuses_truncated_weights_in_one_line(tiny_checkpoints, tmp_path):
+def test_app_start_up_refuses_truncated_weights_in_one_line(tiny_checkpoints, tmp_path, capsys):
     import shutil
 
     import app
@@ -220,7 +220,8 @@ def test_app_start_up_refuses_truncated_weights_in_one_line(tiny_checkpoints, tm
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(SystemExit) as exit_:
         app.main(["--segmenter", str(seg), "--classifier", str(tiny_checkpoints["classifier"])])
-    assert f"{weights} cannot be read" in str(exit_.value.code).splitlines()[0]
+    error = next(line for line in capsys.readouterr().err.splitlines() if "error:" in line)
+    assert exit_.value.code == 2 and f"{weights} cannot be read" in error
 
 
 def test_timm_local_dir_loads_the_classifier_without_a_filter(tiny_checkpoints):

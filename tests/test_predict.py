@@ -93,7 +93,7 @@ def test_a_bad_case_in_a_kaggle_folder_is_skipped(synth_root, models, tmp_path, 
     for p in (root / SYNTH_CASES[1]).glob("*_7*.tif"):
         p.unlink()
     out = tmp_path / "out"
-    assert main([str(root), "--out", str(out)] + models) == 1
+    assert main([str(root), "--out", str(out)] + models) == 2
     assert "Missing slice number(s) 7" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == [SYNTH_CASES[0]]
     assert len(read_csv(out)) == 12

@@ -1,6 +1,8 @@
 """The training recipe's parts: k-fold splits by patient, joint augmentation, bf16 steps on the CPU, EMA,
 resumable state, and train.py's fold / last-epoch / auto-resume modes."""
 import json
+from dataclasses import asdict
+from pathlib import Path
 from collections import Counter
 
 import numpy as np
@@ -9,13 +11,12 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 from torchvision import tv_tensors
 
-from brainseg import engine
+from brainseg import engine, precision
 from brainseg.config import SegmenterConfig
 from brainseg.data import RandomGamma, build_augment, fold_split, institution_of, load_split, make_folds, save_split
 from brainseg.losses import BCEDiceLoss, DeepSupervisionLoss
 from brainseg.models import ResUNet
-from conftest import SYNTH_CASES, TINY_ENCODER
-from test_train import train
+from conftest import SYNTH_CASES, TINY_ENCODER, train
 
 NAMES = [f"TCGA_{inst}_{i:04d}_2000" for inst, n in [("CS", 7), ("DU", 13), ("HT", 9), ("FG", 4), ("EZ", 1)]
          for i in range(n)]
@@ -162,14 +163,12 @@ def test_auto_training_precision_is_a_timed_step_not_the_cpu_flags():
 
 def test_auto_training_precision_asks_the_timing_only_where_the_cpu_claims_bf16(monkeypatch):
     """train.py's --precision auto: no bf16 flags, fp32 untimed; flags, whatever a timed step says."""
-    from brainseg import inference
-
     model, example = tiny_model(), (torch.randn(3, 32, 32), torch.randint(0, 2, (1, 32, 32)).float())
     cpu = torch.device("cpu")
-    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
     monkeypatch.setattr(engine, "faster_training_precision", lambda *a: pytest.fail("timed without bf16 flags"))
     assert engine.auto_training_precision(cpu, model, BCEDiceLoss(), example) == "fp32"
-    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     for faster in ("fp32", "bf16"):
         shapes = []
         monkeypatch.setattr(engine, "faster_training_precision",
@@ -223,8 +222,8 @@ def test_fold_run_keeps_the_last_ema_epoch_and_auto_resume_skips_a_finished_run(
     folds = make_folds(SYNTH_CASES, k=3, seed=0)
     save_split(folds, tmp_path / "folds.json")
     out = tmp_path / "fold1"
-    common = ["--folds", str(tmp_path / "folds.json"), "--fold", "1", "--ema-decay", "0.9", "--select", "last",
-              "--precision", "fp32", "--resume", "auto", "--deep-supervision", "2"]  # bf16: the step test above
+    common = ["--folds", str(tmp_path / "folds.json"), "--fold", "1", "--set", "ema_decay=0.9", "--set", "select=last",
+              "--precision", "fp32", "--resume", "auto", "--set", "deep_supervision=2"]  # bf16: the step test above
     log = train("segmenter", synth_root, out, "--epochs", "2", *common)
     assert "4 train cases" in log and "2 val cases" in log
     assert json.loads((out / "split.json").read_text())["val"] == folds["folds"][1]
@@ -242,7 +241,43 @@ def test_fold_run_keeps_the_last_ema_epoch_and_auto_resume_skips_a_finished_run(
 @pytest.mark.slow
 def test_val_fraction_zero_trains_on_every_case(synth_root, tmp_path):
     out = tmp_path / "all"
-    log = train("classifier", synth_root, out, "--epochs", "1", "--val-fraction", "0", "--select", "last")
+    log = train("classifier", synth_root, out, "--epochs", "1", "--val-fraction", "0", "--set", "select=last")
     assert "6 train cases" in log and "0 val cases" in log
     assert (out / "model.safetensors").is_file()
     assert json.loads((out / "split.json").read_text())["val"] == []
+
+
+# ---------------------------------------------------------------- the recipe is a file
+
+RECIPE_RUN_FIELDS = {"data", "out", "split", "val_fraction", "folds", "fold", "resume", "init_encoder_from",
+                     "precision", "task"}  # set per run (scripts/train_models.sh), not by the recipe
+
+
+@pytest.mark.parametrize("kind", ["segmenter", "classifier"])
+def test_the_shipped_recipe_is_what_trained_the_shipped_models(kind):
+    """configs/<kind>.json gives the model and training fields recorded in models/<kind>/metrics.json."""
+    from brainseg.config import load_recipe
+
+    root = Path(__file__).resolve().parent.parent
+    metrics = json.loads((root / "models" / kind / "metrics.json").read_text())
+    task, model_cfg, tcfg = load_recipe(kind)
+    assert task == kind
+    recipe = json.loads((root / "configs" / f"{kind}.json").read_text())
+    for k, v in recipe["model"].items():
+        assert metrics["model_config"][k] == v, k
+    trained = metrics["train_config"]
+    for k, v in asdict(tcfg).items():
+        if k not in RECIPE_RUN_FIELDS and k in trained:
+            assert trained[k] == v, k
+
+
+def test_a_recipe_override_names_the_field_and_a_bad_one_is_refused(tmp_path):
+    from brainseg.config import load_recipe
+
+    _, model_cfg, tcfg = load_recipe("segmenter", ("epochs=2", "deep_supervision=1", "select=best"))
+    assert (tcfg.epochs, model_cfg.deep_supervision, tcfg.select) == (2, 1, "best")
+    with pytest.raises(ValueError, match="--set fn_weight=0.7"):
+        load_recipe("segmenter", ("fn_weight=0.7",))  # a rejected ablation: no longer a field
+    (tmp_path / "r.json").write_text(json.dumps({"task": "segmenter", "model": {"context_slices": 1}}))
+    with pytest.raises(ValueError, match=r"r\.json: model fields SegmenterConfig does not have: context_slices"):
+        load_recipe(tmp_path / "r.json")

@@ -1,9 +1,6 @@
 """train.py end to end on the synthetic tree: two-step runs, resume, evaluation of the result, DDP on gloo."""
 import json
-import os
 import shutil
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -11,32 +8,9 @@ import pytest
 
 from brainseg.data import find_cases, load_split, make_split
 from brainseg.models import ResUNet, TumorClassifier
-from conftest import ROOT
+from conftest import OUTPUTS, TINY, run, train
 
 pytestmark = pytest.mark.slow
-
-ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-TINY = ["--encoder", "test_resnet", "--image-size", "64", "--batch-size", "4", "--workers", "0", "--threads", "1",
-        "--max-steps", "2"]
-OUTPUTS = ["config.json", "model.safetensors", "metrics.json", "curves.png", "split.json", "last_state.pt"]
-
-
-def run(args, timeout=240):
-    """Run a command in the repo root in its own process group; kill the whole group on timeout."""
-    proc = subprocess.Popen(args, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # torchrun's workers too
-        proc.communicate()
-        raise
-    assert proc.returncode == 0, f"{' '.join(map(str, args))} failed ({proc.returncode}):\n{out[-3000:]}"
-    return out
-
-
-def train(task, data, out, *extra, timeout=240):
-    return run([sys.executable, "train.py", task, "--data", str(data), "--out", str(out), *TINY, *extra], timeout)
 
 
 def torchrun():
@@ -85,13 +59,6 @@ def test_segmenter_two_steps_writes_a_checkpoint(seg_run, synth_root):
     assert model.config.encoder == "test_resnet" and model.config.image_size == 64
 
 
-def test_dice_per_image_trains_and_is_recorded(synth_root, tmp_path):
-    out = tmp_path / "per_image"
-    train("segmenter", synth_root, out, "--epochs", "1", "--dice-per-image", "--deep-supervision", "1", "--precision", "fp32")
-    metrics = check_outputs(out, "segmenter", epochs=1)
-    assert metrics["train_config"]["dice_per_image"] is True
-
-
 def test_classifier_two_steps_writes_a_checkpoint(clf_run, seg_run):
     out, _ = clf_run
     metrics = check_outputs(out, "classifier", epochs=2, own_split=False)
@@ -124,20 +91,6 @@ def test_evaluate_reads_the_trained_checkpoints(seg_run, clf_run, synth_root, tm
     assert isinstance(data["seconds_per_slice"], float) and data["seconds_per_slice"] > 0
     assert set(data["per_case"]) == set(load_split(seg_run[0] / "split.json")["val"])
     assert "dice_per_case_mean" in log
-
-
-def test_a_2_5d_segmenter_trains_and_evaluates_on_whole_cases(synth_root, tmp_path):
-    """--context-slices: the config says so, the checkpoint loads with its extra channels, evaluation reads cases."""
-    out = tmp_path / "context"
-    train("segmenter", synth_root, out, "--epochs", "1", "--context-slices", "1", "--context-dropout", "0.5",
-          "--precision", "fp32")
-    assert json.loads((out / "config.json").read_text())["context_slices"] == 1
-    assert json.loads((out / "metrics.json").read_text())["train_config"]["context_dropout"] == 0.5
-    assert ResUNet.from_pretrained(out).config.model_in_chans == 5
-    report = tmp_path / "eval.json"
-    run([sys.executable, "-m", "brainseg.evaluate", str(synth_root), "--segmenter", str(out),
-         "--split", str(out / "split.json"), "--json", str(report)])
-    assert json.loads(report.read_text())["slices"] == 36
 
 
 # Runs train.py with rank 1 reaching the split-file check late (as on a busy machine) and collectives that

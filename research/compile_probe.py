@@ -1,6 +1,6 @@
 """Does torch.compile train the segmenter faster on this CPU? (lever 1 of issue 12)
 
-    python docs/ablations/compile/probe.py [--size 128] [--precision bf16] [--steps 6]
+    python research/compile_probe.py [--size 128] [--precision bf16] [--steps 6]
 
 Times the training step of train.py (forward under autocast, deep-supervision loss, backward, AdamW) for the
 recipe's segmenter (resnet18, decoder 256-128-64-32-16, deep supervision 3, batch 16, channels-last) eagerly

@@ -1,9 +1,9 @@
 """Does averaging two fold segmenters' pixel probabilities beat each alone? (the fold-ensemble lever of issue 12)
 
-    python docs/ablations/ensemble/probe.py RUN_A RUN_B [--json OUT]      (runs of the same fold)
+    python research/ensemble_probe.py RUN_A RUN_B [--json OUT]      (runs of the same fold)
 
 Each run alone and the mean of their probabilities, the segmenter alone at pixel threshold 0.5 on the
-fold's held-out cases, scored as scripts/compare_segmenters.py scores (fp32), and the ensemble against
+fold's held-out cases, scored as research/compare_segmenters.py scores (fp32), and the ensemble against
 each member and against the members' mean case by case.
 """
 import argparse
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "scripts"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_segmenters import evaluate_alone, paired  # noqa: E402
 
 from brainseg.models import ResUNet  # noqa: E402

@@ -1,9 +1,9 @@
 """Out-of-fold per-case Dice by tumour volume (2026-12-06; not in brainseg).
 
-    python docs/ablations/by_volume/probe.py docs/ablations/postprocess/v3_oof.json [--rule "threshold 0.3"] [--data DIR]
-    python docs/ablations/by_volume/probe.py docs/ablations/dark_interior.json --model dark_interior
+    python research/by_volume_probe.py docs/ablations/postprocess/v3_oof.json [--rule "threshold 0.3"] [--data DIR]
+    python research/by_volume_probe.py docs/ablations/dark_interior.json --model dark_interior
 
-Reads the per-case Dice of a post-processing probe's JSON (``docs/ablations/postprocess/probe.py --json``, or a
+Reads the per-case Dice of a post-processing probe's JSON (``research/postprocess_probe.py --json``, or a
 results file holding one under ``oof_probe``, ``--model`` naming the entry where it compares several), counts each case's tumour voxels in its masks, and prints the mean
 and median Dice, and the cases under 0.6, per quartile of tumour volume. Which tumours the mean loses on
 decides which lever to try: the loss's weighting of small tumours, or the interiors of large ones.

@@ -1,6 +1,6 @@
 """Fold segmenters against each other and against the shipped one, each alone (no classifier gate), on held-out cases.
 
-    python scripts/compare_segmenters.py RUN [RUN ...] [--data DIR] [--shipped models/segmenter] [--json OUT]
+    python research/compare_segmenters.py RUN [RUN ...] [--data DIR] [--shipped models/segmenter] [--json OUT]
 
 Prints each fold run's per-case figures on all of its held-out cases. With several runs of the same fold
 (an ablation), each later run is also compared with the first case by case: the mean and sd over cases of

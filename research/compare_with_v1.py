@@ -1,7 +1,7 @@
 """The cross-validated pipeline against earlier shipped models, on the cases that neither trained on.
 
     git worktree add /tmp/v1 ffa46f3          # recipe v1's models/ (or any earlier models/ folder)
-    python scripts/compare_with_v1.py --cv runs/cv01 --rules models --old /tmp/v1/models
+    python research/compare_with_v1.py --cv runs/cv01 --rules models --old /tmp/v1/models
 
 Each fold's two models, with the rules chosen out of fold (the decisions in ``--rules``'s
 ``segmenter/config.json`` and ``classifier/config.json``: thresholds, fusion, TTA, the case rule),

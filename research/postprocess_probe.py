@@ -1,6 +1,6 @@
 """Post-processing the segmenter's own masks could add, out of fold (2026-12-04; not in brainseg).
 
-    python docs/ablations/postprocess/probe.py [--cv runs/cv] [--data DIR] [--json OUT]
+    python research/postprocess_probe.py [--cv runs/cv] [--data DIR] [--json OUT]
 
 Each fold's segmenter alone (no classifier: a slice is drawn when its peak probability is >= 0.5) on its
 held-out cases; per-case Dice of: the pixel threshold 0.3 with components under 25 px dropped (what
@@ -72,7 +72,7 @@ for seg_dir in sorted(Path(args.cv).glob("segmenter_*")):
     for name in load_split(seg_dir / "split.json")["val"]:
         images = [read_image(p) for p in cases[name].images]
         truth = np.stack([read_mask(p) for p in cases[name].masks]).astype(bool)
-        probs = torch.nn.functional.interpolate(predictor.segment_probs(images, predictor.stack_neighbours(images))[:, None], size=truth.shape[1:],
+        probs = torch.nn.functional.interpolate(predictor.segment_probs(images)[:, None], size=truth.shape[1:],
                                                 mode="bilinear", align_corners=False)[:, 0].numpy()
         drawn = probs.reshape(len(probs), -1).max(1) >= 0.5
         per_case[name] = {rule: dice(case_mask(fn, probs, drawn), truth) for rule, fn in RULES.items()}

@@ -1,4 +1,4 @@
-"""The scripts under scripts/ that the README quotes, run on synthetic cases."""
+"""The research scripts (research/) that docs/training.md quotes, run on synthetic cases."""
 import importlib.util
 import json
 import shutil
@@ -8,7 +8,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_script(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, ROOT / "research" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
