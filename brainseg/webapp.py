@@ -378,15 +378,16 @@ def preview(data: Optional[bytes], cache_dir: str) -> Optional[str]:
 
 # ---------------------------------------------------------------- a case
 
+_DECIMAL = re.compile(r"[+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
+
+
 def parse_spacing(text: Optional[str]):
     """'0.94, 0.94, 3' -> (0.94, 0.94, 3.0); blank -> None; anything else a ValueError saying what to type."""
     if text is None or not str(text).strip():
         return None
     parts = [t for t in re.split(r"[,\sx×]+", str(text).strip()) if t]
-    try:
-        values = tuple(float(t) for t in parts)
-    except ValueError:
-        values = ()
+    # plain ASCII decimals only: float() would also take "1_0" (10), other digits and "nan"
+    values = tuple(float(t) for t in parts) if all(_DECIMAL.fullmatch(t) for t in parts) else ()
     if len(values) != 3 or not all(math.isfinite(v) and 0 < v <= 100 for v in values):
         raise ValueError(f"Voxel spacing {text!r}: give three sizes in mm between 0 and 100, row, column and slice, "
                          f"e.g. '0.94, 0.94, 3' (or leave it blank)")
