@@ -12,6 +12,7 @@ from . import cards
 from .cards import *  # noqa: F401,F403 - the old import path
 from .cards import _weights_summary  # noqa: F401 - used by callers of the old module
 from .sources import *  # noqa: F401,F403
+from .integrity import record_weights_sha256
 from .sources import kind_of_config
 from .upload import *  # noqa: F401,F403
 from .upload import _human, _pinned_version  # noqa: F401
@@ -59,6 +60,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from .models import rewrite_config_metadata
 
         changed = rewrite_config_metadata(args.model_dir)
+        record_weights_sha256(args.model_dir)  # the shipped weights' hash, checked at every load
         path = cards.write_model_card(args.model_dir, kind, eval_metrics=args.eval, train_command=commands or None)
     except (FileNotFoundError, ValueError) as e:
         print(f"python -m brainseg.hub card: error: {e}", file=sys.stderr)
