@@ -16,19 +16,22 @@ file names or pixels.
 """
 import os
 import tempfile
+from pathlib import Path
 
-# Before gradio and huggingface_hub are imported: no usage analytics, no Hub telemetry, and a temp
-# root of the app's own (inside any GRADIO_TEMP_DIR given), which the sweeper may empty.
+# Before gradio and huggingface_hub are imported: no usage analytics, no Hub telemetry.
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
-os.environ["GRADIO_TEMP_DIR"] = os.path.join(os.environ.get("GRADIO_TEMP_DIR") or tempfile.gettempdir(),
-                                             "brainseg_app")
+from brainseg import serving  # noqa: E402
+
+# A temp root of the app's own (inside any GRADIO_TEMP_DIR given), one folder per process in it: the
+# sweeper empties it on schedule, shutdown removes it, the next start removes what a killed one left.
+TEMP_BASE = Path(os.environ.get("GRADIO_TEMP_DIR") or tempfile.gettempdir()) / "brainseg_app"
+os.environ["GRADIO_TEMP_DIR"] = str(serving.process_root(TEMP_BASE))
 
 import argparse  # noqa: E402
 import logging  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
-from pathlib import Path  # noqa: E402
 from typing import List, Optional, Sequence  # noqa: E402
 
 import gradio as gr  # noqa: E402
@@ -78,8 +81,8 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
     log.info("models: %s", about_models.replace("\n", "; "))
     default_threshold = float(predictor.pixel_threshold)
 
-    with gr.Blocks(title="Brain MRI tumour segmentation", analytics_enabled=False,
-                   delete_cache=delete_cache) as demo:
+    with serving.SafeBlocks(title="Brain MRI tumour segmentation", analytics_enabled=False,
+                            delete_cache=delete_cache) as demo:
         gr.Markdown("# Brain MRI: tumour detection and segmentation\n"
                     "Lower-grade glioma MRI as in the LGG kaggle_3m set: one axial slice, or a patient's whole "
                     "stack. Slices have 3 channels (pre-contrast, FLAIR, post-contrast) or FLAIR alone; TIFF, PNG "
@@ -150,11 +153,12 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
             def run_chain(event, api_name: str, visibility: str = "public"):
                 """Old results cleared, the preview shown, then the analysis: a refused file leaves nothing stale."""
                 event.then(lambda b: w.preview(b, slice_file.GRADIO_CACHE), inputs=[slice_file], outputs=[preview],
-                           api_name=f"preview_{api_name}", api_visibility="private", show_progress="hidden").then(
+                           api_name=f"preview_{api_name}", api_visibility="private", show_progress="hidden",
+                           concurrency_id="slice").then(
                     predict, inputs=[slice_file, threshold], outputs=[*outputs, shown], api_name=api_name,
                     api_visibility=visibility, concurrency_id="slice").then(
                     show_overlay, inputs=[shown, opacity], outputs=[overlay_img], api_name=f"opacity_{api_name}",
-                    api_visibility="private", show_progress="hidden")
+                    api_visibility="private", show_progress="hidden", concurrency_id="draw")
 
             run_chain(gr.on([analyze_btn.click, slice_file.upload], lambda: [None] * len(clear), outputs=clear,
                             api_name="clear_slice", api_visibility="private", queue=False, show_progress="hidden"),
@@ -162,7 +166,8 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
             slice_file.clear(lambda: [None] * len(clear), outputs=clear, api_name="cleared_slice",
                              api_visibility="private", queue=False)
             opacity.change(show_overlay, inputs=[shown, opacity], outputs=[overlay_img], api_name="opacity",
-                           api_visibility="private", show_progress="hidden", trigger_mode="always_last")
+                           api_visibility="private", show_progress="hidden", trigger_mode="always_last",
+                           concurrency_id="draw")
             if examples:
                 def load_example(evt: gr.SelectData):
                     return [str(examples[evt.index].image)] + [None] * len(clear)
@@ -207,7 +212,8 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
             for comp, text in zip([case_files, case_threshold, spacing, *case_outputs], w.CASE_API):
                 w.describe_io(comp, text)
 
-            def predict_case(files: Optional[List[str]], threshold: float = default_threshold, spacing_mm: str = ""):
+            def predict_case(files: Optional[List[str]], threshold: float = default_threshold, spacing_mm: str = "",
+                             request: gr.Request = None):
                 """Whole-case analysis: per-slice probability and area, tumour volume, largest slice and masks.
 
                 Returns a summary, the probability plot, the montage of all slices, the masks (multi-page
@@ -217,8 +223,8 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
                     raise gr.Error("No files: upload a zipped case folder, slice files, a multi-page TIFF or "
                                    "a NIfTI volume.", print_exception=False)
                 try:
-                    out = w.analyze_case(predictor, files, threshold, spacing_mm,
-                                         Path(case_masks.GRADIO_CACHE) / uuid.uuid4().hex)
+                    out = w.analyze_case(serving.abandonable(predictor, serving.client_gone(demo, request)), files,
+                                         threshold, spacing_mm, Path(case_masks.GRADIO_CACHE) / uuid.uuid4().hex)
                 except FileNotFoundError:  # an upload swept while the call waited or read it; no path in the message
                     log.info("case upload expired")
                     raise gr.Error(w.EXPIRED, print_exception=False) from None
@@ -235,7 +241,7 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
                 first.then(predict_case, inputs=[case_files, case_threshold, spacing], outputs=[*case_outputs, frames],
                            api_name=api_name, api_visibility=visibility, concurrency_id="case", concurrency_limit=1).then(
                     w.first_frame, inputs=[frames], outputs=[viewer_slider, viewer], api_name=f"viewer_{api_name}",
-                    api_visibility="private").then(
+                    api_visibility="private", concurrency_id="draw").then(
                     None, js="() => document.getElementById('case-summary')?.scrollIntoView({behavior: 'smooth'})",
                     api_name=f"scroll_{api_name}", api_visibility="private")
 
@@ -248,7 +254,7 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
                                "predict_example_case", "private")
             viewer_slider.change(w.viewer_frame, inputs=[frames, viewer_slider], outputs=[viewer],
                                  api_name="show_frame", api_visibility="private", show_progress="hidden",
-                                 trigger_mode="always_last")
+                                 trigger_mode="always_last", concurrency_id="draw")
         gr.Markdown("Use it from code: `Client(url).predict(handle_file(path), api_name=\"/predict\")` with "
                     "`gradio_client`, or the *Use via API* link below.")
 
@@ -266,10 +272,15 @@ CSS = (".notice { border-left: 4px solid #dc2626; padding: 4px 12px; background:
 
 def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: Optional[int] = 7860, **kwargs):
     """Launch with the settings for a shared host (and the app's cache sweeper); kwargs go on to ``Blocks.launch``."""
+    from starlette.middleware import Middleware
+
+    serving.random_upload_names()
+    guard = Middleware(serving.PrivateCallGuard, public=lambda: serving.public_names(demo))
     settings = dict(server_name=host, server_port=port, max_file_size=MAX_FILE_SIZE, show_error=False,
                     allowed_paths=[], share=False, enable_monitoring=False, run_history=False, ssr_mode=False,
                     mcp_server=False, pwa=False, footer_links=["api", "settings"], theme=THEME, css=CSS,
-                    app_kwargs={"lifespan": demo.sweeper.lifespan})
+                    app_kwargs={"lifespan": demo.sweeper.lifespan, "middleware": [guard],
+                                "exception_handlers": serving.EXCEPTION_HANDLERS})
     settings.update(kwargs)
     return demo.launch(**settings)
 
@@ -296,7 +307,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"Cannot load the models: {e}\nTrain them (make train) or pass --segmenter/--classifier.")
     warm_up(predictor)
-    launch(build_demo(predictor, args.examples), args.host, args.port)
+    own = Path(os.environ["GRADIO_TEMP_DIR"])
+    serving.sweep_leftovers(TEMP_BASE, own)
+    serving.stop_on_sigterm()
+    try:
+        launch(build_demo(predictor, args.examples), args.host, args.port)  # serves until Ctrl-C or SIGTERM
+    finally:
+        serving.remove(own)  # everything this process received or wrote
     return 0
 
 
