@@ -213,7 +213,7 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
                 w.describe_io(comp, text)
 
             def predict_case(files: Optional[List[str]], threshold: float = default_threshold, spacing_mm: str = "",
-                             request: gr.Request = None):
+                             request: gr.Request = None, progress=gr.Progress()):
                 """Whole-case analysis: per-slice probability and area, tumour volume, largest slice and masks.
 
                 Returns a summary, the probability plot, the montage of all slices, the masks (multi-page
@@ -223,8 +223,9 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
                     raise gr.Error("No files: upload a zipped case folder, slice files, a multi-page TIFF or "
                                    "a NIfTI volume.", print_exception=False)
                 try:
-                    out = w.analyze_case(serving.abandonable(predictor, serving.client_gone(demo, request)), files,
-                                         threshold, spacing_mm, Path(case_masks.GRADIO_CACHE) / uuid.uuid4().hex)
+                    watched = serving.abandonable(predictor, serving.client_gone(demo, request), progress)
+                    out = w.analyze_case(watched, files, threshold, spacing_mm,
+                                         Path(case_masks.GRADIO_CACHE) / uuid.uuid4().hex)
                 except FileNotFoundError:  # an upload swept while the call waited or read it; no path in the message
                     log.info("case upload expired")
                     raise gr.Error(w.EXPIRED, print_exception=False) from None

@@ -208,17 +208,25 @@ def client_gone(blocks: gr.Blocks, request: Optional[gr.Request]) -> Callable[[]
     return gone
 
 
-def abandonable(predictor, gone: Callable[[], bool]):
-    """The predictor, seen through a copy that raises :class:`ClientGone` before each batch once ``gone()``."""
+def abandonable(predictor, gone: Callable[[], bool], progress: Optional[Callable] = None):
+    """The predictor, seen through a copy that raises :class:`ClientGone` before each batch once ``gone()``.
+
+    ``progress`` (a ``gr.Progress``) is told after each batch: besides the page's progress bar, each
+    message wakes Gradio's stream loop, which is where a disconnected client is noticed.
+    """
     import copy
 
-    run = predictor.run_models
+    run, done = predictor.run_models, [0]
     p = copy.copy(predictor)
 
-    def run_models(*args, **kwargs):
+    def run_models(images, *args, **kwargs):
         if gone():
             raise ClientGone()
-        return run(*args, **kwargs)
+        out = run(images, *args, **kwargs)
+        done[0] += len(images)
+        if progress is not None:
+            progress(None, desc=f"{done[0]} slices analysed")
+        return out
 
     p.run_models = run_models
     return p

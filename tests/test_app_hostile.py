@@ -246,3 +246,86 @@ def test_an_unexpected_failure_is_a_message_without_a_traceback(server, tmp_path
     assert kind == "error" and "internal error, IndexError" in payload["error"] and SECRET not in payload["error"]
     err = "".join(capfd.readouterr())
     assert "Traceback" not in err and SECRET not in err
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_stopping_the_server_deletes_its_files_and_a_start_sweeps_a_killed_ones(tiny_checkpoints, tmp_path, sig):
+    """`python app.py`, a slice and a case answered, then SIGTERM or SIGINT: nothing of it is left. A run
+    folder a killed server left (its pid gone) is removed at start-up; another live server's is not."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from test_app import ROOT, free_port
+
+    base = tmp_path / "brainseg_app"
+    dead, live = base / "run-999999999-0bad", base / f"run-{os.getppid()}-0a0a"  # no such pid / a live one
+    for d in (dead, live):
+        (d / "abc").mkdir(parents=True)
+        (d / "abc" / f"{SECRET}_masks.tif").write_bytes(b"x")
+    port = free_port()
+    env = dict(os.environ, GRADIO_TEMP_DIR=str(tmp_path))
+    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--port", str(port), "--examples", str(tmp_path / "none"),
+                             "--segmenter", str(tiny_checkpoints["segmenter"]),
+                             "--classifier", str(tiny_checkpoints["classifier"])],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        deadline, up = time.time() + 480, False
+        while not up and time.time() < deadline and proc.poll() is None:
+            try:
+                up = httpx.get(url + "gradio_api/info", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        assert up, f"app.py did not answer on port {port} (exit code {proc.poll()})"
+        assert not dead.exists() and live.exists()
+        still_serving(url, tmp_path)
+        case = tmp_path / f"{SECRET}.zip"
+        case.write_bytes(zip_bytes([f"{SECRET}_{n}.png" for n in (1, 2, 3)]))
+        kind, _, _ = event(url, "predict_case", [[file_data(upload(url, case))], 0.5, ""])
+        assert kind == "complete"
+        own = [d for d in base.iterdir() if d != live]
+        assert len(own) == 1 and len([p for p in own[0].rglob("*") if p.is_file()]) >= 8  # uploads, PNGs, frames
+        proc.send_signal(getattr(signal, sig))
+        out = proc.communicate(timeout=60)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, out[-2000:]
+    assert sorted(base.iterdir()) == [live], out[-2000:]
+    assert SECRET not in out
+
+
+def test_a_case_whose_client_left_stops_between_batches(server, predictor, tmp_path, monkeypatch):
+    """A client drops a long case (4 batches of 1.5 s); the next case starts within about a batch, not after 6 s."""
+    url = server[1]
+    real = predictor.run_models
+    batches = []
+
+    def slow(images, *args, **kwargs):
+        batches.append(len(images))
+        time.sleep(1.5)
+        return real(images, *args, **kwargs)
+
+    monkeypatch.setattr(predictor, "run_models", slow)
+    long_case = tmp_path / "long.zip"
+    long_case.write_bytes(zip_bytes([f"c_{n}.png" for n in range(1, 65)]))
+    sent = [file_data(upload(url, long_case))]
+    with httpx.Client(timeout=REQUEST_TIMEOUT) as c:
+        event_id = c.post(url + "gradio_api/call/predict_case", json={"data": [sent, 0.5, ""]}).json()["event_id"]
+        with c.stream("GET", url + f"gradio_api/call/predict_case/{event_id}", timeout=REQUEST_TIMEOUT):
+            deadline = time.time() + 10
+            while not batches and time.time() < deadline:
+                time.sleep(0.05)
+        # the stream is closed here: the client has gone
+    start = time.perf_counter()
+    short = tmp_path / "short.zip"
+    short.write_bytes(zip_bytes([f"c_{n}.png" for n in (1, 2)]))
+    kind, _, _ = event(url, "predict_case", [[file_data(upload(url, short))], 0.5, ""])
+    waited = time.perf_counter() - start
+    assert kind == "complete" and waited < 4.5, f"the next case waited {waited:.1f} s; batches run: {batches}"
+    assert batches.count(16) < 4  # the dropped case did not run to its end
