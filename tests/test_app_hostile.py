@@ -259,7 +259,7 @@ def test_stopping_the_server_deletes_its_files_and_a_start_sweeps_a_killed_ones(
     import subprocess
     import sys
 
-    from test_app import ROOT, free_port
+    from test_app import ROOT, free_port, wait_until_up
 
     base = tmp_path / "brainseg_app"
     dead, live = base / "run-999999999-0bad", base / f"run-{os.getppid()}-0a0a"  # no such pid / a live one
@@ -273,14 +273,7 @@ def test_stopping_the_server_deletes_its_files_and_a_start_sweeps_a_killed_ones(
                              "--classifier", str(tiny_checkpoints["classifier"])],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        url = f"http://127.0.0.1:{port}/"
-        deadline, up = time.time() + 480, False
-        while not up and time.time() < deadline and proc.poll() is None:
-            try:
-                up = httpx.get(url + "gradio_api/info", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                time.sleep(0.5)
-        assert up, f"app.py did not answer on port {port} (exit code {proc.poll()})"
+        url = wait_until_up(proc, port)
         assert not dead.exists() and live.exists()
         still_serving(url, tmp_path)
         case = tmp_path / f"{SECRET}.zip"
