@@ -104,8 +104,29 @@ HOSTILE = {
     "threshold null": ("predict", {f"{SECRET}.png": png_bytes()}, "threshold", None),
     "threshold string": ("predict", {f"{SECRET}.png": png_bytes()}, "threshold", "0.5"),
     "spacing 1_0": ("predict_case", {f"{SECRET}.png": png_bytes()}, "Voxel spacing", 0.5, "1_0, 1, 1"),
+    # the earlier rounds' refusals, swept here too so no failure path answers {"error": null}
+    "empty file": ("predict", {f"{SECRET}.png": b""}, "empty"),
+    "not an image": ("predict_case", {f"{SECRET}.png": b"<html>" * 50}, "not a"),
+    "truncated TIFF": ("predict", {f"{SECRET}.tif": None}, "truncated"),
+    "PNG bomb": ("predict", {f"{SECRET}.png": None}, "decompression bomb"),
+    "threshold 2": ("predict", {f"{SECRET}.png": png_bytes()}, "greater than maximum", 2.0),
+    "wrong extension": ("predict_case", {f"{SECRET}.exe": b"MZ" * 10}, "Invalid file type"),
 }
-GENERATED = {"2-D NIfTI": nifti_2d, "negative spacing": negative_spacing_tiff, "looping TIFF, slice": loop_tiff,
+def truncated_tiff() -> bytes:
+    b = io.BytesIO()
+    tifffile.imwrite(b, np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    return b.getvalue()[:6000]
+
+
+def png_bomb() -> bytes:
+    from PIL import Image
+
+    b = io.BytesIO()
+    Image.new("1", (30000, 30000)).save(b, "PNG")
+    return b.getvalue()
+
+
+GENERATED = {"truncated TIFF": truncated_tiff, "PNG bomb": png_bomb, "2-D NIfTI": nifti_2d, "negative spacing": negative_spacing_tiff, "looping TIFF, slice": loop_tiff,
              "looping TIFF, case": loop_tiff, "bad UTF-8 in a zip": bad_utf8_zip}
 
 
