@@ -73,7 +73,7 @@ async def _disk_full_handler(request, exc: OSError):
     """The upload route's answer when the temp root cannot be written: 507 and the same words."""
     from starlette.responses import PlainTextResponse
 
-    if exc.errno in DISK_ERRORS:
+    if exc.errno in DISK_ERRORS and request.url.path.rstrip("/").endswith("/upload"):
         log.warning("upload refused: the temp root cannot be written (errno %s)", exc.errno)
         return PlainTextResponse(DISK_FULL, status_code=507)
     log.warning("request failed (%s)", type(exc).__name__)
