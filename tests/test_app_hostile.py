@@ -271,10 +271,10 @@ def test_an_unexpected_failure_is_a_message_without_a_traceback(server, tmp_path
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
-def test_stopping_the_server_deletes_its_files_and_a_start_sweeps_a_killed_ones(tiny_checkpoints, tmp_path, sig):
-    """`python app.py`, a slice and a case answered, then SIGTERM or SIGINT: nothing of it is left. A run
-    folder a killed server left (its pid gone) is removed at start-up; another live server's is not."""
+def test_stopping_the_server_deletes_its_files_and_a_start_sweeps_a_killed_ones(tiny_checkpoints, tmp_path):
+    """`python app.py`, a slice and a case answered, then SIGTERM: nothing of it is left. (SIGTERM is turned
+    into the KeyboardInterrupt that Ctrl-C raises, so this is SIGINT's path too.) A run folder a killed
+    server left (its pid gone) is removed at start-up; another live server's is not."""
     import os
     import signal
     import subprocess
@@ -303,7 +303,7 @@ def test_stopping_the_server_deletes_its_files_and_a_start_sweeps_a_killed_ones(
         assert kind == "complete"
         own = [d for d in base.iterdir() if d != live]
         assert len(own) == 1 and len([p for p in own[0].rglob("*") if p.is_file()]) >= 8  # uploads, PNGs, frames
-        proc.send_signal(getattr(signal, sig))
+        proc.send_signal(signal.SIGTERM)
         out = proc.communicate(timeout=60)[0]
     finally:
         if proc.poll() is None:
@@ -315,14 +315,14 @@ def test_stopping_the_server_deletes_its_files_and_a_start_sweeps_a_killed_ones(
 
 
 def test_a_case_whose_client_left_stops_between_batches(server, predictor, tmp_path, monkeypatch):
-    """A client drops a long case (4 batches of 1.5 s); the next case starts within about a batch, not after 6 s."""
+    """A client drops a long case (4 batches of 3 s); the next case starts after about a batch, not after 12 s."""
     url = server[1]
     real = predictor.run_models
     batches = []
 
     def slow(images, *args, **kwargs):
         batches.append(len(images))
-        time.sleep(1.5)
+        time.sleep(3)
         return real(images, *args, **kwargs)
 
     monkeypatch.setattr(predictor, "run_models", slow)
@@ -341,5 +341,5 @@ def test_a_case_whose_client_left_stops_between_batches(server, predictor, tmp_p
     short.write_bytes(zip_bytes([f"c_{n}.png" for n in (1, 2)]))
     kind, _, _ = event(url, "predict_case", [[file_data(upload(url, short))], 0.5, ""])
     waited = time.perf_counter() - start
-    assert kind == "complete" and waited < 4.5, f"the next case waited {waited:.1f} s; batches run: {batches}"
-    assert batches.count(16) < 4  # the dropped case did not run to its end
+    assert kind == "complete" and waited < 9, f"the next case waited {waited:.1f} s; batches run: {batches}"
+    assert batches.count(16) <= 2, batches  # the dropped case stopped after its first batch or two
