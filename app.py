@@ -10,9 +10,10 @@ models load once, at start. :func:`build_demo` builds the UI; ``/predict`` (one 
 The app only shows: the Predictor decides, :mod:`brainseg.images` decodes (never Gradio, whose
 image preprocessing would cut 16-bit and float TIFFs to 8 bits), the case analysis sums up and
 :mod:`brainseg.viz` draws. A bad file becomes a ``gr.Error`` saying what is wrong and the server
-goes on serving. Every file the app writes lands in its own temp root, which
-:class:`~brainseg.webapp.CacheSweeper` empties on schedule; logs hold shapes and timings, never
-file names or pixels.
+goes on serving. Every file the app writes lands in its own temp root (a folder per process,
+removed at shutdown), which :class:`~brainseg.webapp.CacheSweeper` empties on schedule; logs hold
+shapes and timings, never file names or pixels. :mod:`brainseg.serving` holds what keeps those
+promises under hostile use (one error edge, random names, private events closed by name).
 """
 import os
 import tempfile
