@@ -238,7 +238,12 @@ def load_case_zip(path: PathLike, limits: Limits = DEFAULT_LIMITS) -> CaseInput:
         seen = f"; it holds {', '.join(repr(s) for s in skipped[:5])}{', ...' if len(skipped) > 5 else ''}" if skipped else ""
         raise ValueError(f"{path.name} holds no slice images (<case>_<n>.tif, .tiff or .png){seen}")
     case, images, masks = _group([(n, _Entry(n, read)) for n, read in members], path.name, limits)
-    return _assemble(case, images, masks, "zip", limits)
+    try:
+        return _assemble(case, images, masks, "zip", limits)
+    except InvalidImageError:
+        raise  # already names its member
+    except ValueError as e:  # numbering, masks, the case's budget: say which upload
+        raise ValueError(f"{path.name}: {e}") from None
 
 
 def load_case_files(paths: Sequence[PathLike], source_kind: str = "files", limits: Limits = DEFAULT_LIMITS) -> CaseInput:
