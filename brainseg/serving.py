@@ -157,8 +157,11 @@ def sweep_leftovers(base: Path, own: Optional[Path] = None) -> int:
         if own is not None and entry == own:
             continue
         m = re.fullmatch(rf"{RUN_PREFIX}(\d+)-[0-9a-f]+", entry.name)
-        stale = (m is not None and (int(m[1]) == os.getpid() or not _alive(int(m[1])))) or (
-            m is None and time.time() - entry.lstat().st_mtime > 86400)
+        try:
+            stale = (m is not None and (int(m[1]) == os.getpid() or not _alive(int(m[1])))) or (
+                m is None and time.time() - entry.lstat().st_mtime > 86400)
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
         if stale:
             remove(entry)
             removed += 1
