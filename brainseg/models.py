@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from .hub_meta import MODEL_CLASSES, kind_of_config, mixin_metadata
-from .config import ClassifierConfig, SegmenterConfig, validate_config
+from .config import ClassifierConfig, ConfigError, SegmenterConfig, validate_config
 from .integrity import check_weights_sha256
 
 # Keys of config.json that are not config fields: the class to load with, and timm's own fields.
@@ -99,7 +99,10 @@ class HubModel(nn.Module):
             except Exception:  # noqa: BLE001 - a repo without metrics.json has no recorded hash to check
                 metrics = None
             check_weights_sha256(weights, metrics)
-        model = cls(replace(config, pretrained=False))  # weights come from the file, not ImageNet
+        try:
+            model = cls(replace(config, pretrained=False))  # weights come from the file, not ImageNet
+        except (ValueError, RuntimeError) as e:  # fields valid one by one that do not fit together
+            raise ConfigError(f"{Path(model_id) / 'config.json'}: {e}") from None
         model.config = config
         model._hub_mixin_config = config
         try:

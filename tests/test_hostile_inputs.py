@@ -146,7 +146,8 @@ BAD_CONFIGS = [
     ("image_size", "abc"), ("image_size", -128), ("image_size", 100000), ("image_size", 100), ("encoder", 123),
     ("encoder", "no_such_net"), ("clip", "big"), ("clip", -1), ("normalization", "bogus"),
     ("threshold", float("nan")), ("threshold", 2.0), ("case_rule", "bogus"), ("min_component_px", -5),
-    ("in_chans", 2), ("decoder_channels", [1, "x"]), ("tta_flip", "yes"), ("channel_order", "FLAIR"),
+    ("in_chans", 2), ("decoder_channels", [1, "x"]), ("decoder_channels", [16]), ("tta_flip", "yes"),
+    ("channel_order", "FLAIR"),
 ]
 
 
