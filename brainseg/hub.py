@@ -11,8 +11,8 @@ from typing import List, Optional, Sequence, Union
 from . import cards
 from .cards import *  # noqa: F401,F403 - the old import path
 from .cards import _weights_summary  # noqa: F401 - used by callers of the old module
-from .sources import *  # noqa: F401,F403
 from .integrity import record_weights_sha256
+from .sources import *  # noqa: F401,F403
 from .sources import kind_of_config
 from .upload import *  # noqa: F401,F403
 from .upload import _human, _pinned_version  # noqa: F401
