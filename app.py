@@ -10,25 +10,29 @@ models load once, at start. :func:`build_demo` builds the UI; ``/predict`` (one 
 The app only shows: the Predictor decides, :mod:`brainseg.images` decodes (never Gradio, whose
 image preprocessing would cut 16-bit and float TIFFs to 8 bits), the case analysis sums up and
 :mod:`brainseg.viz` draws. A bad file becomes a ``gr.Error`` saying what is wrong and the server
-goes on serving. Every file the app writes lands in its own temp root, which
-:class:`~brainseg.webapp.CacheSweeper` empties on schedule; logs hold shapes and timings, never
-file names or pixels.
+goes on serving. Every file the app writes lands in its own temp root (a folder per process,
+removed at shutdown), which :class:`~brainseg.webapp.CacheSweeper` empties on schedule; logs hold
+shapes and timings, never file names or pixels. :mod:`brainseg.serving` holds what keeps those
+promises under hostile use (one error edge, random names, private events closed by name).
 """
 import os
 import tempfile
+from pathlib import Path
 
-# Before gradio and huggingface_hub are imported: no usage analytics, no Hub telemetry, and a temp
-# root of the app's own (inside any GRADIO_TEMP_DIR given), which the sweeper may empty.
+# Before gradio and huggingface_hub are imported: no usage analytics, no Hub telemetry.
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
-os.environ["GRADIO_TEMP_DIR"] = os.path.join(os.environ.get("GRADIO_TEMP_DIR") or tempfile.gettempdir(),
-                                             "brainseg_app")
+from brainseg import serving  # noqa: E402
+
+# A temp root of the app's own (inside any GRADIO_TEMP_DIR given), one folder per process in it: the
+# sweeper empties it on schedule, shutdown removes it, the next start removes what a killed one left.
+TEMP_BASE = Path(os.environ.get("GRADIO_TEMP_DIR") or tempfile.gettempdir()) / "brainseg_app"
+os.environ["GRADIO_TEMP_DIR"] = str(serving.process_root(TEMP_BASE))
 
 import argparse  # noqa: E402
 import logging  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
-from pathlib import Path  # noqa: E402
 from typing import List, Optional, Sequence  # noqa: E402
 
 import gradio as gr  # noqa: E402
@@ -79,8 +83,8 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
     log.info("models: %s", about_models.replace("\n", "; "))
     default_threshold = float(predictor.pixel_threshold)
 
-    with gr.Blocks(title="Brain MRI tumour segmentation", analytics_enabled=False,
-                   delete_cache=delete_cache) as demo:
+    with serving.SafeBlocks(title="Brain MRI tumour segmentation", analytics_enabled=False,
+                            delete_cache=delete_cache) as demo:
         gr.Markdown("# Brain MRI: tumour detection and segmentation\n"
                     "Lower-grade glioma MRI as in the LGG kaggle_3m set: one axial slice, or a patient's whole "
                     "stack. Slices have 3 channels (pre-contrast, FLAIR, post-contrast) or FLAIR alone; TIFF, PNG "
@@ -151,11 +155,12 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
             def run_chain(event, api_name: str, visibility: str = "public"):
                 """Old results cleared, the preview shown, then the analysis: a refused file leaves nothing stale."""
                 event.then(lambda b: w.preview(b, slice_file.GRADIO_CACHE), inputs=[slice_file], outputs=[preview],
-                           api_name=f"preview_{api_name}", api_visibility="private", show_progress="hidden").then(
+                           api_name=f"preview_{api_name}", api_visibility="private", show_progress="hidden",
+                           concurrency_id="slice").then(
                     predict, inputs=[slice_file, threshold], outputs=[*outputs, shown], api_name=api_name,
                     api_visibility=visibility, concurrency_id="slice").then(
                     show_overlay, inputs=[shown, opacity], outputs=[overlay_img], api_name=f"opacity_{api_name}",
-                    api_visibility="private", show_progress="hidden")
+                    api_visibility="private", show_progress="hidden", concurrency_id="draw")
 
             run_chain(gr.on([analyze_btn.click, slice_file.upload], lambda: [None] * len(clear), outputs=clear,
                             api_name="clear_slice", api_visibility="private", queue=False, show_progress="hidden"),
@@ -163,7 +168,8 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
             slice_file.clear(lambda: [None] * len(clear), outputs=clear, api_name="cleared_slice",
                              api_visibility="private", queue=False)
             opacity.change(show_overlay, inputs=[shown, opacity], outputs=[overlay_img], api_name="opacity",
-                           api_visibility="private", show_progress="hidden", trigger_mode="always_last")
+                           api_visibility="private", show_progress="hidden", trigger_mode="always_last",
+                           concurrency_id="draw")
             if examples:
                 def load_example(evt: gr.SelectData):
                     return [str(examples[evt.index].image)] + [None] * len(clear)
@@ -216,7 +222,7 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
                 w.describe_io(comp, text)
 
             def predict_case(files: Optional[List[str]], threshold: float = default_threshold, spacing_mm: str = "",
-                             series: str = ""):
+                             series: str = "", request: gr.Request = None, progress=gr.Progress()):
                 """Whole-case analysis: per-slice probability and area, tumour volume, lesions, diameters and masks.
 
                 Returns a summary, the probability plot, the montage of all slices, the masks (multi-page
@@ -226,7 +232,8 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
                     raise gr.Error("No files: upload a zipped case folder, slice files, a multi-page TIFF or "
                                    "a NIfTI volume.", print_exception=False)
                 try:
-                    out = w.analyze_case(predictor, files, threshold, spacing_mm,
+                    watched = serving.abandonable(predictor, serving.client_gone(demo, request), progress)
+                    out = w.analyze_case(watched, files, threshold, spacing_mm,
                                          Path(case_masks.GRADIO_CACHE) / uuid.uuid4().hex, series)
                 except FileNotFoundError:  # an upload swept while the call waited or read it; no path in the message
                     log.info("case upload expired")
@@ -245,7 +252,7 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
                            outputs=[*case_outputs, frames],
                            api_name=api_name, api_visibility=visibility, concurrency_id="case", concurrency_limit=1).then(
                     w.first_frame, inputs=[frames], outputs=[viewer_slider, viewer], api_name=f"viewer_{api_name}",
-                    api_visibility="private").then(
+                    api_visibility="private", concurrency_id="draw").then(
                     None, js="() => document.getElementById('case-summary')?.scrollIntoView({behavior: 'smooth'})",
                     api_name=f"scroll_{api_name}", api_visibility="private")
 
@@ -258,7 +265,7 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
                                "predict_example_case", "private")
             viewer_slider.change(w.viewer_frame, inputs=[frames, viewer_slider], outputs=[viewer],
                                  api_name="show_frame", api_visibility="private", show_progress="hidden",
-                                 trigger_mode="always_last")
+                                 trigger_mode="always_last", concurrency_id="draw")
         gr.Markdown("Use it from code: `Client(url).predict(handle_file(path), api_name=\"/predict\")` with "
                     "`gradio_client`, or the *Use via API* link below.")
 
@@ -276,10 +283,15 @@ CSS = (".notice { border-left: 4px solid #dc2626; padding: 4px 12px; background:
 
 def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: Optional[int] = 7860, **kwargs):
     """Launch with the settings for a shared host (and the app's cache sweeper); kwargs go on to ``Blocks.launch``."""
+    from starlette.middleware import Middleware
+
+    serving.random_upload_names()
+    guard = Middleware(serving.PrivateCallGuard, public=lambda: serving.public_names(demo))
     settings = dict(server_name=host, server_port=port, max_file_size=MAX_FILE_SIZE, show_error=False,
                     allowed_paths=[], share=False, enable_monitoring=False, run_history=False, ssr_mode=False,
                     mcp_server=False, pwa=False, footer_links=["api", "settings"], theme=THEME, css=CSS,
-                    app_kwargs={"lifespan": demo.sweeper.lifespan})
+                    app_kwargs={"lifespan": demo.sweeper.lifespan, "middleware": [guard],
+                                "exception_handlers": serving.EXCEPTION_HANDLERS})
     settings.update(kwargs)
     return demo.launch(**settings)
 
@@ -306,7 +318,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (FileNotFoundError, ValueError) as e:  # exit status 2, as for any bad argument
         ap.error(f"Cannot load the models: {e}\nTrain them (make train) or pass --segmenter/--classifier.")
     warm_up(predictor)
-    launch(build_demo(predictor, args.examples), args.host, args.port)
+    own = Path(os.environ["GRADIO_TEMP_DIR"])
+    serving.sweep_leftovers(TEMP_BASE, own)
+    serving.stop_on_sigterm()
+    try:
+        launch(build_demo(predictor, args.examples), args.host, args.port)  # serves until Ctrl-C or SIGTERM
+    finally:
+        serving.remove(own)  # everything this process received or wrote
     return 0
 
 

@@ -83,7 +83,9 @@ def parse_slice_name(filename: str) -> Tuple[Optional[str], Optional[int], bool]
     m = _NAME_RE.match(stem) or _EXPORT_RE.match(stem)
     if not m:
         return stem, None, False
-    return m.group("case"), int(m.group("num")), m.group("mask") is not None
+    digits = m.group("num").lstrip("0") or "0"
+    num = int(digits) if len(digits) <= 18 else 10**18  # past any limit; int() of 5,000 digits raises
+    return m.group("case"), num, m.group("mask") is not None
 
 
 def _stem(filename: str) -> str:
@@ -108,6 +110,18 @@ def format_numbers(numbers: Sequence[int]) -> str:
         parts.append(str(nums[i]) if i == j else f"{nums[i]}-{nums[j]}")
         i = j + 1
     return ", ".join(parts)
+
+
+def missing_numbers(numbers: Sequence[int], shown: int = 5) -> str:
+    """Sorted distinct slice numbers -> the gaps as "3, 6-7" (the first ``shown``, then how many in all), or "".
+
+    Counted from neighbours, never enumerated: 1 and 10**9 would be a billion numbers."""
+    gaps = [(a + 1, b - 1) for a, b in zip(numbers, numbers[1:]) if b - a > 1]
+    if not gaps:
+        return ""
+    text = ", ".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in gaps[:shown])
+    missing = sum(hi - lo + 1 for lo, hi in gaps)
+    return text + (f", ... ({missing:,} in all)" if len(gaps) > shown else f" ({missing:,} in all)" if missing > 9 else "")
 
 
 def check_file_size(path: Path, limits: Limits = DEFAULT_LIMITS) -> int:
@@ -156,10 +170,11 @@ def _assemble(name: str, images: Dict[int, _Entry], masks: Dict[int, _Entry], so
     if len(images) > limits.max_slices:
         raise ValueError(f"The case has {len(images)} slices, more than the limit of {limits.max_slices}")
     numbers = sorted(images)
-    missing = sorted(set(range(numbers[0], numbers[-1] + 1)) - set(numbers))
+    missing = missing_numbers(numbers)
     if missing:
-        raise ValueError(f"Missing slice number(s) {format_numbers(missing)} in case {name} (it has "
-                         f"{format_numbers(numbers)}): a case must hold every slice from the first to the last")
+        have = format_numbers(numbers)
+        raise ValueError(f"Missing slice number(s) {missing} in case {name} (it has {have[:120]}"
+                         f"{'...' if len(have) > 120 else ''}): a case must hold every slice from the first to the last")
     orphans = sorted(set(masks) - set(images))
     if orphans:
         raise ValueError(f"Mask(s) for slice(s) {format_numbers(orphans)} without an image in case {name}")
@@ -191,11 +206,14 @@ def _assemble(name: str, images: Dict[int, _Entry], masks: Dict[int, _Entry], so
     return CaseInput(name, slices, numbers, truth or None, None, source_kind, {"ordering": order})
 
 
-def _group(named_entries: Sequence[Tuple[str, _Entry]], what: str) -> Tuple[str, Dict, Dict]:
+def _group(named_entries: Sequence[Tuple[str, _Entry]], what: str, limits: Limits) -> Tuple[str, Dict, Dict]:
     """Sort named entries into one case's images and masks by slice number (one file alone needs no number)."""
     parsed = []
     for fname, entry in named_entries:
         case, num, is_mask = parse_slice_name(fname)
+        if num is not None and num > limits.max_slice_number:
+            raise ValueError(f"{what}: the slice number in {fname[:120]!r} is over the limit of "
+                             f"{limits.max_slice_number:,}. Number slices 1, 2, 3, ... (<case>_<n>.tif)")
         if num is None:
             if len(named_entries) != 1:
                 raise ValueError(f"Cannot place {fname!r} in the stack: its name has no slice number. "
@@ -238,8 +256,13 @@ def load_case_zip(path: PathLike, limits: Limits = DEFAULT_LIMITS, series: Optio
         seen = f"; it holds {', '.join(repr(s) for s in skipped[:5])}{', ...' if len(skipped) > 5 else ''}" if skipped else ""
         raise ValueError(f"{path.name} holds no slice images (<case>_<n>.tif, .tiff, .png or .jpg) or DICOM "
                          f"files{seen}")
-    case, images, masks = _group([(n, _Entry(n, read)) for n, read in members], path.name)
-    return _assemble(case, images, masks, "zip", limits)
+    case, images, masks = _group([(n, _Entry(n, read)) for n, read in members], path.name, limits)
+    try:
+        return _assemble(case, images, masks, "zip", limits)
+    except InvalidImageError:
+        raise  # already names its member
+    except ValueError as e:  # numbering, masks, the case's budget: say which upload
+        raise ValueError(f"{path.name}: {e}") from None
 
 
 def load_case_files(paths: Sequence[PathLike], source_kind: str = "files", limits: Limits = DEFAULT_LIMITS,
@@ -262,7 +285,7 @@ def load_case_files(paths: Sequence[PathLike], source_kind: str = "files", limit
                              f"TIFF or a NIfTI file alone, or slice images together")
         check_file_size(p, limits)
         entries.append((p.name, _Entry(p.name, p.read_bytes)))
-    case, images, masks = _group(entries, "the files")
+    case, images, masks = _group(entries, "the files", limits)
     return _assemble(case, images, masks, source_kind, limits)
 
 
@@ -323,6 +346,8 @@ def _tiff_pages(path: Path, limits: Limits) -> int:
     try:
         with tifffile.TiffFile(str(path)) as tf:
             return count_pages(tf, 2)
+    except InvalidImageError as e:
+        raise named(e, path.name) from None
     except Exception as e:  # noqa: BLE001
         raise ValueError(f"{path.name} is not a readable TIFF ({type(e).__name__}: {e})") from None
 

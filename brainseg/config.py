@@ -4,6 +4,7 @@ A checkpoint carries everything needed to use it (encoder, input size, channel o
 normalisation, decision threshold), so training, evaluation and the app cannot drift apart.
 """
 import json
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
@@ -171,3 +172,72 @@ def load_recipe(recipe: Union[str, Path], overrides: Sequence[str] = (), **value
         if unknown:
             raise ValueError(f"{path}: {part} fields {cls.__name__} does not have: {', '.join(unknown)}")
     return task, model_cls(**parts["model"]), TrainConfig(**parts["train"])
+
+
+# ---------------------------------------------------------------- checked at load
+
+class ConfigError(ValueError):
+    """A model's config.json holds a value this version cannot use; the message names the file and the field."""
+
+
+def _int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _encoder(v) -> bool:
+    import timm
+
+    return isinstance(v, str) and timm.is_model(v)
+
+
+def _probability(v) -> bool:
+    return _num(v) and 0 <= v <= 1
+
+
+NORMALIZATIONS = ("slice_zscore",)
+CASE_RULES = ("none", "largest", "min_voxels")  # brainseg.volume applies them
+# field -> (test, what the value must be); a field not named here only has to have its declared type
+_RULES = {
+    "image_size": (lambda v: _int(v) and 32 <= v <= 2048 and v % 32 == 0, "an integer multiple of 32 from 32 to 2048"),
+    "in_chans": (lambda v: v in (1, 3) and _int(v), "1 (FLAIR) or 3"),
+    "channel_order": (lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v), "a list of channel names"),
+    "normalization": (lambda v: v in NORMALIZATIONS, f"one of {', '.join(NORMALIZATIONS)}"),
+    "clip": (lambda v: _num(v) and v > 0, "a positive number"),
+    "encoder": (_encoder, "the name of a timm model"),
+    "decoder_channels": (lambda v: isinstance(v, list) and 0 < len(v) <= 8 and all(_int(c) and 0 < c <= 4096 for c in v),
+                         "a list of 1 to 8 positive integers"),
+    "pretrained": (lambda v: isinstance(v, bool), "true or false"),
+    "tta_flip": (lambda v: isinstance(v, bool), "true or false"),
+    "threshold": (_probability, "a number from 0 to 1"),
+    "fusion_threshold": (_probability, "a number from 0 to 1"),
+    "min_component_px": (lambda v: _int(v) and v >= 0, "an integer >= 0"),
+    "case_rule": (lambda v: v in CASE_RULES, f"one of {', '.join(CASE_RULES)}"),
+    "case_min_voxels": (lambda v: _int(v) and v >= 0, "an integer >= 0"),
+    "deep_supervision": (lambda v: _int(v) and 0 <= v <= 8, "an integer from 0 to 8"),
+    "temperature": (lambda v: _num(v) and v > 0, "a positive number"),
+    "drop_rate": (lambda v: _num(v) and 0 <= v < 1, "a number from 0 to below 1"),
+    "fusion_weights": (lambda v: v is None or (isinstance(v, list) and len(v) == 3 and all(_num(w) for w in v)),
+                       "null or a list of 3 numbers"),
+    "fusion_top_k": (lambda v: _int(v) and 1 <= v <= 2**22, "a positive integer"),
+}
+
+
+def validate_config(cfg, where: str) -> None:
+    """Every field of a model config checked (types, ranges, enums) before a model is built from it.
+
+    A bad value would otherwise surface later as a traceback, a 120 GB allocation, or every request
+    failing as if the user's upload were at fault. Raises :class:`ConfigError`: ``<where>: field F ...``.
+    """
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        test, what = _RULES.get(f.name, (None, None))
+        if test is not None and not test(value):
+            raise ConfigError(f"{where}: field {f.name} must be {what}, got {value!r}. Fix the file or ship the model "
+                              f"again")
+    if len(cfg.channel_order) != cfg.in_chans:
+        raise ConfigError(f"{where}: field channel_order names {len(cfg.channel_order)} channels but in_chans is "
+                          f"{cfg.in_chans}")

@@ -10,6 +10,7 @@ from typing import List, Optional, Sequence, Union
 from . import cards
 from .card_tables import EVAL_GLOB
 from .hub_meta import kind_of_config
+from .integrity import record_weights_sha256
 
 
 def infer_kind(model_dir: Union[str, Path]) -> str:
@@ -54,6 +55,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from .models import rewrite_config_metadata
 
         changed = rewrite_config_metadata(args.model_dir)
+        record_weights_sha256(args.model_dir)  # the shipped weights' hash, checked at every load
         path = cards.write_model_card(args.model_dir, kind, eval_metrics=args.eval, train_command=commands or None)
     except (FileNotFoundError, ValueError) as e:
         print(f"python -m brainseg.hub card: error: {e}", file=sys.stderr)

@@ -18,7 +18,8 @@ class Limits:
     A slice (one file, or one page or plane of a case) is at most ``max_side`` px a side and
     ``max_pixels``, at least ``min_side``; a case holds at most ``max_slices`` slices and
     ``max_case_pixels``; the pixels of a request (a slice or a whole case) decode to at most
-    ``max_decoded_bytes`` (pixels x channels x bytes per sample). Zips are read in memory:
+    ``max_decoded_bytes`` (pixels x channels x bytes per sample); the number in a slice's name is at
+    most ``max_slice_number``. Zips are read in memory:
     ``max_zip_members`` members of at most ``max_member_bytes`` each, ``max_zip_bytes`` in all,
     a member over ``ratio_min_bytes`` inflating at most ``max_ratio`` times.
     """
@@ -31,6 +32,7 @@ class Limits:
     max_decoded_bytes: int = 512 * MiB   # one request's pixels, counted in bytes before decoding
     max_pages: int = 512                 # pages read from one multi-page TIFF
     max_slices: int = 512
+    max_slice_number: int = 99_999       # the _<n> in a slice's name (kaggle_3m runs to ~90)
     max_case_pixels: int = 2**25         # ~33.5 M pixels: 512 slices of 256x256, or 128 of 512x512
     max_zip_members: int = 2048
     max_member_bytes: int = 64 * MiB     # one zip member, uncompressed

@@ -23,7 +23,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .hub_meta import LABEL_NAMES, MODEL_CLASSES, PIPELINE_MEAN, PIPELINE_STD, kind_of_config, mixin_metadata
-from .config import ClassifierConfig, SegmenterConfig
+from .config import ClassifierConfig, ConfigError, SegmenterConfig, validate_config
+from .integrity import check_weights_sha256
 
 # Keys of config.json that are not config fields: the class to load with, and timm's own fields.
 METADATA_KEYS = frozenset({"model_class", "architecture", "num_classes", "num_features", "pretrained_cfg",
@@ -95,15 +96,26 @@ class HubModel(nn.Module):
                          local_files_only: bool, token, map_location: str = "cpu", strict: bool = True,
                          config=None, **model_kwargs):
         config = cls._coerce_config(config)
+        validate_config(config, str(Path(model_id) / "config.json"))
         if os.path.isdir(model_id):
             weights = Path(model_id) / "model.safetensors"
             if not weights.exists():
                 raise FileNotFoundError(f"No model.safetensors in {model_id} (only safetensors weights are loaded)")
+            check_weights_sha256(weights, Path(model_id) / "metrics.json")
         else:
             weights = hf_hub_download(repo_id=model_id, filename="model.safetensors", revision=revision,
                                       cache_dir=cache_dir, force_download=force_download, token=token,
                                       local_files_only=local_files_only)
-        model = cls(replace(config, pretrained=False))  # weights come from the file, not ImageNet
+            try:
+                metrics = hf_hub_download(repo_id=model_id, filename="metrics.json", revision=revision,
+                                          cache_dir=cache_dir, token=token, local_files_only=local_files_only)
+            except Exception:  # noqa: BLE001 - a repo without metrics.json has no recorded hash to check
+                metrics = None
+            check_weights_sha256(weights, metrics)
+        try:
+            model = cls(replace(config, pretrained=False))  # weights come from the file, not ImageNet
+        except (ValueError, RuntimeError) as e:  # fields valid one by one that do not fit together
+            raise ConfigError(f"{Path(model_id) / 'config.json'}: {e}") from None
         model.config = config
         model._hub_mixin_config = config
         try:

@@ -90,6 +90,10 @@ def _read_bytes(path: Path, limits: Limits) -> bytes:
             except Exception as e:  # noqa: BLE001
                 raise InvalidImageError(f"{path.name} has a broken NIfTI header ({type(e).__name__})",
                                         "corrupt") from None
+            if len(shape) not in (3, 4):  # a 2-D image has no slice axis to turn
+                raise InvalidImageError(f"{path.name} is a {len(shape)}-D image of shape {shape}; expected a 3-D "
+                                        f"volume (or 4-D with 1 or 3 channels). Send one slice to the slice tab",
+                                        "unsupported")
             canon = _canonical_shape(shape, _orientation(hdr.get_best_affine(), path.name))
             check_volume(canon, dtype, slope not in (None, 1) or inter not in (None, 0), path.name, limits)
             if offset > int(hdr["sizeof_hdr"]) + MAX_HEADER_EXTENSIONS:

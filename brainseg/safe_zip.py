@@ -48,6 +48,9 @@ def zip_members(path: Path, limits: Limits, wanted: Callable[[str], bool]) -> Tu
             infos = zf.infolist()
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError) as e:
         raise ValueError(f"{path.name} is not a readable zip file ({e})") from None
+    except UnicodeDecodeError:  # the zip flags a member name as UTF-8 and it is not
+        raise ValueError(f"{path.name} is corrupt: a member's name is flagged as UTF-8 but is not valid UTF-8. "
+                         f"Zip the case folder again") from None
     if len(infos) > limits.max_zip_members:
         raise ValueError(f"{path.name} has {len(infos)} members, more than the limit of {limits.max_zip_members}")
     named, skipped, declared = [], [], 0

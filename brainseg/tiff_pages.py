@@ -6,6 +6,7 @@ and ``max_decoded_bytes`` in all). tifffile reads the pages; where it would need
 (LZW, JPEG), libtiff through OpenCV decodes the same bytes.
 """
 import io
+import math
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Tuple
 
@@ -37,8 +38,13 @@ class TiffStack:
 
 def count_pages(tif, stop: int) -> int:
     """Pages of a TIFF, counted lazily up to ``stop`` (``len`` would walk a crafted chain of millions)."""
-    n = 0
-    for _ in tif.pages:
+    n, seen = 0, set()
+    for page in tif.pages:
+        offset = getattr(page, "offset", None)
+        if offset in seen:  # tifffile would follow a next-page pointer back to an earlier page for ever
+            raise InvalidImageError("The TIFF is corrupt: its list of pages loops back to an earlier page. Export "
+                                    "the file again.", "corrupt")
+        seen.add(offset)
         n += 1
         if n >= stop:
             break
@@ -144,7 +150,7 @@ def _read_page(page, k: int, n_bytes: int, libtiff: _LibTiff) -> TiffPage:
             cmap = page.colormap.T
             a = (cmap >> 8 if cmap.max() > 255 else cmap).astype(np.uint8)[a]
             alpha = False
-        elif page.photometric == tifffile.PHOTOMETRIC.MINISWHITE:
+        elif page.photometric == tifffile.PHOTOMETRIC.MINISWHITE and a.dtype != np.bool_:  # 1-bit: as stored
             raise InvalidImageError("The TIFF stores inverted grayscale (MinIsWhite); save it as a normal "
                                     "grayscale or RGB TIFF.", "unsupported")
     except ValueError as e:
@@ -158,6 +164,8 @@ def _read_page(page, k: int, n_bytes: int, libtiff: _LibTiff) -> TiffPage:
                                     f"deflate or with LZW.", "corrupt") from None
         if a.ndim == 3 and a.shape[2] >= 3:
             a = a[..., [2, 1, 0, 3][:a.shape[2]]]  # OpenCV decodes to BGR(A)
+        if int(page.bitspersample) == 1:  # libtiff widens 1-bit (Group 3/4) to 0/255: keep it 1-bit, as tifffile does
+            a = a > 0
         # libtiff applies the orientation tag itself (whatever the flags say), so it is done.
         oriented = (ysize, xsize) if orientation < 5 else (xsize, ysize)
         orientation = 1
@@ -177,6 +185,11 @@ def _spacing(tif, page) -> Optional[Tuple[float, float, float]]:
     try:
         xr, yr = page.tags["XResolution"].value, page.tags["YResolution"].value
         col, row = xr[1] / xr[0], yr[1] / yr[0]  # resolution is pixels per unit
-        return (row * scale, col * scale, float(meta["spacing"]) * scale)
-    except (KeyError, ZeroDivisionError, TypeError, IndexError):
+        spacing = (row * scale, col * scale, float(meta["spacing"]) * scale)
+    except (KeyError, ZeroDivisionError, TypeError, IndexError, ValueError):
         return None
+    if not all(math.isfinite(v) and 0 < v <= 100 for v in spacing):  # a negative size gave a negative volume
+        raise InvalidImageError(f"The TIFF's ImageJ metadata gives a voxel spacing of {', '.join(f'{v:g}' for v in spacing)} "
+                                f"mm; each size must be positive and at most 100 mm. Fix the file's spacing",
+                                "corrupt")
+    return spacing

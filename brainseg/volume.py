@@ -8,9 +8,8 @@ made on out-of-fold predictions (see the README); this module only applies it.
 import numpy as np
 from scipy import ndimage
 
+from .config import CASE_RULES  # the one list; config.json is checked against it at load
 from .postprocess import scaled_min_component_px
-
-CASE_RULES = ("none", "largest", "min_voxels")
 
 
 def label_3d(masks: np.ndarray) -> tuple:

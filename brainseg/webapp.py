@@ -12,9 +12,9 @@ import logging
 import math
 import os
 import re
+import secrets
 import stat
 import time
-import uuid
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,16 +153,14 @@ class VerdictLabel(gr.Label):
 
 
 class FiniteSlider(gr.Slider):
-    """gr.Slider that refuses NaN and infinities (which pass the range check: NaN compares false)."""
+    """gr.Slider that takes numbers only: null, strings ("0.5"), NaN and infinities are refused (NaN would pass
+    the range check: it compares false)."""
 
     is_template = True
 
     def preprocess(self, payload):
-        try:
-            finite = payload is None or math.isfinite(float(payload))
-        except (TypeError, ValueError):
-            finite = False
-        if not finite:
+        number = isinstance(payload, (int, float)) and not isinstance(payload, bool)  # not null, not "0.5"
+        if not number or not math.isfinite(payload):
             raise gr.Error(f"{self.label} must be a finite number between {self.minimum} and {self.maximum}, "
                            f"got {payload!r}.", print_exception=False)
         return super().preprocess(payload)
@@ -241,17 +239,13 @@ class CacheSweeper:
 
 
 def write_to_cache(data: bytes, cache_dir: str, name: str) -> str:
-    """Write an output file into the app's temp root (content-addressed, atomic), where Gradio serves it
-    from and the sweeper deletes it on schedule; nothing is left elsewhere."""
-    folder = Path(cache_dir) / hashlib.sha256(data).hexdigest()
-    folder.mkdir(parents=True, exist_ok=True)
+    """Write an output file into the app's temp root, where Gradio serves it from and the sweeper deletes
+    it on schedule. Its folder is random for every answer: a name computed from the content would let
+    anyone holding a scan ask the file route whether it was analysed here."""
+    folder = Path(cache_dir) / secrets.token_hex(16)
+    folder.mkdir(parents=True)
     path = folder / name
-    if path.exists():
-        os.utime(path)  # restart its clock: deletion ages files from their ctime
-    else:
-        tmp = folder / f".{name}.{uuid.uuid4().hex}"
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+    path.write_bytes(data)
     return str(path)
 
 
@@ -378,15 +372,16 @@ def preview(data: Optional[bytes], cache_dir: str) -> Optional[str]:
 
 # ---------------------------------------------------------------- a case
 
+_DECIMAL = re.compile(r"[+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
+
+
 def parse_spacing(text: Optional[str]):
     """'0.94, 0.94, 3' -> (0.94, 0.94, 3.0); blank -> None; anything else a ValueError saying what to type."""
     if text is None or not str(text).strip():
         return None
     parts = [t for t in re.split(r"[,\sx×]+", str(text).strip()) if t]
-    try:
-        values = tuple(float(t) for t in parts)
-    except ValueError:
-        values = ()
+    # plain ASCII decimals only: float() would also take "1_0" (10), other digits and "nan"
+    values = tuple(float(t) for t in parts) if all(_DECIMAL.fullmatch(t) for t in parts) else ()
     if len(values) != 3 or not all(math.isfinite(v) and 0 < v <= 100 for v in values):
         raise ValueError(f"Voxel spacing {text!r}: give three sizes in mm between 0 and 100, row, column and slice, "
                          f"e.g. '0.94, 0.94, 3' (or leave it blank)")

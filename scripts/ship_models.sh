@@ -2,8 +2,9 @@
 # Ship the models of scripts/train_models.sh: choose every rule on the out-of-fold predictions of the fold runs
 # (temperature, fused detection, thresholds, post-processing, TTA, the 3-D case rule), write them into the
 # all-case models, store fp16 weights in models/, record the rules with their held-out figures (rules.json)
-# and those figures as eval_oof.json, and regenerate the cards. The golden figures (tests/golden.json) stay: rerun
-# python tests/test_golden.py after shipping, and check what moved.
+# and those figures as eval_oof.json, and regenerate the cards (which records the sha256 of each model.safetensors
+# in its metrics.json: every load checks the weights against it). The golden figures (tests/golden.json) stay:
+# rerun python tests/test_golden.py after shipping, and check what moved.
 # Usage: bash scripts/ship_models.sh [DATA_DIR] [RUNS_DIR] [MODELS_DIR]   (MODELS_DIR: models)
 #        CV=DIR bash scripts/ship_models.sh ...      (the fold runs to choose on; default RUNS_DIR/cv, every fold finished)
 #        RULES=FILE bash scripts/ship_models.sh ...  (choose nothing: apply a rules.json recorded by an earlier

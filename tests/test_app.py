@@ -476,6 +476,19 @@ def test_cli_refuses_a_bad_model_source(capsys):
     assert e.value.code == 2 and "Cannot load the models" in capsys.readouterr().err
 
 
+def wait_until_up(proc, port: int, seconds: float = 480) -> str:
+    """The URL of an ``app.py`` process once it answers; a cold start imports torch and gradio: seconds
+    alone, minutes on a busy host."""
+    url, deadline, up = f"http://127.0.0.1:{port}/", time.time() + seconds, False
+    while not up and time.time() < deadline and proc.poll() is None:
+        try:
+            up = httpx.get(url + "gradio_api/info", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    assert up, f"app.py did not answer on port {port} within {seconds:.0f} s (exit code {proc.poll()})"
+    return url
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(720)
 def test_cli_serves_on_the_given_port(tiny_checkpoints, files):
@@ -489,15 +502,7 @@ def test_cli_serves_on_the_given_port(tiny_checkpoints, files):
                              "--classifier", str(tiny_checkpoints["classifier"]), "--examples", str(files["examples"])],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        url = f"http://127.0.0.1:{port}/"
-        deadline = time.time() + 480  # a cold start imports torch and gradio: seconds alone, minutes on a busy host
-        up = False
-        while not up and time.time() < deadline and proc.poll() is None:
-            try:
-                up = httpx.get(url + "gradio_api/info", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                time.sleep(0.5)
-        assert up, f"app.py did not answer on port {port} within 480 s (exit code {proc.poll()})"
+        url = wait_until_up(proc, port)
         *_, result = call(Client(url, verbose=False), files["png"])
         assert result["models"]["segmenter"]["encoder"] == "test_resnet"
     finally:

@@ -189,3 +189,20 @@ def test_case_tab(site, page, shots):
     page.set_viewport_size({"width": 1280, "height": 1000})
     page.screenshot(path=str(shots / "case_tab.png"), full_page=True)
     print(f"screenshot: {shots / 'case_tab.png'}")
+
+
+def test_an_error_toast_reads_whole(site, page, tmp_path):
+    """Issue 33.5: the toast renders sanitised HTML, where "<case>_<n>.tif" was a tag that cut the message."""
+    import zipfile
+
+    nested = tmp_path / "nested.zip"
+    with zipfile.ZipFile(nested, "w") as zf:
+        zf.writestr("inner.txt", "no slices here")
+    page.goto(site["url"])
+    page.get_by_role("tab", name="Whole case").click()
+    page.set_input_files("#case-files input[type=file]", str(nested))
+    page.locator("#case-files").get_by_text("nested.zip", exact=False).first.wait_for()
+    page.click("#analyze-case")
+    toast = page.get_by_test_id("toast-text").first
+    toast.wait_for()
+    assert "holds no slice images (‹case›_‹n›.tif, .tiff or .png); it holds 'inner.txt'" in toast.inner_text()
