@@ -205,4 +205,4 @@ def test_an_error_toast_reads_whole(site, page, tmp_path):
     page.click("#analyze-case")
     toast = page.get_by_test_id("toast-text").first
     toast.wait_for()
-    assert "holds no slice images (‹case›_‹n›.tif, .tiff or .png); it holds 'inner.txt'" in toast.inner_text()
+    assert "holds no slice images (‹case›_‹n›.tif, .tiff, .png or .jpg) or DICOM files; it holds 'inner.txt'" in toast.inner_text()

@@ -590,11 +590,14 @@ def test_shipped_classifier_file_holds_timm_keys_and_loads_like_the_old_layout(t
     (``backbone.`` keys) still loads, and gives outputs identical to the shipped one."""
     from safetensors.torch import load_file, save_file
 
+    from brainseg.integrity import record_weights_sha256
+
     state = load_file(SHIPPED["classifier"] / "model.safetensors")
     assert not [k for k in state if k.startswith("backbone.")] and "conv1.weight" in state and "fc.weight" in state
     assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float16}  # same size as before
     old = shutil.copytree(SHIPPED["classifier"], tmp_path / "old_layout")
     save_file({f"backbone.{k}": v for k, v in state.items()}, str(old / "model.safetensors"))
+    record_weights_sha256(old)  # a file shipped in the old layout carried its own hash
     with torch.no_grad():
         assert torch.equal(TumorClassifier.from_pretrained(old)(example_batch[1]), shipped_logits(example_batch[1]))
 
