@@ -32,7 +32,9 @@ import torch.nn.functional as F
 
 from .config import PRECISIONS  # noqa: F401  (also imported from here)
 from .postprocess import postprocess_mask, remove_small_components  # noqa: F401  (old import path)
+from .input_check import CheckResult, FeatureTap, load_beside, map_channels
 from .preprocess import add_context, neighbour_indices, preprocess
+from .uncertainty import review_reasons
 from .volume import apply_case_rule
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -69,6 +71,9 @@ class Prediction:
     ``detection_threshold`` are the thresholds used, tidied (0.4, not 0.4000000059604645).
     ``removed_by_case_rule``: the slice was detected on its own, but its whole mask lay outside what
     the case rule keeps (:meth:`Predictor.predict_case`), so it is not detected in the case's answer.
+    ``input_check``: :meth:`brainseg.input_check.CheckResult.as_dict` (status ok/warn/refuse, reasons,
+    score); a refused slice has no verdict (``detected`` None, empty mask). ``review``: why the answer
+    is uncertain ("uncertain - review"), empty when it is not (:mod:`brainseg.uncertainty`).
     """
 
     probability: float
@@ -80,10 +85,12 @@ class Prediction:
     pixel_threshold: Optional[float] = None
     detection_threshold: Optional[float] = None
     removed_by_case_rule: bool = False
+    input_check: Optional[dict] = None
+    review: List[str] = field(default_factory=list)
 
     def __post_init__(self):
         self.mask = np.asarray(self.mask).astype(np.uint8, copy=False)
-        self.detected = bool(self.detected)
+        self.detected = None if self.detected is None else bool(self.detected)
         if not self.detected and self.mask.any():
             raise ValueError("A slice not detected as tumour cannot have a tumour mask: the mask is drawn iff "
                              "the slice is detected")
@@ -95,6 +102,8 @@ class Prediction:
     @property
     def label(self) -> str:
         """The verdict in words, as the app shows it."""
+        if self.detected is None:
+            return "no verdict"
         return "tumour" if self.detected else "no tumour"
 
     # The names before the rule had one place (kept one release for code that reads them).
@@ -103,8 +112,13 @@ class Prediction:
         return self.probability
 
     @property
-    def tumor_detected(self) -> bool:
+    def tumor_detected(self) -> Optional[bool]:
         return self.detected
+
+    @property
+    def status(self) -> str:
+        """The input check's outcome: 'ok', 'warn' or 'refuse' ('ok' when no check ran)."""
+        return (self.input_check or {}).get("status", "ok")
 
 
 def segmenter_evidence(probs: torch.Tensor, top_k: int) -> torch.Tensor:
@@ -236,7 +250,7 @@ class Predictor:
     """
 
     def __init__(self, segmenter, classifier=None, device: str = "cpu", sources: Optional[dict] = None,
-                 precision: Optional[str] = None):
+                 precision: Optional[str] = None, input_check=None):
         self.device = torch.device(device)
         requested = (precision or os.environ.get("BRAINSEG_PRECISION") or "auto").lower()
         self.precision = resolve_precision(precision, self.device)
@@ -250,22 +264,26 @@ class Predictor:
             self.precision = faster_precision(self.segmenter, cfg.image_size, cfg.model_in_chans)
         self.sources = sources or {}
         self._description: Optional[Dict[str, dict]] = None
+        self.input_check = input_check  # brainseg.input_check.InputCheck, or None: no check
+        self._tap = FeatureTap(self.classifier) if self.classifier is not None else None
 
     @classmethod
     def from_sources(cls, segmenter: Optional[str] = None, classifier: Optional[str] = None,
                      device: str = "cpu", precision: Optional[str] = None, *,
                      segmenter_revision: Optional[str] = None,
-                     classifier_revision: Optional[str] = None) -> "Predictor":
+                     classifier_revision: Optional[str] = None, input_check: bool = True) -> "Predictor":
         """Load from folders or Hub repo ids (None: env var, else the shipped default).
 
         Each revision (Hub branch, tag or commit) goes with its own repo, as ``user/repo@rev`` does;
-        see :func:`brainseg.sources.parse_source`.
+        see :func:`brainseg.sources.parse_source`. ``input_check``: also load the input check shipped
+        beside the classifier (:func:`brainseg.input_check.load_beside`), when there is one.
         """
         from . import sources
 
         seg, seg_src = sources.load_model("segmenter", segmenter, segmenter_revision)
         clf, clf_src = sources.load_model("classifier", classifier, classifier_revision)
-        return cls(seg, clf, device, {"segmenter": seg_src, "classifier": clf_src}, precision)
+        check = load_beside(clf_src, weights_sha256(clf)) if input_check else None
+        return cls(seg, clf, device, {"segmenter": seg_src, "classifier": clf_src}, precision, check)
 
     # ------------------------------------------------------------ the rules, from the configs
 
@@ -361,6 +379,14 @@ class Predictor:
             raise RuntimeError("This Predictor has no classifier")
         return self.classifier.predict_proba(self._batch(images, self.classifier.config)).cpu().numpy()
 
+    def classifier_features(self, images: Sequence[np.ndarray]) -> Optional[np.ndarray]:
+        """The classifier's pooled features of HxWx3 slices, (N, F) (None without a classifier)."""
+        if self._tap is None:
+            return None
+        self._tap.reset()
+        self.classify(images)
+        return self._tap.take()
+
     @torch.no_grad()
     def detect(self, images: Sequence[np.ndarray], seg_probs: torch.Tensor) -> np.ndarray:
         """Slice tumour probabilities, (N,): fused when configured, else the classifier's, else the
@@ -401,7 +427,8 @@ class Predictor:
     # ------------------------------------------------------------ the answer
 
     def predict_batch(self, images: Sequence[ImageOrPath], threshold: Optional[float] = None,
-                      batch_size: int = 16, prob_maps: bool = True, stack: bool = False) -> List[Prediction]:
+                      batch_size: int = 16, prob_maps: bool = True, stack: bool = False,
+                      channels: Optional[str] = None) -> List[Prediction]:
         """Predict slices of any size (each HxWx3, or HxW / HxWx1 FLAIR); masks come back at each input's size.
 
         Args:
@@ -412,6 +439,8 @@ class Predictor:
             prob_maps: keep each slice's pixel map in ``Prediction.prob_map`` (False saves memory on a case).
             stack: the images are one case's slices in stack order, so a 2.5-D segmenter reads each
                 slice's neighbours (:meth:`predict_case`); otherwise every slice stands alone.
+            channels: the images' channel order when it is not the checkpoint's, e.g. ``"flair,pre,post"``,
+                or ``"flair"`` for FLAIR alone (:func:`brainseg.input_check.map_channels`).
         Returns:
             one :class:`Prediction` a slice, in order.
         """
@@ -419,29 +448,42 @@ class Predictor:
         cfg = self.seg_cfg
         out: List[Prediction] = []
         around = None
+        read_one = lambda im: as_three_channels(map_channels(_as_array(im), channels), cfg.in_chans)  # noqa: E731
         if stack and cfg.context_slices:  # every slice read up front: a chunk's neighbours may lie in the next one
-            read = [as_three_channels(_as_array(im), cfg.in_chans) for im in images]
+            read = [read_one(im) for im in images]
             around = self.stack_neighbours([r[0] for r in read])
         for start in range(0, len(images), batch_size):
-            chunk = read[start:start + batch_size] if around else [
-                as_three_channels(_as_array(im), cfg.in_chans) for im in images[start:start + batch_size]]
+            chunk = read[start:start + batch_size] if around else [read_one(im) for im in images[start:start + batch_size]]
             nb = around[start:start + len(chunk)] if around else None
+            if self._tap is not None:
+                self._tap.reset()
             det, maps = self.run_models([c[0] for c in chunk], det_thr, nb)
-            for (im, replicated), d, p in zip(chunk, det, maps):
+            checks = self.check_inputs([c[0] for c in chunk])
+            for (im, replicated), d, p, chk in zip(chunk, det, maps, checks):
                 h, w = im.shape[:2]
-                detected = bool(d >= det_thr)
+                detected = None if chk is not None and chk.status == "refuse" else bool(d >= det_thr)
                 mask = np.zeros((h, w), np.uint8)
                 if detected and p is not None:
                     full = F.interpolate(p[None, None].float(), size=(h, w), mode="bilinear", align_corners=False)
                     mask = postprocess_mask(full[0, 0].cpu().numpy(), pixel_thr, cfg.min_component_px,
                                             cfg.image_size, detected)
                 keep = p.float().cpu().numpy() if (prob_maps and p is not None) else None
+                review = [] if detected is None else review_reasons(float(d), det_thr, p, pixel_thr, detected)
                 out.append(Prediction(float(d), detected, mask, [h, w, int(im.shape[2])], replicated, keep,
-                                      pixel_thr, det_thr))
+                                      pixel_thr, det_thr, input_check=None if chk is None else chk.as_dict(),
+                                      review=review))
         return out
 
+    def check_inputs(self, images: Sequence[np.ndarray]) -> list:
+        """The input check of HxWx3 slices just run through the models (their classifier features come from
+        that pass): a :class:`brainseg.input_check.CheckResult` a slice, None each without a check."""
+        feats = self._tap.take() if self._tap is not None else None
+        if self.input_check is None:
+            return [None] * len(images)
+        return [self.input_check.check(im, None if feats is None else feats[i]) for i, im in enumerate(images)]
+
     def predict_case(self, images: Sequence[ImageOrPath], threshold: Optional[float] = None,
-                     batch_size: int = 16, prob_maps: bool = False) -> List[Prediction]:
+                     batch_size: int = 16, prob_maps: bool = False, channels: Optional[str] = None) -> "CasePrediction":
         """The slices of one case, in stack order: :meth:`predict_batch`, then the segmenter config's
         ``case_rule`` on the 3-D connected components of the case's masks (:mod:`brainseg.volume`).
 
@@ -449,23 +491,38 @@ class Predictor:
         likely a false alarm; the rule was chosen on out-of-fold predictions (``brainseg.calibrate``).
         A slice whose every pixel the rule removes is reported not detected (``removed_by_case_rule``),
         so a detected slice keeps its outline. The slices must share one height and width.
+        The list's ``input_check`` is the case's (:meth:`brainseg.input_check.InputCheck.check_case`).
         """
+        images = [_as_array(im) for im in images]
         preds = self.predict_batch(images, threshold=threshold, batch_size=batch_size, prob_maps=prob_maps,
-                                   stack=True)
+                                   stack=True, channels=channels)
+        check = None
+        if self.input_check is not None:
+            slices = [CheckResult(**{k: v for k, v in p.input_check.items() if k in ("status", "reasons", "score")})
+                      for p in preds]
+            check = self.input_check.check_case([map_channels(im, channels) for im in images], slices).as_dict()
         cfg = self.seg_cfg
         if cfg.case_rule == "none" or not preds:
-            return preds
+            return CasePrediction(preds, check)
         shapes = {p.mask.shape for p in preds}
         if len(shapes) > 1:
             raise ValueError(f"The slices of a case must share one size for the case rule, got {sorted(shapes)}")
         kept, removed = apply_case_rule(np.stack([p.mask for p in preds]), cfg.case_rule, cfg.case_min_voxels,
                                         cfg.image_size)
-        return [replace(p, mask=m, detected=p.detected and not r, removed_by_case_rule=bool(r))
-                for p, m, r in zip(preds, kept, removed)]
+        return CasePrediction([replace(p, mask=m, detected=p.detected and not r, removed_by_case_rule=bool(r))
+                               for p, m, r in zip(preds, kept, removed)], check)
 
-    def predict(self, image: ImageOrPath, threshold: Optional[float] = None) -> Prediction:
+    def predict(self, image: ImageOrPath, threshold: Optional[float] = None, channels: Optional[str] = None) -> Prediction:
         """One slice: an array (see :meth:`predict_batch`) or the path of a slice file."""
-        return self.predict_batch([image], threshold)[0]
+        return self.predict_batch([image], threshold, channels=channels)[0]
+
+
+class CasePrediction(list):
+    """A case's :class:`Prediction` list (stack order), with the case's ``input_check`` dict (None: no check)."""
+
+    def __init__(self, predictions, input_check: Optional[dict] = None):
+        super().__init__(predictions)
+        self.input_check = input_check
 
 
 def _as_array(image: ImageOrPath) -> np.ndarray:
