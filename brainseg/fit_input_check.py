@@ -29,16 +29,20 @@ class DevStats:
     image: np.ndarray
     channels: np.ndarray
     cases: np.ndarray
+    joint: np.ndarray
 
     def subset(self, keep: np.ndarray) -> "DevStats":
         return DevStats(None if self.features is None else self.features[keep], self.image[keep],
-                        self.channels[keep], self.cases[keep])
+                        self.channels[keep], self.cases[keep], self.joint[keep])
+
+    def slice(self, i: int) -> SliceStats:
+        return SliceStats(self.image[i], self.channels[i], False, False, 0.0, False, self.joint[i])
 
 
 def collect(predictor, images_by_case: Dict[str, Sequence[np.ndarray]], batch_size: int = 32) -> DevStats:
     """The statistics of every slice, the classifier's pooled features read through the Predictor's tap."""
     feats: List[np.ndarray] = []
-    image, channels, cases = [], [], []
+    image, channels, cases, joint = [], [], [], []
     for name, images in images_by_case.items():
         for start in range(0, len(images), batch_size):
             chunk = list(images[start:start + batch_size])
@@ -49,8 +53,10 @@ def collect(predictor, images_by_case: Dict[str, Sequence[np.ndarray]], batch_si
                 s = slice_stats(im)
                 image.append(s.image)
                 channels.append(s.channels)
+                joint.append(s.joint)
                 cases.append(name)
-    return DevStats(np.concatenate(feats) if feats else None, np.array(image), np.array(channels), np.array(cases))
+    return DevStats(np.concatenate(feats) if feats else None, np.array(image), np.array(channels), np.array(cases),
+                    np.array(joint))
 
 
 def fit(dev: DevStats, config: InputCheckConfig) -> InputCheck:
@@ -59,7 +65,7 @@ def fit(dev: DevStats, config: InputCheckConfig) -> InputCheck:
     The order regression learns from every slice in all six channel orders (the statistics permuted,
     not recomputed); the single-channel one from each channel alone.
     """
-    stats = [SliceStats(i, c, False, False, 0.0, False) for i, c in zip(dev.image, dev.channels)]
+    stats = [dev.slice(i) for i in range(len(dev.cases))]
     x = np.array([ordered(s, o) for s in stats for o in ORDERS])
     order = Linear.fit(x, np.tile(np.arange(len(ORDERS)), len(stats)))
     single = Linear.fit(dev.channels.reshape(-1, dev.channels.shape[-1]), np.tile(np.arange(3), len(stats)))
@@ -71,7 +77,8 @@ def held_out(dev: DevStats, folds: Sequence[Sequence[str]]) -> Dict[str, np.ndar
     """Squared distances of every slice under statistics fitted without its fold (``"features"``,
     ``"image"``), and the check fitted without it per fold (``"checks"``, fold index per slice in ``"fold"``)."""
     out = {"image": np.full(len(dev.cases), np.nan), "features": np.full(len(dev.cases), np.nan),
-           "fold": np.full(len(dev.cases), -1), "entropy": dev.channels[:, :, ENTROPY].min(1)}
+           "fold": np.full(len(dev.cases), -1), "entropy": dev.channels[:, :, ENTROPY].min(1),
+           "order_gap": np.zeros(len(dev.cases)), "p_flair": np.zeros(len(dev.cases))}
     checks = []
     for k, fold in enumerate(folds):
         test = np.isin(dev.cases, list(fold))
@@ -81,6 +88,10 @@ def held_out(dev: DevStats, folds: Sequence[Sequence[str]]) -> Dict[str, np.ndar
         if check.features is not None:
             out["features"][test] = check.features.distance(dev.features[test])
         out["fold"][test] = k
+        idx = np.flatnonzero(test)
+        lp = np.array([check.order.log_probs(ordered(dev.slice(i)))[0] for i in idx])
+        out["order_gap"][test] = lp.max(1) - lp[:, 0]  # how much better another order explains a real slice
+        out["p_flair"][test] = np.exp(check.single.log_probs(dev.channels[idx, 1])[:, 1])
     out["checks"] = checks
     return out
 
@@ -92,6 +103,8 @@ def choose(held: Dict[str, np.ndarray], config: InputCheckConfig, without: Optio
     cfg = InputCheckConfig(**{**config.__dict__})
     cfg.image_warn = float(np.quantile(held["image"][keep], config.warn_quantile))
     cfg.entropy_min = float(np.quantile(held["entropy"][keep], 0.0005))
+    cfg.channel_margin = max(float(np.quantile(held["order_gap"][keep], config.warn_quantile)), 1.0)
+    cfg.flair_min = float(np.quantile(held["p_flair"][keep], 1 - config.warn_quantile))
     if np.isfinite(held["features"][keep]).all():
         cfg.feature_warn = float(np.quantile(held["features"][keep], config.warn_quantile))
     return cfg
@@ -144,6 +157,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         refuse = getattr(config, f"{k if k == 'image' else 'feature'}_refuse")
         print(f"{k:<9} warn distance {warn:10.1f}  held-out slices warned {np.mean(d >= 1):.4f}, "
               f"refused {np.mean(d >= refuse):.4f}")
+    print(f"channels: order margin {config.channel_margin:.2f} (real slices warned {np.mean(held['order_gap'] >= config.channel_margin):.4f}), "
+          f"FLAIR alone needs P(FLAIR) >= {config.flair_min:.3f}")
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
     return 0
 

@@ -112,6 +112,7 @@ class SliceStats:
     bright_border: bool
     border_foreground: float
     replicated: bool
+    joint: np.ndarray = field(default_factory=lambda: np.zeros((3, 3, 3)))  # see joint_stats()
 
 
 def slice_stats(image: np.ndarray) -> SliceStats:
@@ -160,7 +161,20 @@ def slice_stats(image: np.ndarray) -> SliceStats:
     bright_border = bool(np.median(border_rel.max(-1)) > 0.5)
     image_vec = np.concatenate([[float(fg.mean()), float(border.mean()), np.log(fg.sum() / max(inner.sum(), 1))],
                                 channels.ravel(), corr])
-    return SliceStats(image_vec, channels, False, bright_border, float(border.mean()), replicated)
+    return SliceStats(image_vec, channels, False, bright_border, float(border.mean()), replicated,
+                      joint_stats(rel[fg]))
+
+
+def joint_stats(px: np.ndarray) -> np.ndarray:
+    """(3, 3, 3): the mean of channel j over the foreground pixels where channel i is in its lowest
+    quarter, highest quarter and highest 5 %: how the channels' contrasts relate (FLAIR and T1 disagree)."""
+    v = px / np.maximum(np.percentile(px, 99, axis=0), 1e-6)
+    out = np.zeros((3, 3, 3))
+    for i in range(3):
+        q25, q75, q95 = np.percentile(v[:, i], [25, 75, 95])
+        for k, sel in enumerate((v[:, i] <= q25, v[:, i] >= q75, v[:, i] >= q95)):
+            out[i, :, k] = v[sel].mean(0)
+    return out
 
 
 N_CHANNEL_STATS = len(QUANTILES) + 7
@@ -240,12 +254,14 @@ class Linear:
 def ordered(stats: SliceStats, order: Sequence[int] = (0, 1, 2)) -> np.ndarray:
     """The channel-order regression's input for ``stats`` with its channels taken in ``order``: each
     channel's statistics, then the three correlations (which channel differs from the other two)."""
-    ch = stats.channels[list(order)]
+    order = list(order)
+    ch = stats.channels[order]
     c = np.ones((3, 3))
     i, j = np.triu_indices(3, 1)
     c[i, j] = c[j, i] = stats.image[-3:]
     c = c[np.ix_(order, order)]
-    return np.concatenate([ch.ravel(), c[i, j]])
+    joint = stats.joint[np.ix_(order, order)][~np.eye(3, dtype=bool)]
+    return np.concatenate([ch.ravel(), c[i, j], joint.ravel()])
 
 
 class InputCheck:
