@@ -37,8 +37,23 @@ def _pair(p: float, thr: float) -> Tuple[str, str]:
     return f"{p:.6f}", f"{thr:.6f}"
 
 
+def check_text(check: Optional[Dict], review: Optional[List[str]] = None) -> str:
+    """The input check and "not sure" marks in words, shown ABOVE the verdict ('' when all is well)."""
+    lines = []
+    status = (check or {}).get("status", "ok")
+    if status == "refuse":
+        lines.append("NO VERDICT: " + "; ".join(check["reasons"]))
+    elif status == "warn":
+        lines.append("WARNING, lower trust: " + "; ".join(check["reasons"]))
+    if review:
+        lines.append("Uncertain - review: " + "; ".join(review))
+    return "\n".join(lines)
+
+
 def verdict_text(pred: Prediction) -> str:
     """The verdict line: 'Tumour detected: probability 0.44 ≥ detection threshold 0.40'."""
+    if pred.detected is None:
+        return "No verdict: the input check refused this image"
     p, t = _pair(pred.probability, pred.detection_threshold)
     if pred.detected:
         return f"Tumour detected: probability {p} ≥ detection threshold {t}"
@@ -57,7 +72,7 @@ class SliceAnalysis:
 
 
 def analyze_slice(predictor, source, threshold: Optional[float] = None,
-                  models: Optional[Dict[str, dict]] = None) -> SliceAnalysis:
+                  models: Optional[Dict[str, dict]] = None, channels: Optional[str] = None) -> SliceAnalysis:
     """Decode one slice, predict, and build the ``/predict`` JSON and the summary text.
 
     Args:
@@ -65,6 +80,7 @@ def analyze_slice(predictor, source, threshold: Optional[float] = None,
         source: the file's bytes, or a :class:`brainseg.images.DecodedImage`.
         threshold: pixel probability threshold; None: the Predictor's default (it checks the value).
         models: :meth:`Predictor.describe` (echoed in the JSON); None asks the predictor.
+        channels: the upload's channel order, e.g. ``"flair,pre,post"`` or ``"flair"`` (None: the models').
     Raises:
         brainseg.images.InvalidImageError for a bad file; ValueError for a bad threshold.
 
@@ -75,12 +91,15 @@ def analyze_slice(predictor, source, threshold: Optional[float] = None,
     from .images import DecodedImage, decode_image
 
     image = source if isinstance(source, DecodedImage) else decode_image(source)
-    pred = predictor.predict(image.array, threshold)
+    pred = predictor.predict(image.array, threshold, channels=channels)
     brain = brain_area_px(image.array)
     area = pred.tumor_area_px
     pct = 100.0 * area / brain if brain else 0.0
+    refused = pred.detected is None
     result = {
-        "tumor_probability": round(pred.probability, 4),
+        "input_check": pred.input_check or {"status": "ok", "reasons": [], "score": 0.0},
+        "uncertain": bool(pred.review), "review_reasons": list(pred.review),
+        "tumor_probability": None if refused else round(pred.probability, 4),
         "tumor_detected": pred.detected,
         "tumor_area_px": area,
         "tumor_area_pct_brain": round(pct, 2),
@@ -94,7 +113,7 @@ def analyze_slice(predictor, source, threshold: Optional[float] = None,
     }
     if image.multipage:
         result["tiff_multipage"] = True
-    notes = [verdict_text(pred),
+    notes = [t for t in (check_text(pred.input_check, pred.review),) if t] + [verdict_text(pred),
              f"Area {area:,} px, {pct:.1f} % of the brain ({brain:,} px); pixel threshold {pred.pixel_threshold:.2f}"]
     if image.channels_replicated:
         notes.append("FLAIR alone: its channel was replicated to the three input channels.")
@@ -135,6 +154,9 @@ class CaseResult:
     removed_by_case_rule: Optional[List[bool]] = None
     case_rule: str = "none"
     case_min_voxels: int = 0
+    input_check: Optional[Dict] = None  # the case's; per slice in slice_checks
+    slice_checks: Optional[List[Optional[Dict]]] = None
+    review: Optional[List[List[str]]] = None
 
     @property
     def tumor_slices(self) -> List[int]:
@@ -142,7 +164,8 @@ class CaseResult:
         return [n for n, d in zip(self.slice_numbers, self.detected) if d]
 
 
-def analyze_case(predictor, case_input, threshold: Optional[float] = None, batch_size: int = 16) -> CaseResult:
+def analyze_case(predictor, case_input, threshold: Optional[float] = None, batch_size: int = 16,
+                 channels: Optional[str] = None) -> CaseResult:
     """Predict a case with :meth:`Predictor.predict_case` (its 3-D case rule included) and sum the stack up.
 
     Args:
@@ -155,7 +178,7 @@ def analyze_case(predictor, case_input, threshold: Optional[float] = None, batch
         :class:`~brainseg.metrics.CaseDiceAggregator`, the figure ``brainseg.evaluate`` reports.
     """
     t0 = time.perf_counter()
-    preds = predictor.predict_case(case_input.slices, threshold=threshold, batch_size=batch_size)
+    preds = predictor.predict_case(case_input.slices, threshold=threshold, batch_size=batch_size, channels=channels)
     seconds = time.perf_counter() - t0
     thr, det_thr = (preds[0].pixel_threshold, preds[0].detection_threshold) if preds else predictor.thresholds(threshold)
     masks = np.stack([p.mask for p in preds]).astype(np.uint8)
@@ -179,7 +202,9 @@ def analyze_case(predictor, case_input, threshold: Optional[float] = None, batch
         largest_area_px=areas[k] if volume > 0 else 0, threshold=thr, detection_threshold=det_thr,
         spacing=case_input.spacing, source_kind=case_input.source_kind, dice=dice, slice_dice=slice_dice,
         truth_areas_px=truth_areas, seconds=seconds, removed_by_case_rule=[p.removed_by_case_rule for p in preds],
-        case_rule=predictor.seg_cfg.case_rule, case_min_voxels=int(predictor.seg_cfg.case_min_voxels))
+        case_rule=predictor.seg_cfg.case_rule, case_min_voxels=int(predictor.seg_cfg.case_min_voxels),
+        input_check=getattr(preds, "input_check", None), slice_checks=[p.input_check for p in preds],
+        review=[list(p.review) for p in preds])
 
 
 def summarize(result: CaseResult) -> Dict:
@@ -196,7 +221,14 @@ def summarize(result: CaseResult) -> Dict:
                           "tumor_detected": bool(result.detected[i]), "tumor_area_px": int(result.areas_px[i]),
                           "dice": None if result.slice_dice is None else round(float(result.slice_dice[i]), 6),
                           "removed_by_case_rule": bool(result.removed_by_case_rule and result.removed_by_case_rule[i])})
+        if result.slice_checks is not None:  # the input check and "not sure" marks, slice by slice
+            chk = result.slice_checks[i] or {"status": "ok", "reasons": [], "score": 0.0}
+            per_slice[-1].update(input_check=chk, uncertain=bool(result.review and result.review[i]),
+                                 review_reasons=list(result.review[i]) if result.review else [])
+            if result.detected[i] is None:
+                per_slice[-1].update(tumor_probability=None, tumor_detected=None)
     return {
+        "input_check": result.input_check or {"status": "ok", "reasons": [], "score": 0.0},
         "case": result.case,
         "slices": len(result.slice_numbers),
         "tumor_slices": len(result.tumor_slices),
@@ -231,7 +263,15 @@ def case_summary_text(summary: Union[Dict, CaseResult]) -> str:
     """A few lines a person reads first: tumour slices, volume, largest slice, Dice, thresholds."""
     s = summarize(summary) if isinstance(summary, CaseResult) else summary
     tumour = [r["slice"] for r in s["per_slice"] if r["tumor_detected"]]
-    lines = [f"{s['case']}: {s['slices']} slices, tumour detected in {s['tumor_slices']}"
+    check = check_text(s.get("input_check"))
+    review = [r["slice"] for r in s["per_slice"] if r.get("uncertain")]
+    refused = [r["slice"] for r in s["per_slice"] if (r.get("input_check") or {}).get("status") == "refuse"]
+    lines = [check] if check else []
+    if refused:
+        lines.append(f"No verdict (input check refused): slices {_ranges(refused)}")
+    if review:
+        lines.append(f"Uncertain - review: slices {_ranges(review)}")
+    lines += [f"{s['case']}: {s['slices']} slices, tumour detected in {s['tumor_slices']}"
              + (f" (slices {_ranges(tumour)})" if tumour else "")]
     volume = f"Tumour volume {s['tumor_volume_voxels']:,} voxels"
     if s["tumor_volume_ml"] is not None:

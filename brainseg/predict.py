@@ -33,7 +33,8 @@ from typing import List, Optional, Sequence, Tuple
 from .case_io import IMAGE_EXTS, CaseInput, file_ext, inside, load_case, parse_slice_name, safe_name, write_case_outputs
 from .cli import add_data_arg, add_model_args, add_runtime_args, data_arg, predictor_from_args
 
-CSV_FIELDS = ["case", "slice", "tumor_probability", "tumor_detected", "tumor_area_px", "dice"]
+CSV_FIELDS = ["case", "slice", "tumor_probability", "tumor_detected", "tumor_area_px", "dice", "input_check",
+              "uncertain"]
 
 
 def _has_slices(folder: Path) -> bool:
@@ -88,9 +89,13 @@ def write_case(case: CaseInput, result, out: Path, used: set, figures: bool = Fa
 
 
 def csv_rows(summary: dict) -> List[dict]:
-    return [{"case": summary["case"], "slice": s["slice"], "tumor_probability": f"{s['tumor_probability']:.6f}",
-             "tumor_detected": int(s["tumor_detected"]), "tumor_area_px": s["tumor_area_px"],
-             "dice": "" if s["dice"] is None else f"{s['dice']:.6f}"} for s in summary["per_slice"]]
+    """One CSV row a slice; a refused slice (no verdict) leaves probability and verdict empty."""
+    return [{"case": summary["case"], "slice": s["slice"],
+             "tumor_probability": "" if s["tumor_probability"] is None else f"{s['tumor_probability']:.6f}",
+             "tumor_detected": "" if s["tumor_detected"] is None else int(s["tumor_detected"]),
+             "tumor_area_px": s["tumor_area_px"], "dice": "" if s["dice"] is None else f"{s['dice']:.6f}",
+             "input_check": (s.get("input_check") or {}).get("status", "ok"), "uncertain": int(bool(s.get("uncertain")))}
+            for s in summary["per_slice"]]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -104,6 +109,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="voxel size in mm, for volumes in mL when the input does not carry it")
     p.add_argument("--figures", action="store_true", help="also write the probability plot and the overlay montage")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--channels", help="the input's channel order when not pre,flair,post: e.g. flair,pre,post; "
+                                      "'flair' for FLAIR alone")
     add_runtime_args(p)
     p.add_argument("--quiet", action="store_true", help="no case count and progress bar on stderr")
     args = p.parse_args(argv)
@@ -144,7 +151,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             case = first if first is not None else load_case(src)
             if args.spacing:
                 case.spacing = tuple(args.spacing)
-            result = analyze_case(predictor, case, args.threshold, args.batch_size)
+            result = analyze_case(predictor, case, args.threshold, args.batch_size, channels=args.channels)
             folder, summary = write_case(case, result, out, used, args.figures)
         except (ValueError, OSError) as e:
             if len(sources) == 1:
@@ -162,6 +169,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               + (f", largest on slice {summary['largest_area_slice']}" if summary["largest_area_slice"] is not None else "")
               + (f", Dice {summary['dice']:.4f}" if summary["dice"] is not None else "") + f" -> {folder}",
                    file=sys.stdout)
+        chk = summary["input_check"]
+        if chk["status"] != "ok":
+            tqdm.write(f"  input check: {chk['status'].upper()}: {'; '.join(chk['reasons'])}", file=sys.stdout)
 
     if not rows:
         print("nothing predicted", file=sys.stderr)
