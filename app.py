@@ -95,6 +95,9 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
                     threshold = w.FiniteSlider(0.01, 0.99, value=default_threshold, step=0.01,
                                                label="Pixel threshold",
                                                info="Probability above which a pixel of a detected slice is tumour")
+                    channels = gr.Dropdown(w.CHANNEL_CHOICES, value="pre,flair,post", label="Channel order",
+                                           info="Compare the three channels above: FLAIR shows tumour and oedema bright",
+                                           elem_id="channels")
                     opacity = gr.Slider(0, 1, value=0.35, step=0.05, label="Overlay opacity", elem_id="opacity")
                     analyze_btn = gr.Button("Analyse", variant="primary", elem_id="analyze")
                     if examples:
@@ -102,6 +105,7 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
                                              columns=3, height="auto", allow_preview=False, buttons=[],
                                              elem_id="examples")
                 with gr.Column(scale=2):
+                    input_check = gr.Markdown("", elem_id="input-check")
                     detection = w.VerdictLabel(label="Detection", elem_id="detection")
                     with gr.Row():
                         flair_img = gr.Image(label="FLAIR", type="filepath", interactive=False, height=384,
@@ -120,10 +124,10 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
             shown = gr.State(time_to_live=delete_cache[1] if delete_cache else None)
 
             outputs = [detection, flair_img, overlay_img, mask_img, summary, result_json]
-            for comp, text in zip([slice_file, threshold, *outputs], w.SLICE_API):
+            for comp, text in zip([slice_file, threshold, channels, *outputs], w.SLICE_API):
                 w.describe_io(comp, text)
 
-            def predict(image: Optional[bytes], threshold: float = default_threshold):
+            def predict(image: Optional[bytes], threshold: float = default_threshold, channels: str = "pre,flair,post"):
                 """Tumour detection and segmentation of one MRI slice.
 
                 Returns the detection, the FLAIR channel, the overlay, the mask (PNG, 0/255, input size),
@@ -133,7 +137,8 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
                     raise gr.Error("No file: upload an MRI slice (TIFF, PNG or JPEG) first.", print_exception=False)
                 start = time.perf_counter()
                 try:
-                    out = w.analyze_slice(predictor, image, threshold, truth, models, slice_file.GRADIO_CACHE)
+                    out = w.analyze_slice(predictor, image, threshold, truth, models, slice_file.GRADIO_CACHE,
+                                          channels=channels)
                 except (InvalidImageError, ValueError) as e:
                     log.info("rejected upload (%s, %d bytes)", getattr(e, "reason", type(e).__name__), len(image))
                     raise gr.Error(str(e), print_exception=False) from None
@@ -145,14 +150,16 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
             def show_overlay(state, opacity: float):
                 return None if state is None else w.redraw_overlay(state, opacity, slice_file.GRADIO_CACHE)
 
-            clear = [preview, *outputs, shown]
+            clear = [preview, *outputs, shown, input_check]
 
             def run_chain(event, api_name: str, visibility: str = "public"):
                 """Old results cleared, the preview shown, then the analysis: a refused file leaves nothing stale."""
                 event.then(lambda b: w.preview(b, slice_file.GRADIO_CACHE), inputs=[slice_file], outputs=[preview],
                            api_name=f"preview_{api_name}", api_visibility="private", show_progress="hidden").then(
-                    predict, inputs=[slice_file, threshold], outputs=[*outputs, shown], api_name=api_name,
+                    predict, inputs=[slice_file, threshold, channels], outputs=[*outputs, shown], api_name=api_name,
                     api_visibility=visibility, concurrency_id="slice").then(
+                    w.check_markdown, inputs=[shown], outputs=[input_check], api_name=f"check_{api_name}",
+                    api_visibility="private", show_progress="hidden").then(
                     show_overlay, inputs=[shown, opacity], outputs=[overlay_img], api_name=f"opacity_{api_name}",
                     api_visibility="private", show_progress="hidden")
 

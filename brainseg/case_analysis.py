@@ -113,12 +113,14 @@ def analyze_slice(predictor, source, threshold: Optional[float] = None,
     }
     if image.multipage:
         result["tiff_multipage"] = True
-    notes = [t for t in (check_text(pred.input_check, pred.review),) if t] + [verdict_text(pred),
+    notes = [verdict_text(pred),
              f"Area {area:,} px, {pct:.1f} % of the brain ({brain:,} px); pixel threshold {pred.pixel_threshold:.2f}"]
     if image.channels_replicated:
         notes.append("FLAIR alone: its channel was replicated to the three input channels.")
     if image.multipage:
         notes.append("Multi-page TIFF: only its first page was analysed.")
+    if check_text(pred.input_check, pred.review):  # the app also shows it above the verdict
+        notes.append(check_text(pred.input_check, pred.review))
     return SliceAnalysis(image, pred, brain, result, "\n".join(notes))
 
 
@@ -266,12 +268,7 @@ def case_summary_text(summary: Union[Dict, CaseResult]) -> str:
     check = check_text(s.get("input_check"))
     review = [r["slice"] for r in s["per_slice"] if r.get("uncertain")]
     refused = [r["slice"] for r in s["per_slice"] if (r.get("input_check") or {}).get("status") == "refuse"]
-    lines = [check] if check else []
-    if refused:
-        lines.append(f"No verdict (input check refused): slices {_ranges(refused)}")
-    if review:
-        lines.append(f"Uncertain - review: slices {_ranges(review)}")
-    lines += [f"{s['case']}: {s['slices']} slices, tumour detected in {s['tumor_slices']}"
+    lines = [f"{s['case']}: {s['slices']} slices, tumour detected in {s['tumor_slices']}"
              + (f" (slices {_ranges(tumour)})" if tumour else "")]
     volume = f"Tumour volume {s['tumor_volume_voxels']:,} voxels"
     if s["tumor_volume_ml"] is not None:
@@ -291,6 +288,12 @@ def case_summary_text(summary: Union[Dict, CaseResult]) -> str:
         removed = [r["slice"] for r in s["per_slice"] if r.get("removed_by_case_rule")]
         lines.append(f"Case rule: {kept}" + (f"; not detected for that reason: slices {_ranges(removed)}"
                                               if removed else ""))
+    if check:  # the app shows the case's check above this text too
+        lines.append(check)
+    if refused:
+        lines.append(f"No verdict (input check refused): slices {_ranges(refused)}")
+    if review:
+        lines.append(f"Uncertain - review: slices {_ranges(review)}")
     return "\n".join(lines)
 
 

@@ -47,6 +47,8 @@ THRESHOLD_API = "Pixel probability threshold, 0.01-0.99 (default: the model's)."
 SLICE_API = (
     "An MRI slice file: TIFF, PNG or JPEG, 3 channels or FLAIR alone.",
     THRESHOLD_API,
+    "The upload's channel order: 'pre,flair,post' (the models' own, default), any other order of "
+                    "the three, or 'flair' for FLAIR alone.",
     "Detection: {'label': the verdict, 'tumour' or 'no tumour', 'confidences': [{'label': 'tumour', "
     "'confidence': the slice's tumour probability}]}.",
     "The FLAIR channel as shown (PNG).",
@@ -54,8 +56,14 @@ SLICE_API = (
     f"{OVERLAY_MAX_SIDE} px a side.",
     "The predicted mask: PNG, 0/255, at the input's size.",
     "The verdict, area and thresholds in words.",
-    "The result as JSON: tumor_probability, tumor_detected, tumor_area_px, thresholds, models, ...",
+    "The result as JSON: input_check {status ok/warn/refuse, reasons, score}, uncertain, review_reasons, "
+    "tumor_probability, tumor_detected (null when refused), tumor_area_px, thresholds, models, ...",
 )
+CHANNEL_CHOICES = [("pre-contrast, FLAIR, post-contrast (as trained)", "pre,flair,post"),
+                   ("FLAIR, pre-contrast, post-contrast", "flair,pre,post"),
+                   ("pre-contrast, post-contrast, FLAIR", "pre,post,flair"),
+                   ("post-contrast, FLAIR, pre-contrast", "post,flair,pre"),
+                   ("FLAIR only", "flair")]
 CASE_API = (
     "The case: one zip of a case folder, one multi-page TIFF, one NIfTI file, or several slice files "
     "<case>_<n>.tif/.png (optional _mask files).",
@@ -336,11 +344,11 @@ class SliceOutputs:
 
 
 def analyze_slice(predictor, data: bytes, threshold: Optional[float], truth: Dict[str, np.ndarray], models: dict,
-                  cache_dir: str, opacity: float = viz.DEFAULT_ALPHA) -> SliceOutputs:
+                  cache_dir: str, opacity: float = viz.DEFAULT_ALPHA, channels: Optional[str] = None) -> SliceOutputs:
     """Decode one uploaded file, predict, and write what the page shows. Raises InvalidImageError for a
     bad file, ValueError for a bad threshold (both name the problem)."""
     image = decode_image(data)
-    a = case_analysis.analyze_slice(predictor, image, threshold, models)
+    a = case_analysis.analyze_slice(predictor, image, threshold, models, channels=channels)
     pred, result, summary = a.prediction, a.result, a.summary
     gt = truth.get(hashlib.sha256(data).hexdigest())
     if gt is not None and gt.shape != pred.mask.shape:
@@ -350,9 +358,11 @@ def analyze_slice(predictor, data: bytes, threshold: Optional[float], truth: Dic
         summary += f"\nDice with the example's ground truth: {result['dice']:.3f}"
     flair = viz.fit(viz.to_display(viz.flair_of(image.array)), OVERLAY_MAX_SIDE)
     small = lambda m: None if m is None else cv2.resize(m, flair.shape[::-1], interpolation=cv2.INTER_NEAREST)  # noqa: E731
-    shown = {"flair": flair, "mask": small(pred.mask), "truth": small(gt)}
+    shown = {"flair": flair, "mask": small(pred.mask), "truth": small(gt),
+             "check": case_analysis.check_text(pred.input_check, pred.review)}
+    bars = [] if pred.detected is None else [{"label": "tumour", "confidence": pred.probability}]
     return SliceOutputs(
-        {"label": pred.label, "confidences": [{"label": "tumour", "confidence": pred.probability}]}, write_to_cache(png(flair), cache_dir, "flair.png"),
+        {"label": pred.label, "confidences": bars}, write_to_cache(png(flair), cache_dir, "flair.png"),
         redraw_overlay(shown, opacity, cache_dir), write_to_cache(png(pred.mask * np.uint8(255)), cache_dir, "mask.png"),
         summary, result, shown)
 
@@ -372,8 +382,19 @@ def preview(data: Optional[bytes], cache_dir: str) -> Optional[str]:
         a = decode_image(data).array
     except ValueError:
         return None
-    rgb = np.stack([viz.to_display(a[..., c]) for c in range(3)], -1)
-    return write_to_cache(png(viz.fit(rgb, PREVIEW_MAX_SIDE)), cache_dir, "preview.png")
+    tiles = []
+    for c, name in enumerate(("channel 1", "channel 2", "channel 3")):  # side by side: a wrong order shows
+        t = viz.fit(viz.to_display(a[..., c]), PREVIEW_MAX_SIDE // 2)
+        t = cv2.cvtColor(t, cv2.COLOR_GRAY2RGB)
+        cv2.putText(t, name, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 0), 1, cv2.LINE_AA)
+        tiles.append(t)
+    return write_to_cache(png(np.concatenate(tiles, axis=1)), cache_dir, "preview.png")
+
+
+def check_markdown(shown: Optional[dict]) -> str:
+    """The input check's warning (or refusal) and the "not sure" marks, for the box above the verdict."""
+    text = (shown or {}).get("check") or ""
+    return "" if not text else "\n\n".join(f"**{line}**" for line in text.split("\n"))
 
 
 # ---------------------------------------------------------------- a case
