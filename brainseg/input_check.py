@@ -27,17 +27,16 @@ from itertools import permutations
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-import cv2
 import numpy as np
 import torch
 
+from .channels import map_channels, parse_channels  # noqa: F401  (the Predictor imports them from here)
 from .config import CHANNEL_ORDER
+from .input_stats import ENTROPY, N_CHANNEL_STATS, N_IMAGE_STATS, SliceStats, slice_stats, stack_coherence  # noqa: F401
 
 FILENAME = "input_check.safetensors"
 STATUSES = ("ok", "warn", "refuse")
-SIZE = 128  # statistics are computed at this size: cheap, and independent of the upload's size
 ORDERS = list(permutations(range(3)))  # ORDERS[0] is the expected one
-QUANTILES = (5, 25, 50, 75, 95)
 
 
 @dataclass
@@ -48,7 +47,10 @@ class InputCheckConfig:
     ``warn_quantile`` of held-out real slices); ``feature_refuse``/``image_refuse``: the scores (in units
     of the warn distance) that refuse; ``entropy_min``: the fewest grey levels (bits) a channel may have; ``channel_margin``: the log-likelihood by which another channel order
     must beat the expected one to warn; ``flair_min``: the FLAIR probability a single-channel upload
-    needs. ``classifier_sha256`` ties the feature statistics to the classifier they were fitted on.
+    needs. With the input CNN (:mod:`brainseg.input_net`): an MRI logit under ``net_mri_refuse`` refuses,
+    another channel order more likely by ``net_margin`` (log-odds) warns, and a single channel under
+    ``net_flair_min`` P(FLAIR) warns; these are fixed odds (P < 0.05, 20:1), not tuned on the test
+    folds. ``classifier_sha256`` ties the feature statistics to the classifier they were fitted on.
     """
 
     feature_warn: float = float("inf")
@@ -59,6 +61,9 @@ class InputCheckConfig:
     warn_quantile: float = 0.995
     channel_margin: float = 2.0
     flair_min: float = 0.5
+    net_mri_refuse: float = -3.0
+    net_margin: float = 3.0
+    net_flair_min: float = 0.05
     case_warn_fraction: float = 0.2
     case_refuse_fraction: float = 0.5
     case_min_coherence: float = 0.5
@@ -88,98 +93,6 @@ class CheckResult:
         self.reasons.append(reason)
         if STATUSES.index(status) > STATUSES.index(self.status):
             self.status = status
-
-
-# ---------------------------------------------------------------- statistics of a slice
-
-def _small(image: np.ndarray) -> np.ndarray:
-    """HxWxC (any dtype) -> SIZExSIZEx3 float32 (a single channel replicated)."""
-    a = np.asarray(image)
-    if a.ndim == 2:
-        a = a[..., None]
-    a = cv2.resize(np.ascontiguousarray(a, dtype=np.float32), (SIZE, SIZE), interpolation=cv2.INTER_AREA)
-    a = a.reshape(SIZE, SIZE, -1)
-    return np.repeat(a, 3, axis=-1) if a.shape[-1] == 1 else a[..., :3]
-
-
-@dataclass
-class SliceStats:
-    """The statistics the check reads from one slice (see :func:`slice_stats`)."""
-
-    image: np.ndarray  # image_stats(): the vector the image distance is computed on
-    channels: np.ndarray  # (3, k) channel_stats(): what tells FLAIR from the T1 channels
-    blank: bool
-    bright_border: bool
-    border_foreground: float
-    replicated: bool
-    joint: np.ndarray = field(default_factory=lambda: np.zeros((3, 3, 3)))  # see joint_stats()
-
-
-def slice_stats(image: np.ndarray) -> SliceStats:
-    """Statistics of one slice (HxW, HxWx1 or HxWx3; uint8, uint16 or float), at SIZE x SIZE.
-
-    The foreground is what lies above 5 % of the range over the darkest value, as the head does on
-    the black background of an MRI slice. Intensities are read relative to each channel's 99th
-    percentile inside its foreground, so 8-bit, 16-bit and float copies agree. Per channel: quantiles,
-    skew, dark and saturated shares, texture (Laplacian), grey-level entropy (a drawing or a phantom
-    has few grey levels), the share of edge pixels, and how bright the rim is against the inside.
-    """
-    a = _small(image)
-    flat = a.reshape(-1, 3)
-    lo, hi = flat.min(0), flat.max(0)
-    rel = (a - lo) / np.maximum(hi - lo, 1e-6)  # 0 = the channel's darkest value, 1 its brightest
-    fg_c = rel > 0.05
-    fg = fg_c.any(-1)
-    border_rel = np.concatenate([rel[:3].reshape(-1, 3), rel[-3:].reshape(-1, 3), rel[:, :3].reshape(-1, 3),
-                                 rel[:, -3:].reshape(-1, 3)])
-    border = np.concatenate([fg[:3].ravel(), fg[-3:].ravel(), fg[:, :3].ravel(), fg[:, -3:].ravel()])
-    replicated = bool(np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 1], a[..., 2]))
-    if float((hi - lo).max()) <= 1e-6 * max(1.0, float(np.abs(hi).max())) or fg.mean() < 0.02 or \
-            min(fg_c[..., c].mean() for c in range(3)) < 0.005:
-        return SliceStats(np.zeros(N_IMAGE_STATS), np.zeros((3, N_CHANNEL_STATS)), True, False,
-                          float(border.mean()), replicated)
-    inner = cv2.erode(fg.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
-    rim = fg & ~inner
-    rows = []
-    for c in range(3):
-        x = rel[..., c]
-        v = x[fg_c[..., c]]
-        v = v / max(float(np.percentile(v, 99)), 1e-6)
-        q = np.percentile(v, QUANTILES)
-        z = (v - v.mean()) / (v.std() + 1e-6)
-        hist = np.histogram(np.clip(v, 0, 1), bins=32, range=(0, 1))[0] / v.size
-        entropy = -float((hist[hist > 0] * np.log2(hist[hist > 0])).sum())
-        smooth = cv2.GaussianBlur(x, (0, 0), 1.0)
-        grad = np.hypot(cv2.Sobel(smooth, cv2.CV_32F, 1, 0), cv2.Sobel(smooth, cv2.CV_32F, 0, 1))[fg_c[..., c]]
-        lap = float(np.abs(cv2.Laplacian(x, cv2.CV_32F))[fg_c[..., c]].mean()) / (float(x[fg_c[..., c]].mean()) + 1e-6)
-        rim_ratio = (float(x[rim].mean()) if rim.any() else 1.0) / (float(x[inner].mean()) + 1e-6 if inner.any() else 1.0)
-        rows.append([*q, float((z ** 3).mean()), float((v < 0.2).mean()), float((v > 0.95).mean()),
-                     np.log(lap + 1e-3), np.log(rim_ratio + 1e-3), entropy, float((grad > 0.1).mean())])
-    channels = np.array(rows)
-    c = np.corrcoef(rel[fg].T) if not replicated else np.ones((3, 3))
-    corr = np.nan_to_num(np.array([c[0, 1], c[0, 2], c[1, 2]]), nan=1.0)
-    bright_border = bool(np.median(border_rel.max(-1)) > 0.5)
-    image_vec = np.concatenate([[float(fg.mean()), float(border.mean()), np.log(fg.sum() / max(inner.sum(), 1))],
-                                channels.ravel(), corr])
-    return SliceStats(image_vec, channels, False, bright_border, float(border.mean()), replicated,
-                      joint_stats(rel[fg]))
-
-
-def joint_stats(px: np.ndarray) -> np.ndarray:
-    """(3, 3, 3): the mean of channel j over the foreground pixels where channel i is in its lowest
-    quarter, highest quarter and highest 5 %: how the channels' contrasts relate (FLAIR and T1 disagree)."""
-    v = px / np.maximum(np.percentile(px, 99, axis=0), 1e-6)
-    out = np.zeros((3, 3, 3))
-    for i in range(3):
-        q25, q75, q95 = np.percentile(v[:, i], [25, 75, 95])
-        for k, sel in enumerate((v[:, i] <= q25, v[:, i] >= q75, v[:, i] >= q95)):
-            out[i, :, k] = v[sel].mean(0)
-    return out
-
-
-N_CHANNEL_STATS = len(QUANTILES) + 7
-N_IMAGE_STATS = 3 + 3 * N_CHANNEL_STATS + 3
-ENTROPY = N_CHANNEL_STATS - 2  # the column of channel_stats holding the grey-level entropy
 
 
 # ---------------------------------------------------------------- the classifier's features
@@ -277,8 +190,9 @@ class InputCheck:
     """
 
     def __init__(self, config: InputCheckConfig, features: Optional[Gaussian], image: Gaussian,
-                 order: Linear, single: Linear):
+                 order: Linear, single: Linear, net=None):
         self.config, self.features, self.image, self.order, self.single = config, features, image, order, single
+        self.net = net  # brainseg.input_net.InputNet, or None: the channel regressions decide
 
     # ------------------------------------------------------------ one slice
 
@@ -318,9 +232,33 @@ class InputCheck:
             elif v >= 1.0:
                 r.add("warn", f"unusual input: {names[k]} lie outside {100 * cfg.warn_quantile:g} % of real slices "
                               f"({v:.1f}x the warn distance); trust the answer less")
-        if r.status != "refuse":
+        if self.net is not None:
+            self._check_net(image, s, r)
+        elif r.status != "refuse":
             self._check_channels(s, r)
         return r
+
+    def _check_net(self, image: np.ndarray, s: SliceStats, r: CheckResult) -> None:
+        from .input_net import net_input, predict
+
+        lp, mri = predict(self.net, net_input(image)[None])
+        lp, mri, cfg, names = lp[0], float(mri[0]), self.config, self.config.channel_order
+        if mri < cfg.net_mri_refuse:
+            r.add("refuse", f"this does not look like an MRI slice (the input model's MRI score {mri:.1f} is under "
+                            f"{cfg.net_mri_refuse:g})")
+            return
+        if s.replicated:
+            single = np.exp(lp[len(ORDERS):] - np.logaddexp.reduce(lp[len(ORDERS):]))
+            if single[1] < cfg.net_flair_min:
+                r.add("warn", f"a single channel that looks like {names[int(np.argmax(single))]}, not FLAIR "
+                              f"(P(FLAIR) = {single[1]:.2f}); the models read FLAIR alone")
+            return
+        orders = lp[:len(ORDERS)]
+        best = int(np.argmax(orders))
+        r.channel_order = [names[j] for j in ORDERS[best]]
+        if best != 0 and orders[best] - orders[0] >= cfg.net_margin:
+            r.add("warn", f"the channels look like ({', '.join(r.channel_order)}), not the expected "
+                          f"({', '.join(names)}): set the channel order")
 
     def _check_channels(self, s: SliceStats, r: CheckResult) -> None:
         names = self.config.channel_order
@@ -370,6 +308,8 @@ class InputCheck:
                   **self.order.arrays("order"), **self.single.arrays("single")}
         if self.features is not None:
             arrays.update(feature_mean=self.features.mean, feature_precision=self.features.precision)
+        if self.net is not None:
+            arrays.update({f"net.{k}": v.detach().float().numpy() for k, v in self.net.state_dict().items()})
         path = Path(path)
         save_file({k: np.ascontiguousarray(v, np.float32) for k, v in arrays.items()}, str(path),
                   metadata={"config": json.dumps(asdict(self.config))})
@@ -388,61 +328,14 @@ class InputCheck:
             raise ValueError(f"{path}: no valid input-check config in its metadata ({e})") from None
         lin = lambda p: Linear(*(a[f"{p}_{k}"] for k in ("coef", "intercept", "mean", "scale")))  # noqa: E731
         feats = Gaussian(a["feature_mean"], a["feature_precision"]) if "feature_mean" in a else None
-        return cls(config, feats, Gaussian(a["image_mean"], a["image_precision"]), lin("order"), lin("single"))
+        net = None
+        if any(k.startswith("net.") for k in a):
+            from .input_net import InputNet
 
-
-def stack_coherence(images: Sequence[np.ndarray]) -> Optional[float]:
-    """Median Dice of the head outlines of neighbouring slices (None under 3 slices)."""
-    if len(images) < 3:
-        return None
-    masks = []
-    for im in images:
-        a = _small(im)
-        rel = (a - a.reshape(-1, 3).min(0)) / np.maximum(np.ptp(a.reshape(-1, 3), 0), 1e-6)
-        masks.append(rel.max(-1) > 0.05)
-    d = [2 * (m1 & m2).sum() / max(m1.sum() + m2.sum(), 1) for m1, m2 in zip(masks, masks[1:])]
-    return float(np.median(d))
-
-
-# ---------------------------------------------------------------- what the user says about the channels
-
-CHANNEL_NAMES = {"pre": "pre-contrast", "flair": "FLAIR", "post": "post-contrast"}
-
-
-def parse_channels(spec) -> Optional[List[str]]:
-    """The upload's channels, in its order: 'pre,flair,post' (the default), any order of the three, or
-    'flair' (FLAIR alone: a single channel, or the named one of three with the others 'none', as in
-    'none,flair,none'). None or '' is the default. Raises ValueError saying what to write."""
-    if spec is None or (isinstance(spec, str) and not spec.strip()):
-        return None
-    parts = [t.strip().lower() for t in (spec.split(",") if isinstance(spec, str) else spec)]
-    parts = [{"pre-contrast": "pre", "post-contrast": "post", "-": "none"}.get(t, t) for t in parts]
-    ok = all(t in (*CHANNEL_NAMES, "none") for t in parts) and parts.count("flair") == 1 and (
-        len(parts) == 1 or (len(parts) == 3 and all(parts.count(t) <= 1 for t in ("pre", "post"))))
-    if not ok:
-        raise ValueError(f"channels {spec!r}: name each channel of the upload in order, e.g. 'pre,flair,post' or "
-                         f"'flair,pre,post', or 'flair' for FLAIR alone ('none' for a channel to ignore)")
-    return parts
-
-
-def map_channels(image: np.ndarray, spec) -> np.ndarray:
-    """``image`` (HxW or HxWxC, in the upload's channel order ``spec``) in the models' order (pre-contrast,
-    FLAIR, post-contrast); FLAIR alone (or any channel 'none') becomes FLAIR replicated. None: as it is."""
-    parts = parse_channels(spec)
-    if parts is None or parts == ["pre", "flair", "post"]:
-        return image
-    a = np.asarray(image)
-    a = a[..., None] if a.ndim == 2 else a
-    if a.shape[-1] != len(parts):
-        if len(parts) == 1:  # 'flair' for a 3-channel upload: its channels must be one grey image
-            if not (np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 1], a[..., 2])):
-                raise ValueError(f"channels 'flair' names one channel, but the upload has {a.shape[-1]} different "
-                                 f"ones: say which is FLAIR, e.g. 'none,flair,none'")
-            return a[..., :1]
-        raise ValueError(f"channels names {len(parts)} channels, the upload has {a.shape[-1]}")
-    if "none" in parts or len(parts) == 1:
-        return a[..., parts.index("flair"):parts.index("flair") + 1]
-    return a[..., [parts.index(t) for t in ("pre", "flair", "post")]]
+            net = InputNet()
+            net.load_state_dict({k[4:]: torch.from_numpy(v) for k, v in a.items() if k.startswith("net.")})
+            net.eval()
+        return cls(config, feats, Gaussian(a["image_mean"], a["image_precision"]), lin("order"), lin("single"), net)
 
 
 def load_beside(source, classifier_sha256: str = "") -> Optional[InputCheck]:
