@@ -196,6 +196,7 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
                                                     example_labels=[w.case_label(p) for p in example_cases],
                                                     api_name="load_example_case", elem_id="case-examples")
                 with gr.Column(scale=2):
+                    case_check = gr.Markdown("", elem_id="case-input-check")
                     case_summary = gr.Textbox(label="Summary", lines=6, interactive=False, elem_id="case-summary")
                     case_plot = gr.Image(label="Probability and area", show_label=False, type="filepath",
                                          interactive=False, buttons=IMAGE_BUTTONS, elem_id="case-plot")
@@ -235,7 +236,7 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
                 log.info("predicted a case of %d slices", out.json["slices"])
                 return out.text, out.plot, out.montage, out.masks, out.json, out.viewer
 
-            case_clear = [*case_outputs, frames, viewer]
+            case_clear = [*case_outputs, frames, viewer, case_check]
 
             def run_case_chain(first, api_name: str, visibility: str = "public"):
                 """Old results cleared (by ``first``), the analysis, the viewer at its slice, then the page scrolled to it."""
@@ -243,6 +244,8 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
                            api_name=api_name, api_visibility=visibility, concurrency_id="case", concurrency_limit=1).then(
                     w.first_frame, inputs=[frames], outputs=[viewer_slider, viewer], api_name=f"viewer_{api_name}",
                     api_visibility="private").then(
+                    w.case_check_markdown, inputs=[case_json], outputs=[case_check], api_name=f"check_{api_name}",
+                    api_visibility="private", show_progress="hidden").then(
                     None, js="() => document.getElementById('case-summary')?.scrollIntoView({behavior: 'smooth'})",
                     api_name=f"scroll_{api_name}", api_visibility="private")
 

@@ -133,6 +133,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--segmenter", default=None, help="segmenter source (only loaded to build the Predictor)")
     p.add_argument("--classifier", default=None, help="classifier source whose pooled features are fitted")
     p.add_argument("--out", default="models/classifier", help="folder for input_check.safetensors")
+    p.add_argument("--no-net", action="store_true", help="no input CNN: the channel regressions decide the order")
+    p.add_argument("--net-epochs", type=int, default=40)
     args = p.parse_args(argv)
     import json
     from pathlib import Path
@@ -141,13 +143,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     predictor = Predictor.from_sources(args.segmenter, args.classifier, precision="fp32", input_check=False)
     cases = find_cases(data_arg(p, args))
     print(f"{len(cases)} cases: reading slices and the classifier's features", file=sys.stderr)
-    dev = collect(predictor, {c.name: [read_image(x) for x in c.images] for c in cases})
+    images = {c.name: [read_image(x) for x in c.images] for c in cases}
+    dev = collect(predictor, images)
     config = InputCheckConfig(classifier_sha256=weights_sha256(predictor.classifier),
                               fitted_on=f"{len(cases)} cases, {len(dev.cases)} slices; thresholds on held-out folds "
                                         f"of {args.folds}")
     held = held_out(dev, folds)
     config = choose(held, config)
     check = fit(dev, config)
+    if not args.no_net:  # the input CNN, on every slice (its thresholds are fixed odds: see InputCheckConfig)
+        from . import input_net
+
+        print("training the input CNN", file=sys.stderr)
+        check.net = input_net.train(np.stack([input_net.net_input(im) for ims in images.values() for im in ims]),
+                                    epochs=args.net_epochs)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = check.save(out / FILENAME)

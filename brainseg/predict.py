@@ -15,7 +15,13 @@ multi-page TIFF or a NIfTI file. For each case it writes, under ``--out`` only:
     OUT/<case>/<case>_masks.tif       all masks as one multi-page uint8 0/255 TIFF (the app's download), or
     OUT/<case>/<case>_masks.nii.gz    for NIfTI input: the masks on the input's own voxel grid
     OUT/<case>/<case>_probability.png, <case>_overlays.png   with --figures
-    OUT/predictions.csv               case, slice, tumor_probability, tumor_detected, tumor_area_px, dice
+    OUT/predictions.csv               case, slice, tumor_probability, tumor_detected, tumor_area_px, dice,
+                                      input_check (ok/warn/refuse), uncertain (0/1)
+
+Every slice and case goes through the Predictor's input check (:mod:`brainseg.input_check`): a refused
+slice has no verdict (empty probability and verdict in the CSV, ``null`` in the JSON), and a case that
+is warned about or refused says why on its line. ``--channels flair,pre,post`` (or ``flair`` for FLAIR
+alone) says the input's channel order when it is not the models' (pre-contrast, FLAIR, post-contrast).
 
 ``dice`` is filled where ground-truth masks exist: the CSV holds each slice's Dice, the JSON the
 per-case Dice over the whole stack (as ``brainseg.evaluate`` computes it). Bad input stops with a

@@ -391,6 +391,15 @@ def preview(data: Optional[bytes], cache_dir: str) -> Optional[str]:
     return write_to_cache(png(np.concatenate(tiles, axis=1)), cache_dir, "preview.png")
 
 
+def case_check_markdown(summary: Optional[dict]) -> str:
+    """The case's input check and its refused / uncertain slices, for the box above the case summary."""
+    if not summary:
+        return ""
+    lines = [t for t in case_analysis.case_summary_text(summary).split("\n")
+             if t.startswith(("WARNING", "NO VERDICT", "No verdict", "Uncertain"))]
+    return "\n\n".join(f"**{line}**" for line in lines)
+
+
 def check_markdown(shown: Optional[dict]) -> str:
     """The input check's warning (or refusal) and the "not sure" marks, for the box above the verdict."""
     text = (shown or {}).get("check") or ""

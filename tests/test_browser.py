@@ -189,3 +189,22 @@ def test_case_tab(site, page, shots):
     page.set_viewport_size({"width": 1280, "height": 1000})
     page.screenshot(path=str(shots / "case_tab.png"), full_page=True)
     print(f"screenshot: {shots / 'case_tab.png'}")
+
+
+def test_input_check_shows_above_the_verdict(site, page, shots, tmp_path):
+    """Issue 32: a contrast-inverted slice gets no verdict, and the reason is shown above the Detection box;
+    the preview shows the three channels side by side."""
+    inverted = tmp_path / "inverted.png"
+    img = cv2.imread(str(site["examples"][0].image))
+    cv2.imwrite(str(inverted), 255 - img)
+    page.goto(site["url"])
+    page.set_input_files("#slice-file input[type=file]", str(inverted))
+    preview = loaded(page, "#preview img")
+    assert preview
+    page.wait_for_function("() => /NO VERDICT/.test(document.querySelector('#input-check').innerText)")
+    page.wait_for_function("() => /no verdict/.test(document.querySelector('#detection').innerText)")
+    assert box(page, "#input-check")["y"] + box(page, "#input-check")["height"] <= box(page, "#detection")["y"] + 1
+    shape = page.evaluate("() => { const i = document.querySelector('#preview img'); return [i.naturalWidth, i.naturalHeight]; }")
+    assert shape[0] == 3 * shape[1]  # three channels, side by side
+    page.screenshot(path=str(shots / "input_check.png"), full_page=True)
+    print(f"screenshot: {shots / 'input_check.png'}")
