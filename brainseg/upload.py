@@ -21,7 +21,8 @@ from .sources import PROJECT_ROOT
 
 PLACEHOLDER_NAMESPACE = "USER"  # the README's and the cards' stand-in for a real Hub user or organisation
 
-MODEL_FILE_PATTERNS = ("config.json", "model.safetensors", "README.md", "metrics.json", "*.png", EVAL_GLOB)
+MODEL_FILE_PATTERNS = ("config.json", "model.safetensors", "input_check.safetensors", "README.md", "metrics.json", "*.png",
+                       EVAL_GLOB)
 SPACE_REQUIRED_FILES = ("app.py", "requirements.txt")
 SPACE_OPTIONAL_FILES = ("LICENSE", "LICENSE.md", "LICENSE.txt", "NOTICE", "packages.txt")
 SPACE_DIRS = ("brainseg", "examples")
