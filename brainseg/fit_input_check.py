@@ -135,6 +135,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--out", default="models/classifier", help="folder for input_check.safetensors")
     p.add_argument("--no-net", action="store_true", help="no input CNN: the channel regressions decide the order")
     p.add_argument("--net-epochs", type=int, default=40)
+    p.add_argument("--net-from", help="keep the input CNN of this input_check.safetensors (refit the statistics only)")
     args = p.parse_args(argv)
     import json
     from pathlib import Path
@@ -151,7 +152,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     held = held_out(dev, folds)
     config = choose(held, config)
     check = fit(dev, config)
-    if not args.no_net:  # the input CNN, on every slice (its thresholds are fixed odds: see InputCheckConfig)
+    if args.net_from:
+        check.net = InputCheck.load(args.net_from).net
+    elif not args.no_net:  # the input CNN, on every slice (its thresholds: see InputCheckConfig)
         from . import input_net
 
         print("training the input CNN", file=sys.stderr)
