@@ -106,7 +106,7 @@ def analyze_slice(predictor, source, threshold: Optional[float] = None,
         "brain_area_px": brain,
         "input_shape": list(image.shape),
         "input_dtype": str(image.array.dtype),
-        "channels_replicated": bool(image.channels_replicated),
+        "channels_replicated": bool(image.channels_replicated or pred.channels_replicated),
         "threshold": pred.pixel_threshold,
         "detection_threshold": pred.detection_threshold,
         "models": models if models is not None else predictor.describe(),
@@ -115,8 +115,9 @@ def analyze_slice(predictor, source, threshold: Optional[float] = None,
         result["tiff_multipage"] = True
     notes = [verdict_text(pred),
              f"Area {area:,} px, {pct:.1f} % of the brain ({brain:,} px); pixel threshold {pred.pixel_threshold:.2f}"]
-    if image.channels_replicated:
-        notes.append("FLAIR alone: its channel was replicated to the three input channels.")
+    if image.channels_replicated or pred.channels_replicated:
+        notes.append("FLAIR alone: its channel was replicated to the three input channels; the models are less "
+                     "accurate on FLAIR alone than on three channels (docs/input_check.md).")
     if image.multipage:
         notes.append("Multi-page TIFF: only its first page was analysed.")
     if check_text(pred.input_check, pred.review):  # the app also shows it above the verdict
