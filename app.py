@@ -35,6 +35,7 @@ import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 
 from brainseg import webapp as w  # noqa: E402
+from brainseg.channels import CHANNEL_CHOICES  # noqa: E402
 from brainseg.cli import add_model_args, add_runtime_args, predictor_from_args  # noqa: E402
 from brainseg.images import InvalidImageError  # noqa: E402
 from brainseg.inference import Predictor  # noqa: E402
@@ -95,7 +96,7 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
                     threshold = w.FiniteSlider(0.01, 0.99, value=default_threshold, step=0.01,
                                                label="Pixel threshold",
                                                info="Probability above which a pixel of a detected slice is tumour")
-                    channels = gr.Dropdown(w.CHANNEL_CHOICES, value="pre,flair,post", label="Channel order",
+                    channels = gr.Dropdown(CHANNEL_CHOICES, value="pre,flair,post", label="Channel order",
                                            info="Compare the three channels above: FLAIR shows tumour and oedema bright",
                                            elem_id="channels")
                     opacity = gr.Slider(0, 1, value=0.35, step=0.05, label="Overlay opacity", elem_id="opacity")

@@ -116,6 +116,7 @@ def main(argv=None) -> int:
     ap.add_argument("--every", type=int, default=4, help="OOD groups from every n-th slice of the fold")
     ap.add_argument("--net", help="input CNN state dict trained without the fold (brainseg.input_net)")
     ap.add_argument("--json", help="write the figures here")
+    ap.add_argument("--cases-only", action="store_true", help="only the whole-case channel vote (no slice groups)")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     rng = np.random.default_rng(12345)
@@ -139,7 +140,7 @@ def main(argv=None) -> int:
     table = {"real held-out slices": (rates(real_checks), "real")}
     sub = real[:: args.every]
     vols = [np.stack(images[c.name]) for c in fold_cases[:6]]
-    for name, (ims, kind) in groups(sub, vols, rng).items():
+    for name, (ims, kind) in ({} if args.cases_only else groups(sub, vols, rng)).items():
         table[name] = (rates(statuses(check, predictor, ims)), kind)
     print(f"\nfold {args.fold}: {len(fold_cases)} held-out cases, {len(real)} slices; OOD from every {args.every}-th")
     print(f"{'group':<26} {'n':>5} {'ok':>7} {'warn':>7} {'refuse':>7} {'warn+refuse':>12}  target")
@@ -147,6 +148,20 @@ def main(argv=None) -> int:
         print(f"{name:<26} {r['n']:>5} {r['ok']:>7.1%} {r['warn']:>7.1%} {r['refuse']:>7.1%} "
               f"{r['warn'] + r['refuse']:>12.1%}  {TARGETS.get(kind, '')}")
 
+    # whole cases: the slices' channel orders voted (InputCheck.check_case), real and permuted
+    print(f"\n{'cases of the fold':<26} {'n':>5} {'ok':>7} {'warn':>7} {'refuse':>7}")
+    for perm in [(0, 1, 2), (1, 0, 2), (0, 2, 1), (2, 1, 0), (1, 2, 0), (2, 0, 1)]:
+        outcomes = []
+        for c in fold_cases:
+            ims = [np.ascontiguousarray(im[..., list(perm)]) for im in images[c.name]]
+            outcomes.append(check.check_case(ims, statuses(check, predictor, ims)).status)
+        n = len(outcomes)
+        print(f"{'real' if perm == (0, 1, 2) else f'permuted {perm}':<26} {n:>5} {outcomes.count('ok') / n:>7.1%} "
+              f"{outcomes.count('warn') / n:>7.1%} {outcomes.count('refuse') / n:>7.1%}")
+        table[f"cases {perm}"] = ({"n": n, **{k: outcomes.count(k) / n for k in ("ok", "warn", "refuse")}}, "cases")
+
+    if args.cases_only:
+        return 0
     # what the refusals cost on real slices, the "not sure" marks, FLAIR alone (shipped models: in-sample)
     predictor.input_check = None
     refused = iter([r.status == "refuse" for r in real_checks])

@@ -325,3 +325,20 @@ def predict_case_files(predictor, paths, threshold: Optional[float] = None,
     summary = summarize(result)
     written = write_case_outputs(case, result, out, figures=True, summary=summary)
     return summary, str(written["probability"]), str(written["overlays"]), str(written["masks"])
+
+
+# ---------------------------------------------------------------- the app's boxes above the verdict
+
+def case_check_markdown(summary: Optional[dict]) -> str:
+    """The case's input check and its refused / uncertain slices, for the box above the case summary."""
+    if not summary:
+        return ""
+    lines = [t for t in case_summary_text(summary).split("\n")
+             if t.startswith(("WARNING", "NO VERDICT", "No verdict", "Uncertain"))]
+    return "\n\n".join(f"**{line}**" for line in lines)
+
+
+def check_markdown(shown: Optional[dict]) -> str:
+    """The input check's warning (or refusal) and the "not sure" marks, for the box above the verdict."""
+    text = (shown or {}).get("check") or ""
+    return "" if not text else "\n\n".join(f"**{line}**" for line in text.split("\n"))

@@ -8,6 +8,12 @@ from typing import List, Optional
 
 import numpy as np
 
+CHANNEL_CHOICES = [("pre-contrast, FLAIR, post-contrast (as trained)", "pre,flair,post"),
+                   ("FLAIR, pre-contrast, post-contrast", "flair,pre,post"),
+                   ("pre-contrast, post-contrast, FLAIR", "pre,post,flair"),
+                   ("post-contrast, FLAIR, pre-contrast", "post,flair,pre"),
+                   ("FLAIR only", "flair")]
+
 CHANNEL_NAMES = {"pre": "pre-contrast", "flair": "FLAIR", "post": "post-contrast"}
 
 

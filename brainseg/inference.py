@@ -498,8 +498,8 @@ class Predictor:
                                    stack=True, channels=channels)
         check = None
         if self.input_check is not None:
-            slices = [CheckResult(**{k: v for k, v in p.input_check.items() if k in ("status", "reasons", "score")})
-                      for p in preds]
+            slices = [CheckResult(p.input_check["status"], p.input_check["reasons"], p.input_check["score"],
+                                  p.input_check.get("likely_channel_order")) for p in preds]
             check = self.input_check.check_case([map_channels(im, channels) for im in images], slices).as_dict()
         cfg = self.seg_cfg
         if cfg.case_rule == "none" or not preds:

@@ -291,6 +291,12 @@ class InputCheck:
             r.add("refuse", f"{refused} of {n} slices do not look like axial brain MRI slices")
         elif (refused + warned) / n >= cfg.case_warn_fraction:
             r.add("warn", f"{refused + warned} of {n} slices were warned about or refused")
+        votes = [tuple(s.channel_order) for s in slices if s.channel_order]
+        if votes:  # one slice may be misread; most of a case's slices rarely are
+            top = max(set(votes), key=votes.count)
+            if list(top) != cfg.channel_order and votes.count(top) > len(votes) / 2:
+                r.add("warn", f"most slices ({votes.count(top)} of {len(votes)}) look like channels ({', '.join(top)}), "
+                              f"not ({', '.join(cfg.channel_order)}): set the channel order")
         coherence = stack_coherence(images)
         if coherence is not None and coherence < cfg.case_min_coherence:
             r.add("warn", f"neighbouring slices do not look like neighbours (median outline overlap {coherence:.2f}):"

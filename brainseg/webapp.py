@@ -29,7 +29,7 @@ from gradio_client import utils as client_utils
 
 from . import viz
 from . import case_analysis
-from .case_analysis import case_summary_text, summarize
+from .case_analysis import case_check_markdown, case_summary_text, check_markdown, summarize  # noqa: F401
 from .case_io import load_case, write_case_outputs
 from .images import decode_image, load_mask
 from .metrics import dice_score
@@ -47,23 +47,16 @@ THRESHOLD_API = "Pixel probability threshold, 0.01-0.99 (default: the model's)."
 SLICE_API = (
     "An MRI slice file: TIFF, PNG or JPEG, 3 channels or FLAIR alone.",
     THRESHOLD_API,
-    "The upload's channel order: 'pre,flair,post' (the models' own, default), any other order of "
-                    "the three, or 'flair' for FLAIR alone.",
-    "Detection: {'label': the verdict, 'tumour' or 'no tumour', 'confidences': [{'label': 'tumour', "
-    "'confidence': the slice's tumour probability}]}.",
+    "The upload's channel order: 'pre,flair,post' (default), another order of the three, or 'flair' alone.",
+    "Detection: {'label': 'tumour', 'no tumour' or 'no verdict', 'confidences': [{'label', 'confidence'}]}.",
     "The FLAIR channel as shown (PNG).",
     "FLAIR with the predicted tumour in red (and the truth outlined in green for an example), PNG, at most "
     f"{OVERLAY_MAX_SIDE} px a side.",
     "The predicted mask: PNG, 0/255, at the input's size.",
     "The verdict, area and thresholds in words.",
-    "The result as JSON: input_check {status ok/warn/refuse, reasons, score}, uncertain, review_reasons, "
-    "tumor_probability, tumor_detected (null when refused), tumor_area_px, thresholds, models, ...",
+    "The result as JSON: input_check {status, reasons, score}, uncertain, tumor_detected (null if refused), ...",
 )
-CHANNEL_CHOICES = [("pre-contrast, FLAIR, post-contrast (as trained)", "pre,flair,post"),
-                   ("FLAIR, pre-contrast, post-contrast", "flair,pre,post"),
-                   ("pre-contrast, post-contrast, FLAIR", "pre,post,flair"),
-                   ("post-contrast, FLAIR, pre-contrast", "post,flair,pre"),
-                   ("FLAIR only", "flair")]
+
 CASE_API = (
     "The case: one zip of a case folder, one multi-page TIFF, one NIfTI file, or several slice files "
     "<case>_<n>.tif/.png (optional _mask files).",
@@ -358,11 +351,10 @@ def analyze_slice(predictor, data: bytes, threshold: Optional[float], truth: Dic
         summary += f"\nDice with the example's ground truth: {result['dice']:.3f}"
     flair = viz.fit(viz.to_display(viz.flair_of(image.array)), OVERLAY_MAX_SIDE)
     small = lambda m: None if m is None else cv2.resize(m, flair.shape[::-1], interpolation=cv2.INTER_NEAREST)  # noqa: E731
-    shown = {"flair": flair, "mask": small(pred.mask), "truth": small(gt),
-             "check": case_analysis.check_text(pred.input_check, pred.review)}
-    bars = [] if pred.detected is None else [{"label": "tumour", "confidence": pred.probability}]
-    return SliceOutputs(
-        {"label": pred.label, "confidences": bars}, write_to_cache(png(flair), cache_dir, "flair.png"),
+    shown = {"flair": flair, "mask": small(pred.mask), "truth": small(gt), "check": case_analysis.check_text(pred.input_check, pred.review)}
+    return SliceOutputs(  # a refused slice: no verdict, no bars
+        {"label": pred.label, "confidences": [] if pred.detected is None else [{"label": "tumour", "confidence": pred.probability}]},
+        write_to_cache(png(flair), cache_dir, "flair.png"),
         redraw_overlay(shown, opacity, cache_dir), write_to_cache(png(pred.mask * np.uint8(255)), cache_dir, "mask.png"),
         summary, result, shown)
 
@@ -374,36 +366,15 @@ def redraw_overlay(shown: dict, opacity: float, cache_dir: str) -> str:
 
 
 def preview(data: Optional[bytes], cache_dir: str) -> Optional[str]:
-    """The uploaded slice as the file holds it (3 channels as RGB, FLAIR alone in grey), or None when it
-    cannot be decoded: the analysis then says why, once."""
+    """The uploaded slice's three channels side by side (:func:`brainseg.viz.channel_strip`), or None when
+    it cannot be decoded: the analysis then says why, once."""
     if not data:
         return None
     try:
         a = decode_image(data).array
     except ValueError:
         return None
-    tiles = []
-    for c, name in enumerate(("channel 1", "channel 2", "channel 3")):  # side by side: a wrong order shows
-        t = viz.fit(viz.to_display(a[..., c]), PREVIEW_MAX_SIDE // 2)
-        t = cv2.cvtColor(t, cv2.COLOR_GRAY2RGB)
-        cv2.putText(t, name, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 0), 1, cv2.LINE_AA)
-        tiles.append(t)
-    return write_to_cache(png(np.concatenate(tiles, axis=1)), cache_dir, "preview.png")
-
-
-def case_check_markdown(summary: Optional[dict]) -> str:
-    """The case's input check and its refused / uncertain slices, for the box above the case summary."""
-    if not summary:
-        return ""
-    lines = [t for t in case_analysis.case_summary_text(summary).split("\n")
-             if t.startswith(("WARNING", "NO VERDICT", "No verdict", "Uncertain"))]
-    return "\n\n".join(f"**{line}**" for line in lines)
-
-
-def check_markdown(shown: Optional[dict]) -> str:
-    """The input check's warning (or refusal) and the "not sure" marks, for the box above the verdict."""
-    text = (shown or {}).get("check") or ""
-    return "" if not text else "\n\n".join(f"**{line}**" for line in text.split("\n"))
+    return write_to_cache(png(viz.channel_strip(a, PREVIEW_MAX_SIDE // 2)), cache_dir, "preview.png")
 
 
 # ---------------------------------------------------------------- a case

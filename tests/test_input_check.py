@@ -108,6 +108,11 @@ def test_case_check_counts_refused_slices_and_an_incoherent_stack(check):
         im[(yy - (10 if i % 2 else 50)) ** 2 + (xx - 32) ** 2 < r * r] = (60, 90, 70)
         small.append(im)
     assert any("neighbouring slices" in t for t in check.check_case(small, [CheckResult()] * 8).reasons)
+    order = ["FLAIR", "pre-contrast", "post-contrast"]
+    votes = [CheckResult(channel_order=order)] * 4 + [CheckResult(channel_order=check.config.channel_order)] * 2
+    r = check.check_case(slices, votes)
+    assert r.status == "warn" and "most slices (4 of 6) look like channels (FLAIR, pre-contrast" in r.reasons[0]
+    assert check.check_case(slices, votes[2:]).status == "ok"  # 2 of 4: no majority
 
 
 def test_channel_order_maps_to_the_models_order():
