@@ -39,6 +39,7 @@ import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 
 from brainseg import webapp as w  # noqa: E402
+from brainseg.channels import CHANNEL_CHOICES  # noqa: E402
 from brainseg.cli import add_model_args, add_runtime_args, predictor_from_args  # noqa: E402
 from brainseg.file_types import CASE_UPLOAD_TYPES, SLICE_EXTS  # noqa: E402
 from brainseg.images import InvalidImageError  # noqa: E402
@@ -100,6 +101,9 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
                     threshold = w.FiniteSlider(0.01, 0.99, value=default_threshold, step=0.01,
                                                label="Pixel threshold",
                                                info="Probability above which a pixel of a detected slice is tumour")
+                    channels = gr.Dropdown(CHANNEL_CHOICES, value="pre,flair,post", label="Channel order",
+                                           info="Compare the three channels above: FLAIR shows tumour and oedema bright",
+                                           elem_id="channels")
                     opacity = gr.Slider(0, 1, value=0.35, step=0.05, label="Overlay opacity", elem_id="opacity")
                     analyze_btn = gr.Button("Analyse", variant="primary", elem_id="analyze")
                     if examples:
@@ -107,6 +111,7 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
                                              columns=3, height="auto", allow_preview=False, buttons=[],
                                              elem_id="examples")
                 with gr.Column(scale=2):
+                    input_check = gr.Markdown("", elem_id="input-check")
                     detection = w.VerdictLabel(label="Detection", elem_id="detection")
                     with gr.Row():
                         flair_img = gr.Image(label="FLAIR", type="filepath", interactive=False, height=384,
@@ -125,10 +130,10 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
             shown = gr.State(time_to_live=delete_cache[1] if delete_cache else None)
 
             outputs = [detection, flair_img, overlay_img, mask_img, summary, result_json]
-            for comp, text in zip([slice_file, threshold, *outputs], w.SLICE_API):
+            for comp, text in zip([slice_file, threshold, channels, *outputs], w.SLICE_API):
                 w.describe_io(comp, text)
 
-            def predict(image: Optional[bytes], threshold: float = default_threshold):
+            def predict(image: Optional[bytes], threshold: float = default_threshold, channels: str = "pre,flair,post"):
                 """Tumour detection and segmentation of one MRI slice.
 
                 Returns the detection, the FLAIR channel, the overlay, the mask (PNG, 0/255, input size),
@@ -138,7 +143,8 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
                     raise gr.Error("No file: upload an MRI slice (TIFF, PNG or JPEG) first.", print_exception=False)
                 start = time.perf_counter()
                 try:
-                    out = w.analyze_slice(predictor, image, threshold, truth, models, slice_file.GRADIO_CACHE)
+                    out = w.analyze_slice(predictor, image, threshold, truth, models, slice_file.GRADIO_CACHE,
+                                          channels=channels)
                 except (InvalidImageError, ValueError) as e:
                     log.info("rejected upload (%s, %d bytes)", getattr(e, "reason", type(e).__name__), len(image))
                     raise gr.Error(str(e), print_exception=False) from None
@@ -150,15 +156,17 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
             def show_overlay(state, opacity: float):
                 return None if state is None else w.redraw_overlay(state, opacity, slice_file.GRADIO_CACHE)
 
-            clear = [preview, *outputs, shown]
+            clear = [preview, *outputs, shown, input_check]
 
             def run_chain(event, api_name: str, visibility: str = "public"):
                 """Old results cleared, the preview shown, then the analysis: a refused file leaves nothing stale."""
                 event.then(lambda b: w.preview(b, slice_file.GRADIO_CACHE), inputs=[slice_file], outputs=[preview],
                            api_name=f"preview_{api_name}", api_visibility="private", show_progress="hidden",
                            concurrency_id="slice").then(
-                    predict, inputs=[slice_file, threshold], outputs=[*outputs, shown], api_name=api_name,
+                    predict, inputs=[slice_file, threshold, channels], outputs=[*outputs, shown], api_name=api_name,
                     api_visibility=visibility, concurrency_id="slice").then(
+                    w.check_markdown, inputs=[shown], outputs=[input_check], api_name=f"check_{api_name}",
+                    api_visibility="private", show_progress="hidden").then(
                     show_overlay, inputs=[shown, opacity], outputs=[overlay_img], api_name=f"opacity_{api_name}",
                     api_visibility="private", show_progress="hidden", concurrency_id="draw")
 
@@ -201,6 +209,7 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
                                                     example_labels=[w.case_label(p) for p in example_cases],
                                                     api_name="load_example_case", elem_id="case-examples")
                 with gr.Column(scale=2):
+                    case_check = gr.Markdown("", elem_id="case-input-check")
                     case_summary = gr.Textbox(label="Summary", lines=6, interactive=False, elem_id="case-summary")
                     case_plot = gr.Image(label="Probability and area", show_label=False, type="filepath",
                                          interactive=False, buttons=IMAGE_BUTTONS, elem_id="case-plot")
@@ -244,7 +253,7 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
                 log.info("predicted a case of %d slices", out.json["slices"])
                 return out.text, out.plot, out.montage, out.masks, out.downloads, out.json, out.viewer
 
-            case_clear = [*case_outputs, frames, viewer]
+            case_clear = [*case_outputs, frames, viewer, case_check]
 
             def run_case_chain(first, api_name: str, visibility: str = "public"):
                 """Old results cleared (by ``first``), the analysis, the viewer at its slice, then the page scrolled to it."""
@@ -253,6 +262,8 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
                            api_name=api_name, api_visibility=visibility, concurrency_id="case", concurrency_limit=1).then(
                     w.first_frame, inputs=[frames], outputs=[viewer_slider, viewer], api_name=f"viewer_{api_name}",
                     api_visibility="private", concurrency_id="draw").then(
+                    w.case_check_markdown, inputs=[case_json], outputs=[case_check], api_name=f"check_{api_name}",
+                    api_visibility="private", show_progress="hidden").then(
                     None, js="() => document.getElementById('case-summary')?.scrollIntoView({behavior: 'smooth'})",
                     api_name=f"scroll_{api_name}", api_visibility="private")
 

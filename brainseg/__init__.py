@@ -18,7 +18,7 @@ _EXPORTS = {
     "SourceNotFoundError": "sources",
     "ResUNet": "models", "TumorClassifier": "models", "CheckpointError": "models",
     "SegmenterConfig": "config", "ClassifierConfig": "config", "PreprocessConfig": "config",
-    "Predictor": "inference", "Prediction": "inference",
+    "Predictor": "inference", "Prediction": "decision",
     "load_slice": "images", "load_mask": "images", "decode_image": "images",
     "build_model_card": "cards", "write_model_card": "cards",
 }

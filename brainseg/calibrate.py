@@ -48,8 +48,8 @@ from .cli import (KINDS, add_data_arg, add_model_args, add_runtime_args, apply_t
                   write_output)
 from .data import find_cases, load_split, read_image, read_mask, select_cases
 from .evaluate import evaluation_record, to_json
-from .inference import (Predictor, classifier_probability, draw_mask, fuse_detection, is_detected, segmenter_evidence,
-                        upsample)
+from .decision import classifier_probability, draw_mask, fuse_detection, is_detected, segmenter_evidence, upsample
+from .inference import Predictor
 from .metrics import CaseDiceAggregator, auroc, detection_metrics, expected_calibration_error
 from .models import ResUNet, TumorClassifier
 from .sources import model_folder
@@ -107,7 +107,7 @@ def leave_one_case_out(logits: np.ndarray, evidence: np.ndarray, labels: np.ndar
 
 def rule_aggregator(probs: np.ndarray, masks: np.ndarray, cases: List[str], detected: np.ndarray, thr: float,
                     min_px: int, model_size: int) -> CaseDiceAggregator:
-    """Per-case counts of the masks the Predictor would draw (:func:`brainseg.inference.draw_mask`) at this pixel
+    """Per-case counts of the masks the Predictor would draw (:func:`brainseg.decision.draw_mask`) at this pixel
     threshold and minimum component size, drawn iff detected."""
     return case_rule_aggregator(probs, masks, cases, detected, thr, min_px, model_size)[0]
 
@@ -121,7 +121,7 @@ def score_rule(probs: np.ndarray, masks: np.ndarray, cases: List[str], detected:
 def case_rule_aggregator(probs: np.ndarray, masks: np.ndarray, cases: List[str], detected: np.ndarray, thr: float,
                          min_px: int, model_size: int, rule: str = "none", min_voxels: int = 0
                          ) -> Tuple[CaseDiceAggregator, np.ndarray]:
-    """Per-case counts of the masks the Predictor would draw for a case: :func:`brainseg.inference.draw_mask` of
+    """Per-case counts of the masks the Predictor would draw for a case: :func:`brainseg.decision.draw_mask` of
     each slice's map (at the masks' size) with these rules, then the 3-D case rule as
     :meth:`Predictor.predict_case` applies it (:func:`brainseg.volume.apply_case_rule`); also the slices'
     verdicts after the rule. ``detected`` holds the slices' verdicts at the detection threshold."""

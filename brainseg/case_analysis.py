@@ -1,6 +1,6 @@
 """What the app, the API and the CLI say about a slice or a case, built from the Predictor's answers only.
 
-- :func:`analyze_slice`: one uploaded slice -> its :class:`~brainseg.inference.Prediction`, the
+- :func:`analyze_slice`: one uploaded slice -> its :class:`~brainseg.decision.Prediction`, the
   ``/predict`` JSON and the text the app shows;
 - :func:`analyze_case`: a stack (a :class:`brainseg.case_io.CaseInput`) -> a :class:`CaseResult`
   (per-slice probability and area, tumour volume, largest slice, Dice against known masks);
@@ -20,8 +20,9 @@ from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
-from .case_io import load_case, write_case_outputs
-from .inference import Prediction
+from .case_io import load_case
+from .exports import write_case_outputs
+from .decision import Prediction
 from .measure import add_measurements, measure_input, measurement_lines, measurements_json, volume_ml
 from .metrics import CaseDiceAggregator, dice_score
 from .preprocess import brain_area_px
@@ -38,8 +39,23 @@ def _pair(p: float, thr: float) -> Tuple[str, str]:
     return f"{p:.6f}", f"{thr:.6f}"
 
 
+def check_text(check: Optional[Dict], review: Optional[List[str]] = None) -> str:
+    """The input check and "not sure" marks in words, shown ABOVE the verdict ('' when all is well)."""
+    lines = []
+    status = (check or {}).get("status", "ok")
+    if status == "refuse":
+        lines.append("NO VERDICT: " + "; ".join(check["reasons"]))
+    elif status == "warn":
+        lines.append("WARNING, lower trust: " + "; ".join(check["reasons"]))
+    if review:
+        lines.append("Uncertain - review: " + "; ".join(review))
+    return "\n".join(lines)
+
+
 def verdict_text(pred: Prediction) -> str:
     """The verdict line: 'Tumour detected: probability 0.44 ≥ detection threshold 0.40'."""
+    if pred.detected is None:
+        return "No verdict: the input check refused this image"
     p, t = _pair(pred.probability, pred.detection_threshold)
     if pred.detected:
         return f"Tumour detected: probability {p} ≥ detection threshold {t}"
@@ -58,7 +74,7 @@ class SliceAnalysis:
 
 
 def analyze_slice(predictor, source, threshold: Optional[float] = None,
-                  models: Optional[Dict[str, dict]] = None) -> SliceAnalysis:
+                  models: Optional[Dict[str, dict]] = None, channels: Optional[str] = None) -> SliceAnalysis:
     """Decode one slice, predict, and build the ``/predict`` JSON and the summary text.
 
     Args:
@@ -66,6 +82,7 @@ def analyze_slice(predictor, source, threshold: Optional[float] = None,
         source: the file's bytes, or a :class:`brainseg.images.DecodedImage`.
         threshold: pixel probability threshold; None: the Predictor's default (it checks the value).
         models: :meth:`Predictor.describe` (echoed in the JSON); None asks the predictor.
+        channels: the upload's channel order, e.g. ``"flair,pre,post"`` or ``"flair"`` (None: the models').
     Raises:
         brainseg.images.InvalidImageError for a bad file; ValueError for a bad threshold.
 
@@ -76,19 +93,22 @@ def analyze_slice(predictor, source, threshold: Optional[float] = None,
     from .images import DecodedImage, decode_image
 
     image = source if isinstance(source, DecodedImage) else decode_image(source)
-    pred = predictor.predict(image.array, threshold)
+    pred = predictor.predict(image.array, threshold, channels=channels)
     brain = brain_area_px(image.array)
     area = pred.tumor_area_px
     pct = 100.0 * area / brain if brain else 0.0
+    refused = pred.detected is None
     result = {
-        "tumor_probability": round(pred.probability, 4),
+        "input_check": pred.input_check or {"status": "ok", "reasons": [], "score": 0.0},
+        "uncertain": bool(pred.review), "review_reasons": list(pred.review),
+        "tumor_probability": None if refused else round(pred.probability, 4),
         "tumor_detected": pred.detected,
         "tumor_area_px": area,
         "tumor_area_pct_brain": round(pct, 2),
         "brain_area_px": brain,
         "input_shape": list(image.shape),
         "input_dtype": str(image.array.dtype),
-        "channels_replicated": bool(image.channels_replicated),
+        "channels_replicated": bool(image.channels_replicated or pred.channels_replicated),
         "threshold": pred.pixel_threshold,
         "detection_threshold": pred.detection_threshold,
         "models": models if models is not None else predictor.describe(),
@@ -97,10 +117,13 @@ def analyze_slice(predictor, source, threshold: Optional[float] = None,
         result["tiff_multipage"] = True
     notes = [verdict_text(pred),
              f"Area {area:,} px, {pct:.1f} % of the brain ({brain:,} px); pixel threshold {pred.pixel_threshold:.2f}"]
-    if image.channels_replicated:
-        notes.append("FLAIR alone: its channel was replicated to the three input channels.")
+    if image.channels_replicated or pred.channels_replicated:
+        notes.append("FLAIR alone: its channel was replicated to the three input channels; the models are less "
+                     "accurate on FLAIR alone than on three channels (docs/input_check.md).")
     if image.multipage:
         notes.append("Multi-page TIFF: only its first page was analysed.")
+    if check_text(pred.input_check, pred.review):  # the app also shows it above the verdict
+        notes.append(check_text(pred.input_check, pred.review))
     return SliceAnalysis(image, pred, brain, result, "\n".join(notes))
 
 
@@ -139,6 +162,9 @@ class CaseResult:
     measurements: Optional[Dict] = None  # brainseg.measure.CaseMeasurements.to_dict()
     ordering: Optional[str] = None  # how the slices were put in order (file numbers, DICOM positions)
     input_note: Optional[str] = None  # what was read (which DICOM series, FLAIR alone)
+    input_check: Optional[Dict] = None  # the case's; per slice in slice_checks
+    slice_checks: Optional[List[Optional[Dict]]] = None
+    review: Optional[List[List[str]]] = None
 
     @property
     def tumor_slices(self) -> List[int]:
@@ -146,7 +172,8 @@ class CaseResult:
         return [n for n, d in zip(self.slice_numbers, self.detected) if d]
 
 
-def analyze_case(predictor, case_input, threshold: Optional[float] = None, batch_size: int = 16) -> CaseResult:
+def analyze_case(predictor, case_input, threshold: Optional[float] = None, batch_size: int = 16,
+                 channels: Optional[str] = None) -> CaseResult:
     """Predict a case with :meth:`Predictor.predict_case` (its 3-D case rule included) and sum the stack up.
 
     Args:
@@ -159,7 +186,7 @@ def analyze_case(predictor, case_input, threshold: Optional[float] = None, batch
         :class:`~brainseg.metrics.CaseDiceAggregator`, the figure ``brainseg.evaluate`` reports.
     """
     t0 = time.perf_counter()
-    preds = predictor.predict_case(case_input.slices, threshold=threshold, batch_size=batch_size)
+    preds = predictor.predict_case(case_input.slices, threshold=threshold, batch_size=batch_size, channels=channels)
     seconds = time.perf_counter() - t0
     thr, det_thr = (preds[0].pixel_threshold, preds[0].detection_threshold) if preds else predictor.thresholds(threshold)
     masks = np.stack([p.mask for p in preds]).astype(np.uint8)
@@ -185,7 +212,9 @@ def analyze_case(predictor, case_input, threshold: Optional[float] = None, batch
         spacing=case_input.spacing, source_kind=case_input.source_kind, dice=dice, slice_dice=slice_dice,
         truth_areas_px=truth_areas, seconds=seconds, removed_by_case_rule=[p.removed_by_case_rule for p in preds],
         case_rule=predictor.seg_cfg.case_rule, case_min_voxels=int(predictor.seg_cfg.case_min_voxels),
-        measurements=measurements, ordering=case_input.meta.get("ordering"), input_note=case_input.meta.get("input_note"))
+        measurements=measurements, ordering=case_input.meta.get("ordering"), input_note=case_input.meta.get("input_note"),
+        input_check=getattr(preds, "input_check", None), slice_checks=[p.input_check for p in preds],
+        review=[list(p.review) for p in preds])
 
 
 def summarize(result: CaseResult) -> Dict:
@@ -202,8 +231,15 @@ def summarize(result: CaseResult) -> Dict:
                           "tumor_detected": bool(result.detected[i]), "tumor_area_px": int(result.areas_px[i]),
                           "dice": None if result.slice_dice is None else round(float(result.slice_dice[i]), 6),
                           "removed_by_case_rule": bool(result.removed_by_case_rule and result.removed_by_case_rule[i])})
+        if result.slice_checks is not None:  # the input check and "not sure" marks, slice by slice
+            chk = result.slice_checks[i] or {"status": "ok", "reasons": [], "score": 0.0}
+            per_slice[-1].update(input_check=chk, uncertain=bool(result.review and result.review[i]),
+                                 review_reasons=list(result.review[i]) if result.review else [])
+            if result.detected[i] is None:
+                per_slice[-1].update(tumor_probability=None, tumor_detected=None)
     add_measurements(per_slice, result)
     return {
+        "input_check": result.input_check or {"status": "ok", "reasons": [], "score": 0.0},
         "case": result.case,
         "slices": len(result.slice_numbers),
         "tumor_slices": len(result.tumor_slices),
@@ -241,6 +277,9 @@ def case_summary_text(summary: Union[Dict, CaseResult]) -> str:
     """A few lines a person reads first: tumour slices, volume, largest slice, Dice, thresholds."""
     s = summarize(summary) if isinstance(summary, CaseResult) else summary
     tumour = [r["slice"] for r in s["per_slice"] if r["tumor_detected"]]
+    check = check_text(s.get("input_check"))
+    review = [r["slice"] for r in s["per_slice"] if r.get("uncertain")]
+    refused = [r["slice"] for r in s["per_slice"] if (r.get("input_check") or {}).get("status") == "refuse"]
     lines = [f"{s['case']}: {s['slices']} slices, tumour detected in {s['tumor_slices']}"
              + (f" (slices {_ranges(tumour)})" if tumour else "")]
     volume = f"Tumour volume {s['tumor_volume_voxels']:,} voxels"
@@ -262,6 +301,12 @@ def case_summary_text(summary: Union[Dict, CaseResult]) -> str:
         removed = [r["slice"] for r in s["per_slice"] if r.get("removed_by_case_rule")]
         lines.append(f"Case rule: {kept}" + (f"; not detected for that reason: slices {_ranges(removed)}"
                                               if removed else ""))
+    if check:  # the app shows the case's check above this text too
+        lines.append(check)
+    if refused:
+        lines.append(f"No verdict (input check refused): slices {_ranges(refused)}")
+    if review:
+        lines.append(f"Uncertain - review: slices {_ranges(review)}")
     return "\n".join(lines)
 
 
@@ -292,3 +337,20 @@ def predict_case_files(predictor, paths, threshold: Optional[float] = None,
     summary = summarize(result)
     written = write_case_outputs(case, result, out, figures=True, summary=summary)
     return summary, str(written["probability"]), str(written["overlays"]), str(written["masks"])
+
+
+# ---------------------------------------------------------------- the app's boxes above the verdict
+
+def case_check_markdown(summary: Optional[dict]) -> str:
+    """The case's input check and its refused / uncertain slices, for the box above the case summary."""
+    if not summary:
+        return ""
+    lines = [t for t in case_summary_text(summary).split("\n")
+             if t.startswith(("WARNING", "NO VERDICT", "No verdict", "Uncertain"))]
+    return "\n\n".join(f"**{line}**" for line in lines)
+
+
+def check_markdown(shown: Optional[dict]) -> str:
+    """The input check's warning (or refusal) and the "not sure" marks, for the box above the verdict."""
+    text = (shown or {}).get("check") or ""
+    return "" if not text else "\n\n".join(f"**{line}**" for line in text.split("\n"))

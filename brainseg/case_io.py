@@ -22,7 +22,6 @@ every slice or for none. Each broken rule is a ``ValueError`` naming the file an
 :func:`write_case_outputs` writes a case's results (summary JSON, masks, figures) for the app
 and ``brainseg.predict`` alike, nothing outside the folder it is given.
 """
-import json
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -33,9 +32,8 @@ import numpy as np
 from .file_types import ARCHIVE_EXTS, CASE_SLICE_EXTS, NIFTI_EXTS, file_ext
 from .images import apply_orientation, decode_image, decode_mask, to_slice
 from .limits import DEFAULT_LIMITS, InvalidImageError, Limits, MiB, named
-from .nifti_io import read_nifti, write_nifti_mask
+from .nifti_io import read_nifti
 from .dicom_io import dicom_entries, is_dicom_name, load_dicom_case
-from .exports import write_exports, write_tiff
 from .safe_zip import JUNK, zip_members
 from .tiff_pages import read_tiff_stack
 
@@ -386,77 +384,3 @@ def load_case(source: Union[PathLike, Sequence[PathLike]], limits: Limits = DEFA
         if file_ext(p.name) in ARCHIVE_EXTS + NIFTI_EXTS:
             raise ValueError(f"{p.name}: send a zip or a NIfTI file alone, not together with other files")
     return load_case_files(paths, limits=limits, series=series)
-
-
-# ---------------------------------------------------------------- writers
-
-def inside(root: Path, path: Path) -> Path:
-    """``path`` resolved (symbolic links followed), or a ValueError when it lies outside ``root``."""
-    resolved = Path(path).resolve()
-    if not resolved.is_relative_to(Path(root).resolve()):
-        raise ValueError(f"Refusing to write {path}: it resolves to {resolved}, outside the output folder {root}")
-    return resolved
-
-
-def write_mask_tiff(result, path: PathLike) -> Path:
-    """The predicted masks as one multi-page TIFF: a uint8 0/255 page per slice, in stack order, spacing in mm."""
-    return write_tiff(result, Path(path), result.spacing)
-
-
-def write_mask_nifti(result, case_input: CaseInput, path: PathLike) -> Path:
-    """The predicted masks as a uint8 0/1 NIfTI on the input volume's own grid, affine and orientation."""
-    if case_input.source_kind != "nifti" or "affine" not in case_input.meta:
-        raise ValueError("A NIfTI mask needs a NIfTI input (its affine and orientation)")
-    return write_nifti_mask(result.masks, case_input.meta, Path(path))
-
-
-def downloads(paths: Dict[str, Path]) -> List[str]:
-    """What a user downloads of :func:`write_case_outputs`, in a fixed order: NIfTI, TIFF, DICOM SEG, CSV."""
-    return [str(paths[k]) for k in ("nifti", "tiff", "seg", "csv") if k in paths]
-
-
-def write_case_outputs(case_input: CaseInput, result, out_dir: PathLike, *, figures: bool = False,
-                       slice_masks: bool = False, name: Optional[str] = None,
-                       summary: Optional[Dict] = None) -> Dict[str, Path]:
-    """Write a case's results into ``out_dir`` (created), nothing outside it; the app's and the CLI's one writer.
-
-    Args:
-        case_input: the case as read (:func:`load_case`).
-        result: its :class:`~brainseg.case_analysis.CaseResult`.
-        out_dir: the folder to write into.
-        figures: also the probability plot and the overlay montage (PNG, drawn by :mod:`brainseg.viz`).
-        slice_masks: also one ``<case>_<n>_mask.tif`` (uint8 0/255) a slice, the kaggle_3m naming.
-        name: the case name for file names (default: the input's, made file-safe).
-        summary: the case summary (:func:`brainseg.case_analysis.summarize`), written as JSON when
-            given (its ``case`` set to ``name`` when one is given).
-    Returns:
-        paths by role: ``masks`` (a multi-page uint8 0/255 TIFF, or a uint8 0/1 ``.nii.gz`` on the
-        input's grid for NIfTI input), ``nifti``, ``tiff``, ``csv`` and for DICOM ``seg``
-        (:func:`brainseg.exports.write_exports`), ``summary`` with ``summary``, ``probability`` and
-        ``overlays`` with ``figures``, ``slice_<n>`` with ``slice_masks``.
-    """
-    import cv2
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    base = safe_name(name or case_input.name)
-    paths: Dict[str, Path] = write_exports(result, case_input, out, base, inside)
-    paths["masks"] = paths["nifti" if case_input.source_kind == "nifti" else "tiff"]
-    if slice_masks:
-        for n, mask in zip(result.slice_numbers, result.masks):
-            target = inside(out, out / f"{base}_{n}_mask.tif")
-            if not cv2.imwrite(str(target), mask * np.uint8(255)):
-                raise OSError(f"Could not write {target}")
-            paths[f"slice_{n}"] = target
-    if figures:
-        from .viz import case_montage, plot_probabilities
-
-        paths["probability"] = plot_probabilities(result, inside(out, out / f"{base}_probability.png"))
-        paths["overlays"] = inside(out, out / f"{base}_overlays.png")
-        if not cv2.imwrite(str(paths["overlays"]), cv2.cvtColor(case_montage(case_input, result), cv2.COLOR_RGB2BGR)):
-            raise OSError(f"Could not write {paths['overlays']}")
-    if summary is not None:
-        summary = dict(summary, case=base) if name else summary
-        paths["summary"] = inside(out, out / f"{base}_summary.json")
-        paths["summary"].write_text(json.dumps(summary, indent=2) + "\n")
-    return {k: Path(v) for k, v in paths.items()}

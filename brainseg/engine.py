@@ -8,7 +8,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm import tqdm
 
-from .inference import classifier_probability
+from .decision import classifier_probability
 from . import precision as prec
 from .precision import autocast
 from .metrics import CaseDiceAggregator, detection_metrics, expected_calibration_error

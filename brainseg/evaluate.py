@@ -105,6 +105,7 @@ def evaluate(data_dir: PathLike, predictor, split: Optional[Union[PathLike, Dict
     labels: List[int] = []
     detail: List[Dict] = []
     seconds = 0.0
+    checked = {"warn": 0, "refuse": 0, "uncertain": 0}  # the input check and "not sure" marks, counted
     bar = tqdm(cases, desc="evaluating", unit="case", file=sys.stderr, disable=not progress)
     for case in bar:
         bar.set_postfix_str(f"{case.name}, {len(labels) + len(case)} slices", refresh=False)
@@ -115,8 +116,10 @@ def evaluate(data_dir: PathLike, predictor, split: Optional[Union[PathLike, Dict
         seconds += time.perf_counter() - t0
         agg.update(case.name, np.stack([p.mask for p in preds]), np.stack(truths))
         for path, pred, truth in zip(case.images, preds, truths):
+            checked[pred.status] = checked.get(pred.status, 0) + 1
+            checked["uncertain"] += bool(pred.review)
             probs.append(pred.probability)
-            verdicts.append(pred.detected)
+            verdicts.append(bool(pred.detected))  # a refused slice (no verdict) counts as not detected
             labels.append(int(truth.any()))
             if keep_slices:
                 detail.append({"case": case.name, "slice": slice_number(path), "probability": pred.probability,
@@ -129,6 +132,8 @@ def evaluate(data_dir: PathLike, predictor, split: Optional[Union[PathLike, Dict
         sources={k: str(v) for k, v in getattr(predictor, "sources", {}).items()},
         precision=getattr(predictor, "precision", "fp32"), data_dir=str(data_dir),
         split=None if split is None or isinstance(split, dict) else str(split), case_rule=predictor.seg_cfg.case_rule)
+    result["input_check"] = {"warned_slices": checked["warn"], "refused_slices": checked["refuse"],
+                             "uncertain_slices": checked["uncertain"]}
     if keep_slices:
         result["slices_detail"] = detail
     return result
@@ -187,6 +192,10 @@ def format_table(result: Dict) -> str:
         lines.append(f"  {k:<26} {_fmt(result['det'][k])}")
     lines.append(f"  {'ece':<26} {_fmt(result['ece'])}")
     lines.append(f"seconds per slice            {result['seconds_per_slice']:.4f}")
+    if "input_check" in result:
+        c = result["input_check"]
+        lines.append(f"input check                  {c['warned_slices']} slices warned, {c['refused_slices']} refused "
+                     f"(no verdict; counted as not detected), {c['uncertain_slices']} marked uncertain")
     for k, v in result["sources"].items():
         lines.append(f"{k:<28} {v}")
     return "\n".join(lines)

@@ -12,12 +12,14 @@
 - CSV: slice, tumour probability, verdict, area in pixels and mm².
 """
 import csv
+import json
 import logging
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 
+from .case_io import CaseInput, PathLike, safe_name
 from .nifti_io import write_nifti_mask
 
 log = logging.getLogger("brainseg.exports")
@@ -116,3 +118,64 @@ def write_exports(result, case_input, out: Path, base: str, inside) -> Dict[str,
                         type(e).__name__)  # never the message: it quotes the value, maybe a patient's
     return paths
 
+
+# ---------------------------------------------------------------- one writer for the app and the CLI
+
+def inside(root: Path, path: Path) -> Path:
+    """``path`` resolved (symbolic links followed), or a ValueError when it lies outside ``root``."""
+    resolved = Path(path).resolve()
+    if not resolved.is_relative_to(Path(root).resolve()):
+        raise ValueError(f"Refusing to write {path}: it resolves to {resolved}, outside the output folder {root}")
+    return resolved
+
+
+def downloads(paths: Dict[str, Path]) -> List[str]:
+    """What a user downloads of :func:`write_case_outputs`, in a fixed order: NIfTI, TIFF, DICOM SEG, CSV."""
+    return [str(paths[k]) for k in ("nifti", "tiff", "seg", "csv") if k in paths]
+
+
+def write_case_outputs(case_input: CaseInput, result, out_dir: PathLike, *, figures: bool = False,
+                       slice_masks: bool = False, name: Optional[str] = None,
+                       summary: Optional[Dict] = None) -> Dict[str, Path]:
+    """Write a case's results into ``out_dir`` (created), nothing outside it; the app's and the CLI's one writer.
+
+    Args:
+        case_input: the case as read (:func:`brainseg.case_io.load_case`).
+        result: its :class:`~brainseg.case_analysis.CaseResult`.
+        out_dir: the folder to write into.
+        figures: also the probability plot and the overlay montage (PNG, drawn by :mod:`brainseg.viz`).
+        slice_masks: also one ``<case>_<n>_mask.tif`` (uint8 0/255) a slice, the kaggle_3m naming.
+        name: the case name for file names (default: the input's, made file-safe).
+        summary: the case summary (:func:`brainseg.case_analysis.summarize`), written as JSON when
+            given (its ``case`` set to ``name`` when one is given).
+    Returns:
+        paths by role: ``masks`` (a multi-page uint8 0/255 TIFF, or a uint8 0/1 ``.nii.gz`` on the
+        input's grid for NIfTI input), ``nifti``, ``tiff``, ``csv`` and for DICOM ``seg``
+        (:func:`write_exports`), ``summary`` with ``summary``, ``probability`` and
+        ``overlays`` with ``figures``, ``slice_<n>`` with ``slice_masks``.
+    """
+    import cv2
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    base = safe_name(name or case_input.name)
+    paths: Dict[str, Path] = write_exports(result, case_input, out, base, inside)
+    paths["masks"] = paths["nifti" if case_input.source_kind == "nifti" else "tiff"]
+    if slice_masks:
+        for n, mask in zip(result.slice_numbers, result.masks):
+            target = inside(out, out / f"{base}_{n}_mask.tif")
+            if not cv2.imwrite(str(target), mask * np.uint8(255)):
+                raise OSError(f"Could not write {target}")
+            paths[f"slice_{n}"] = target
+    if figures:
+        from .viz import case_montage, plot_probabilities
+
+        paths["probability"] = plot_probabilities(result, inside(out, out / f"{base}_probability.png"))
+        paths["overlays"] = inside(out, out / f"{base}_overlays.png")
+        if not cv2.imwrite(str(paths["overlays"]), cv2.cvtColor(case_montage(case_input, result), cv2.COLOR_RGB2BGR)):
+            raise OSError(f"Could not write {paths['overlays']}")
+    if summary is not None:
+        summary = dict(summary, case=base) if name else summary
+        paths["summary"] = inside(out, out / f"{base}_summary.json")
+        paths["summary"].write_text(json.dumps(summary, indent=2) + "\n")
+    return {k: Path(v) for k, v in paths.items()}

@@ -1,164 +1,35 @@
 """Predictor: both models behind one call, and every decision about a slice made here, once.
 
-Preprocessing comes from each checkpoint's config; the segmenter and classifier run in batches;
-then one rule turns their outputs into the answer (issue 9.2: "one answer, not two"):
+Preprocessing comes from each checkpoint's config; the segmenter and classifier run in batches; the input
+check (:mod:`brainseg.input_check`) reads the classifier features of the same pass; then the rules of
+:mod:`brainseg.decision` turn the outputs into one answer a slice (a refused slice gets no verdict). Where
+the input is a whole case, :meth:`Predictor.predict_case` then applies the segmenter config's 3-D case rule
+(a slice it leaves without a mask is not detected) and the case's own input check.
 
-- the slice's tumour probability is the fused detection (classifier logit + segmenter evidence,
-  fitted on validation cases), else the classifier's, else the segmenter's highest pixel;
-- ``detected = probability >= detection_threshold``;
-- the mask is :func:`brainseg.postprocess.postprocess_mask` of the pixel map at the input's size
-  (pixel threshold, small components dropped) and is drawn iff ``detected``.
-
-Where the input is a whole case, :meth:`Predictor.predict_case` then applies the segmenter config's
-3-D case rule (a slice it leaves without a mask is not detected).
-
-Label, bars, text, mask and case counts all come from :class:`Prediction`, so they cannot disagree.
-Callers pass at most a pixel threshold; :meth:`Predictor.thresholds` is the one place where the
+Label, bars, text, mask and case counts all come from :class:`~brainseg.decision.Prediction`, so they cannot
+disagree. Callers pass at most a pixel threshold; :meth:`Predictor.thresholds` is the one place where the
 default is filled in and bad values (NaN, inf, outside [0, 1]) are refused.
 """
 import copy
 import hashlib
-import math
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from .postprocess import postprocess_mask
+from .decision import (Prediction, as_three_channels, check_threshold, classifier_probability, decide,
+                       fuse_detection, is_detected, segmenter_evidence, tidy, upsample)
 from .precision import inference_autocast, inference_precision
 from .preprocess import preprocess
+from .input_check import CheckResult, FeatureTap, load_beside, map_channels
+from .uncertainty import review_reasons
 from .volume import apply_case_rule
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ImageOrPath = Union[np.ndarray, str, os.PathLike]
-
-
-def tidy(value: float) -> float:
-    """A threshold as people read it: 0.4000000059604645 (a float32 stored as JSON) becomes 0.4."""
-    return round(float(value), 6)
-
-
-def check_threshold(value, what: str = "pixel threshold") -> float:
-    """``value`` as a probability threshold in [0, 1] (tidied), or a ValueError naming the value."""
-    if isinstance(value, bool):
-        raise ValueError(f"The {what} must be a number between 0 and 1, got {value!r}")
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"The {what} must be a number between 0 and 1, got {value!r}") from None
-    if not math.isfinite(v) or not 0.0 <= v <= 1.0:
-        raise ValueError(f"The {what} must be a finite number between 0 and 1, got {v!r}")
-    return tidy(v)
-
-
-@dataclass
-class Prediction:
-    """One slice's answer; whatever is shown about the slice comes from here.
-
-    ``probability`` is the slice's tumour probability, ``detected`` the verdict
-    (``probability >= detection_threshold``), ``mask`` uint8 0/1 at the input's height and width,
-    drawn iff detected (a Prediction that breaks this rule cannot be built). ``prob_map`` holds the
-    segmenter's pixel probabilities at its input size (None where the segmenter did not run: a
-    slice the classifier alone called tumour-free, or when not asked for). ``pixel_threshold`` and
-    ``detection_threshold`` are the thresholds used, tidied (0.4, not 0.4000000059604645).
-    ``removed_by_case_rule``: the slice was detected on its own, but its whole mask lay outside what
-    the case rule keeps (:meth:`Predictor.predict_case`), so it is not detected in the case's answer.
-    """
-
-    probability: float
-    detected: bool
-    mask: np.ndarray
-    input_shape: List[int] = field(default_factory=list)
-    channels_replicated: bool = False
-    prob_map: Optional[np.ndarray] = None
-    pixel_threshold: Optional[float] = None
-    detection_threshold: Optional[float] = None
-    removed_by_case_rule: bool = False
-
-    def __post_init__(self):
-        self.mask = np.asarray(self.mask).astype(np.uint8, copy=False)
-        self.detected = bool(self.detected)
-        if not self.detected and self.mask.any():
-            raise ValueError("A slice not detected as tumour cannot have a tumour mask: the mask is drawn iff "
-                             "the slice is detected")
-
-    @property
-    def tumor_area_px(self) -> int:
-        return int(self.mask.sum())
-
-    @property
-    def label(self) -> str:
-        """The verdict in words, as the app shows it."""
-        return "tumour" if self.detected else "no tumour"
-
-
-def segmenter_evidence(probs: torch.Tensor, top_k: int) -> torch.Tensor:
-    """Logit of the mean of each slice's ``top_k`` highest pixel probabilities, (N,).
-
-    How sure the segmenter is that some tumour is there; unlike the single maximum it is not
-    decided by one noisy pixel, and unlike the area it does not wait for the threshold.
-    """
-    flat = probs.flatten(1).float()
-    top = flat.topk(min(int(top_k), flat.shape[1]), dim=1).values.mean(1)
-    return torch.logit(top, eps=1e-4)
-
-
-def fuse_detection(classifier_logits: torch.Tensor, evidence: torch.Tensor, weights: Sequence[float]) -> torch.Tensor:
-    """Tumour probability from both models: ``sigmoid(w0 * classifier_logit + w1 * evidence + b)``."""
-    w0, w1, b = (float(w) for w in weights)
-    return torch.sigmoid(w0 * classifier_logits.float() + w1 * evidence + b)
-
-
-def classifier_probability(logits, temperature: float):
-    """The classifier's calibrated tumour probability, ``sigmoid(logit / temperature)``; an array gives an array."""
-    p = torch.sigmoid(torch.as_tensor(logits) / temperature)
-    return p.numpy() if isinstance(logits, np.ndarray) else p
-
-
-def is_detected(probability, detection_threshold: float):
-    """The slice verdict: ``probability >= detection_threshold`` (a float or an array of them)."""
-    return probability >= detection_threshold
-
-
-def upsample(prob_maps: torch.Tensor, size: Tuple[int, int]) -> np.ndarray:
-    """Pixel maps (N, S, S) at the model's size -> (N, H, W) float32 at the slices' own size (bilinear)."""
-    full = F.interpolate(prob_maps[:, None].float(), size=tuple(size), mode="bilinear", align_corners=False)
-    return full[:, 0].cpu().numpy()
-
-
-def draw_mask(full_map: Optional[np.ndarray], detected: bool, size: Tuple[int, int], pixel_threshold: float,
-              min_component_px: int, model_size: int) -> np.ndarray:
-    """A slice's mask (uint8, ``size``): :func:`brainseg.postprocess.postprocess_mask` of ``full_map`` (:func:`upsample`
-    of its pixel map; None where the segmenter did not run) at the pixel threshold, drawn iff ``detected``."""
-    if not detected or full_map is None:
-        return np.zeros(size, np.uint8)
-    return postprocess_mask(full_map, pixel_threshold, min_component_px, model_size, detected)
-
-
-def decide(probability: float, full_map: Optional[np.ndarray], size: Tuple[int, int], pixel_threshold: float,
-           detection_threshold: float, min_component_px: int, model_size: int) -> Tuple[bool, np.ndarray]:
-    """One slice's (verdict, mask) from the models' outputs: the rule the Predictor applies to every slice
-    (:func:`is_detected`, then :func:`draw_mask`). :mod:`brainseg.calibrate` scores its candidates with the same two."""
-    detected = bool(is_detected(probability, detection_threshold))
-    return detected, draw_mask(full_map, detected, size, pixel_threshold, min_component_px, model_size)
-
-
-def as_three_channels(image: np.ndarray, in_chans: int = 3):
-    """HxW or HxWx1 (a FLAIR channel alone) -> HxWx3 by replication; returns (image, replicated)."""
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.ndim != 3:
-        raise ValueError(f"Expected an HxW or HxWxC image, got shape {image.shape}")
-    if image.shape[-1] == 1 and in_chans > 1:
-        return np.repeat(image, in_chans, axis=-1), True
-    if image.shape[-1] != in_chans:
-        raise ValueError(f"Expected {in_chans} channels (pre-contrast, FLAIR, post-contrast) or 1 (FLAIR), "
-                         f"got {image.shape[-1]}")
-    return image, False
 
 
 def _display_source(src) -> Tuple[str, Optional[str]]:
@@ -197,7 +68,7 @@ class Predictor:
     """
 
     def __init__(self, segmenter, classifier=None, device: str = "cpu", sources: Optional[dict] = None,
-                 precision: Optional[str] = None):
+                 precision: Optional[str] = None, input_check=None):
         self.device = torch.device(device)
         self.segmenter = segmenter.to(self.device).eval()
         self.classifier = classifier.to(self.device).eval() if classifier is not None else None
@@ -207,22 +78,26 @@ class Predictor:
         self.precision = inference_precision(precision, self.device, self.segmenter)
         self.sources = sources or {}
         self._description: Optional[Dict[str, dict]] = None
+        self.input_check = input_check  # brainseg.input_check.InputCheck, or None: no check
+        self._tap = FeatureTap(self.classifier) if self.classifier is not None else None
 
     @classmethod
     def from_sources(cls, segmenter: Optional[str] = None, classifier: Optional[str] = None,
                      device: str = "cpu", precision: Optional[str] = None, *,
                      segmenter_revision: Optional[str] = None,
-                     classifier_revision: Optional[str] = None) -> "Predictor":
+                     classifier_revision: Optional[str] = None, input_check: bool = True) -> "Predictor":
         """Load from folders or Hub repo ids (None: env var, else the shipped default).
 
         Each revision (Hub branch, tag or commit) goes with its own repo, as ``user/repo@rev`` does;
-        see :func:`brainseg.sources.parse_source`.
+        see :func:`brainseg.sources.parse_source`. ``input_check``: also load the input check shipped
+        beside the classifier (:func:`brainseg.input_check.load_beside`), when there is one.
         """
         from . import sources
 
         seg, seg_src = sources.load_model("segmenter", segmenter, segmenter_revision)
         clf, clf_src = sources.load_model("classifier", classifier, classifier_revision)
-        return cls(seg, clf, device, {"segmenter": seg_src, "classifier": clf_src}, precision)
+        check = load_beside(clf_src, weights_sha256(clf)) if input_check else None
+        return cls(seg, clf, device, {"segmenter": seg_src, "classifier": clf_src}, precision, check)
 
     # ------------------------------------------------------------ the rules, from the configs
 
@@ -319,6 +194,14 @@ class Predictor:
             raise RuntimeError("This Predictor has no classifier")
         return classifier_probability(self.classifier_logits(images), self.classifier.config.temperature).cpu().numpy()
 
+    def classifier_features(self, images: Sequence[np.ndarray]) -> Optional[np.ndarray]:
+        """The classifier's pooled features of HxWx3 slices, (N, F) (None without a classifier)."""
+        if self._tap is None:
+            return None
+        self._tap.reset()
+        self.classify(images)
+        return self._tap.take()
+
     @torch.no_grad()
     def detect(self, images: Sequence[np.ndarray], seg_probs: torch.Tensor) -> np.ndarray:
         """Slice tumour probabilities, (N,): fused when configured, else the classifier's, else the
@@ -356,7 +239,7 @@ class Predictor:
     # ------------------------------------------------------------ the answer
 
     def predict_batch(self, images: Sequence[ImageOrPath], threshold: Optional[float] = None,
-                      batch_size: int = 16, prob_maps: bool = True) -> List[Prediction]:
+                      batch_size: int = 16, prob_maps: bool = True, channels: Optional[str] = None) -> List[Prediction]:
         """Predict slices of any size (each HxWx3, or HxW / HxWx1 FLAIR); masks come back at each input's size.
 
         Args:
@@ -365,27 +248,46 @@ class Predictor:
             threshold: pixel probability threshold; None uses the segmenter config's.
             batch_size: slices per forward pass.
             prob_maps: keep each slice's pixel map in ``Prediction.prob_map`` (False saves memory on a case).
+            channels: the images' channel order when it is not the checkpoint's, e.g. ``"flair,pre,post"``,
+                or ``"flair"`` for FLAIR alone (:func:`brainseg.input_check.map_channels`).
         Returns:
             one :class:`Prediction` a slice, in order.
         """
         pixel_thr, det_thr = self.thresholds(threshold)
         cfg = self.seg_cfg
         out: List[Prediction] = []
+        read_one = lambda im: as_three_channels(map_channels(_as_array(im), channels), cfg.in_chans)  # noqa: E731
         for start in range(0, len(images), batch_size):
-            chunk = [as_three_channels(_as_array(im), cfg.in_chans) for im in images[start:start + batch_size]]
+            chunk = [read_one(im) for im in images[start:start + batch_size]]
+            if self._tap is not None:
+                self._tap.reset()
             det, maps = self.run_models([c[0] for c in chunk], det_thr)
-            for (im, replicated), d, p in zip(chunk, det, maps):
+            checks = self.check_inputs([c[0] for c in chunk])
+            for (im, replicated), d, p, chk in zip(chunk, det, maps, checks):
                 h, w = im.shape[:2]
-                full = None if p is None else upsample(p[None], (h, w))[0]
-                detected, mask = decide(float(d), full, (h, w), pixel_thr, det_thr, cfg.min_component_px,
-                                        cfg.image_size)
+                if chk is not None and chk.status == "refuse":  # not an input the models know: no verdict
+                    detected, mask = None, np.zeros((h, w), np.uint8)
+                else:
+                    full = None if p is None else upsample(p[None], (h, w))[0]
+                    detected, mask = decide(float(d), full, (h, w), pixel_thr, det_thr, cfg.min_component_px,
+                                            cfg.image_size)
                 keep = p.float().cpu().numpy() if (prob_maps and p is not None) else None
+                review = [] if detected is None else review_reasons(float(d), det_thr, p, pixel_thr, detected)
                 out.append(Prediction(float(d), detected, mask, [h, w, int(im.shape[2])], replicated, keep,
-                                      pixel_thr, det_thr))
+                                      pixel_thr, det_thr, input_check=None if chk is None else chk.as_dict(),
+                                      review=review))
         return out
 
+    def check_inputs(self, images: Sequence[np.ndarray]) -> list:
+        """The input check of HxWx3 slices just run through the models (their classifier features come from
+        that pass): a :class:`brainseg.input_check.CheckResult` a slice, None each without a check."""
+        feats = self._tap.take() if self._tap is not None else None
+        if self.input_check is None:
+            return [None] * len(images)
+        return [self.input_check.check(im, None if feats is None else feats[i]) for i, im in enumerate(images)]
+
     def predict_case(self, images: Sequence[ImageOrPath], threshold: Optional[float] = None,
-                     batch_size: int = 16, prob_maps: bool = False) -> List[Prediction]:
+                     batch_size: int = 16, prob_maps: bool = False, channels: Optional[str] = None) -> "CasePrediction":
         """The slices of one case, in stack order: :meth:`predict_batch`, then the segmenter config's
         ``case_rule`` on the 3-D connected components of the case's masks (:mod:`brainseg.volume`).
 
@@ -393,22 +295,38 @@ class Predictor:
         likely a false alarm; the rule was chosen on out-of-fold predictions (``brainseg.calibrate``).
         A slice whose every pixel the rule removes is reported not detected (``removed_by_case_rule``),
         so a detected slice keeps its outline. The slices must share one height and width.
+        The list's ``input_check`` is the case's (:meth:`brainseg.input_check.InputCheck.check_case`).
         """
-        preds = self.predict_batch(images, threshold=threshold, batch_size=batch_size, prob_maps=prob_maps)
+        images = [_as_array(im) for im in images]
+        preds = self.predict_batch(images, threshold=threshold, batch_size=batch_size, prob_maps=prob_maps,
+                                   channels=channels)
+        check = None
+        if self.input_check is not None:
+            slices = [CheckResult(p.input_check["status"], p.input_check["reasons"], p.input_check["score"],
+                                  p.input_check.get("likely_channel_order")) for p in preds]
+            check = self.input_check.check_case([map_channels(im, channels) for im in images], slices).as_dict()
         cfg = self.seg_cfg
         if cfg.case_rule == "none" or not preds:
-            return preds
+            return CasePrediction(preds, check)
         shapes = {p.mask.shape for p in preds}
         if len(shapes) > 1:
             raise ValueError(f"The slices of a case must share one size for the case rule, got {sorted(shapes)}")
         kept, removed = apply_case_rule(np.stack([p.mask for p in preds]), cfg.case_rule, cfg.case_min_voxels,
                                         cfg.image_size)
-        return [replace(p, mask=m, detected=p.detected and not r, removed_by_case_rule=bool(r))
-                for p, m, r in zip(preds, kept, removed)]
+        return CasePrediction([replace(p, mask=m, detected=p.detected and not r, removed_by_case_rule=bool(r))
+                               for p, m, r in zip(preds, kept, removed)], check)
 
-    def predict(self, image: ImageOrPath, threshold: Optional[float] = None) -> Prediction:
+    def predict(self, image: ImageOrPath, threshold: Optional[float] = None, channels: Optional[str] = None) -> Prediction:
         """One slice: an array (see :meth:`predict_batch`) or the path of a slice file."""
-        return self.predict_batch([image], threshold)[0]
+        return self.predict_batch([image], threshold, channels=channels)[0]
+
+
+class CasePrediction(list):
+    """A case's :class:`Prediction` list (stack order), with the case's ``input_check`` dict (None: no check)."""
+
+    def __init__(self, predictions, input_check: Optional[dict] = None):
+        super().__init__(predictions)
+        self.input_check = input_check
 
 
 def _as_array(image: ImageOrPath) -> np.ndarray:

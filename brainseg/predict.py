@@ -18,14 +18,20 @@ multi-page TIFF, a NIfTI file or a DICOM series (a folder, a zip or a .dcm file)
     OUT/<case>/<case>_slices.csv      per slice: probability, verdict, area in px and mm²
     OUT/<case>/<case>_seg.dcm         for DICOM input (a folder, a zip or .dcm files): a DICOM SEG over the series
     OUT/<case>/<case>_probability.png, <case>_overlays.png   with --figures
-    OUT/predictions.csv               case, slice, tumor_probability, tumor_detected, tumor_area_px, dice
+    OUT/predictions.csv               case, slice, tumor_probability, tumor_detected, tumor_area_px, dice,
+                                      input_check (ok/warn/refuse), uncertain (0/1)
+
+Every slice and case goes through the Predictor's input check (:mod:`brainseg.input_check`): a refused
+slice has no verdict (empty probability and verdict in the CSV, ``null`` in the JSON), and a case that
+is warned about or refused says why on its line. ``--channels flair,pre,post`` (or ``flair`` for FLAIR
+alone) says the input's channel order when it is not the models' (pre-contrast, FLAIR, post-contrast).
 
 ``dice`` is filled where ground-truth masks exist: the CSV holds each slice's Dice, the JSON the
 per-case Dice over the whole stack (as ``brainseg.evaluate`` computes it). Bad input stops with a
 message and exit status 2; in a folder of cases, a bad case is skipped with a message, the others
 are written, and the exit status is 2 too. Progress goes to stderr: how many cases were found, then a bar over them (``--quiet``
 hides both); one line a case goes to stdout. The files are written by
-:func:`brainseg.case_io.write_case_outputs`, the app's writer too.
+:func:`brainseg.exports.write_case_outputs`, the app's writer too.
 """
 import argparse
 import csv
@@ -33,11 +39,13 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-from .case_io import CaseInput, inside, load_case, parse_slice_name, safe_name, write_case_outputs
+from .case_io import CaseInput, load_case, parse_slice_name, safe_name
+from .exports import inside, write_case_outputs
 from .cli import add_data_arg, add_model_args, add_runtime_args, data_arg, predictor_from_args
 from .file_types import CASE_SLICE_EXTS, file_ext
 
-CSV_FIELDS = ["case", "slice", "tumor_probability", "tumor_detected", "tumor_area_px", "dice"]
+CSV_FIELDS = ["case", "slice", "tumor_probability", "tumor_detected", "tumor_area_px", "dice", "input_check",
+              "uncertain"]
 
 
 def _has_slices(folder: Path) -> bool:
@@ -100,9 +108,13 @@ def write_case(case: CaseInput, result, out: Path, used: set, figures: bool = Fa
 
 
 def csv_rows(summary: dict) -> List[dict]:
-    return [{"case": summary["case"], "slice": s["slice"], "tumor_probability": f"{s['tumor_probability']:.6f}",
-             "tumor_detected": int(s["tumor_detected"]), "tumor_area_px": s["tumor_area_px"],
-             "dice": "" if s["dice"] is None else f"{s['dice']:.6f}"} for s in summary["per_slice"]]
+    """One CSV row a slice; a refused slice (no verdict) leaves probability and verdict empty."""
+    return [{"case": summary["case"], "slice": s["slice"],
+             "tumor_probability": "" if s["tumor_probability"] is None else f"{s['tumor_probability']:.6f}",
+             "tumor_detected": "" if s["tumor_detected"] is None else int(s["tumor_detected"]),
+             "tumor_area_px": s["tumor_area_px"], "dice": "" if s["dice"] is None else f"{s['dice']:.6f}",
+             "input_check": (s.get("input_check") or {}).get("status", "ok"), "uncertain": int(bool(s.get("uncertain")))}
+            for s in summary["per_slice"]]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -118,6 +130,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--series", help="DICOM input holding several series: the SeriesDescription of the one to analyse")
     p.add_argument("--figures", action="store_true", help="also write the probability plot and the overlay montage")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--channels", help="the input's channel order when not pre,flair,post: e.g. flair,pre,post; "
+                                      "'flair' for FLAIR alone")
     add_runtime_args(p)
     p.add_argument("--quiet", action="store_true", help="no case count and progress bar on stderr")
     args = p.parse_args(argv)
@@ -158,7 +172,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             case = first if first is not None else load_case(src, series=args.series)
             if args.spacing:
                 case.set_spacing(args.spacing)
-            result = analyze_case(predictor, case, args.threshold, args.batch_size)
+            result = analyze_case(predictor, case, args.threshold, args.batch_size, channels=args.channels)
             folder, summary = write_case(case, result, out, used, args.figures)
         except (ValueError, OSError) as e:
             if len(sources) == 1:
@@ -176,6 +190,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               + (f", largest on slice {summary['largest_area_slice']}" if summary["largest_area_slice"] is not None else "")
               + (f", Dice {summary['dice']:.4f}" if summary["dice"] is not None else "") + f" -> {folder}",
                    file=sys.stdout)
+        chk = summary["input_check"]
+        if chk["status"] != "ok":
+            tqdm.write(f"  input check: {chk['status'].upper()}: {'; '.join(chk['reasons'])}", file=sys.stdout)
 
     if not rows:
         print("nothing predicted", file=sys.stderr)

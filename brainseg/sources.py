@@ -178,6 +178,7 @@ def model_folder(spec: str, revision: Optional[str] = None) -> Path:
 
     try:
         return Path(snapshot_download(src.location, revision=src.revision,
-                                      allow_patterns=["config.json", "model.safetensors", "metrics.json", "curves.png"]))
+                                      allow_patterns=["config.json", "model.safetensors", "input_check.safetensors",
+                                                      "metrics.json", "curves.png"]))
     except Exception as e:  # offline without a cached copy, a missing repo or revision
         raise _hub_error(src, e) from e

@@ -19,7 +19,8 @@ from .card_tables import EVAL_GLOB
 from .cards import build_model_card, fill_repo_ids, is_brainseg_card, stale_card_reason
 from .hub_meta import LICENSE, PLACEHOLDER_NAMESPACE, PROJECT_ROOT, is_placeholder
 
-MODEL_FILE_PATTERNS = ("config.json", "model.safetensors", "README.md", "metrics.json", "*.png", EVAL_GLOB)
+MODEL_FILE_PATTERNS = ("config.json", "model.safetensors", "input_check.safetensors", "README.md", "metrics.json", "*.png",
+                       EVAL_GLOB)
 SPACE_REQUIRED_FILES = ("app.py", "requirements.txt")
 SPACE_OPTIONAL_FILES = ("LICENSE", "LICENSE.md", "LICENSE.txt", "NOTICE", "packages.txt")
 SPACE_DIRS = ("brainseg", "examples")

@@ -201,3 +201,13 @@ def case_figure(result):
     bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     return fig
+
+
+def channel_strip(image: np.ndarray, tile: int) -> np.ndarray:
+    """The three channels of an HxWx3 slice side by side, labelled, RGB: a wrong channel order shows."""
+    tiles = []
+    for c in range(3):
+        t = cv2.cvtColor(fit(to_display(image[..., c]), tile), cv2.COLOR_GRAY2RGB)
+        cv2.putText(t, f"channel {c + 1}", (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 0), 1, cv2.LINE_AA)
+        tiles.append(t)
+    return np.concatenate(tiles, axis=1)

@@ -29,8 +29,9 @@ from gradio_client import utils as client_utils
 
 from . import viz
 from . import case_analysis
-from .case_analysis import case_summary_text, summarize
-from .case_io import downloads, load_case, write_case_outputs
+from .case_analysis import case_check_markdown, case_summary_text, check_markdown, summarize  # noqa: F401
+from .case_io import load_case
+from .exports import downloads, write_case_outputs
 from .file_types import SLICE_EXTS
 from .images import decode_image, load_mask
 from .metrics import dice_score
@@ -46,15 +47,16 @@ THRESHOLD_API = "Pixel probability threshold, 0.01-0.99 (default: the model's)."
 SLICE_API = (
     "An MRI slice file: TIFF, PNG or JPEG, 3 channels or FLAIR alone.",
     THRESHOLD_API,
-    "Detection: {'label': the verdict, 'tumour' or 'no tumour', 'confidences': [{'label': 'tumour', "
-    "'confidence': the slice's tumour probability}]}.",
+    "The upload's channel order: 'pre,flair,post' (default), another order of the three, or 'flair' alone.",
+    "Detection: {'label': 'tumour', 'no tumour' or 'no verdict', 'confidences': [{'label', 'confidence'}]}.",
     "The FLAIR channel as shown (PNG).",
     "FLAIR with the predicted tumour in red (and the truth outlined in green for an example), PNG, at most "
     f"{OVERLAY_MAX_SIDE} px a side.",
     "The predicted mask: PNG, 0/255, at the input's size.",
     "The verdict, area and thresholds in words.",
-    "The result as JSON: tumor_probability, tumor_detected, tumor_area_px, thresholds, models, ...",
+    "The result as JSON: input_check {status, reasons, score}, uncertain, tumor_detected (null if refused), ...",
 )
+
 CASE_API = (
     "The case: a zip (kaggle_3m folder or DICOM series), a multi-page TIFF, a NIfTI file, slice files or .dcm files.",
     THRESHOLD_API,
@@ -330,11 +332,11 @@ class SliceOutputs:
 
 
 def analyze_slice(predictor, data: bytes, threshold: Optional[float], truth: Dict[str, np.ndarray], models: dict,
-                  cache_dir: str, opacity: float = viz.DEFAULT_ALPHA) -> SliceOutputs:
+                  cache_dir: str, opacity: float = viz.DEFAULT_ALPHA, channels: Optional[str] = None) -> SliceOutputs:
     """Decode one uploaded file, predict, and write what the page shows. Raises InvalidImageError for a
     bad file, ValueError for a bad threshold (both name the problem)."""
     image = decode_image(data)
-    a = case_analysis.analyze_slice(predictor, image, threshold, models)
+    a = case_analysis.analyze_slice(predictor, image, threshold, models, channels=channels)
     pred, result, summary = a.prediction, a.result, a.summary
     gt = truth.get(hashlib.sha256(data).hexdigest())
     if gt is not None and gt.shape != pred.mask.shape:
@@ -344,9 +346,10 @@ def analyze_slice(predictor, data: bytes, threshold: Optional[float], truth: Dic
         summary += f"\nDice with the example's ground truth: {result['dice']:.3f}"
     flair = viz.fit(viz.to_display(viz.flair_of(image.array)), OVERLAY_MAX_SIDE)
     small = lambda m: None if m is None else cv2.resize(m, flair.shape[::-1], interpolation=cv2.INTER_NEAREST)  # noqa: E731
-    shown = {"flair": flair, "mask": small(pred.mask), "truth": small(gt)}
-    return SliceOutputs(
-        {"label": pred.label, "confidences": [{"label": "tumour", "confidence": pred.probability}]}, write_to_cache(png(flair), cache_dir, "flair.png"),
+    shown = {"flair": flair, "mask": small(pred.mask), "truth": small(gt), "check": case_analysis.check_text(pred.input_check, pred.review)}
+    return SliceOutputs(  # a refused slice: no verdict, no bars
+        {"label": pred.label, "confidences": [] if pred.detected is None else [{"label": "tumour", "confidence": pred.probability}]},
+        write_to_cache(png(flair), cache_dir, "flair.png"),
         redraw_overlay(shown, opacity, cache_dir), write_to_cache(png(pred.mask * np.uint8(255)), cache_dir, "mask.png"),
         summary, result, shown)
 
@@ -358,16 +361,15 @@ def redraw_overlay(shown: dict, opacity: float, cache_dir: str) -> str:
 
 
 def preview(data: Optional[bytes], cache_dir: str) -> Optional[str]:
-    """The uploaded slice as the file holds it (3 channels as RGB, FLAIR alone in grey), or None when it
-    cannot be decoded: the analysis then says why, once."""
+    """The uploaded slice's three channels side by side (:func:`brainseg.viz.channel_strip`), or None when
+    it cannot be decoded: the analysis then says why, once."""
     if not data:
         return None
     try:
         a = decode_image(data).array
     except ValueError:
         return None
-    rgb = np.stack([viz.to_display(a[..., c]) for c in range(3)], -1)
-    return write_to_cache(png(viz.fit(rgb, PREVIEW_MAX_SIDE)), cache_dir, "preview.png")
+    return write_to_cache(png(viz.channel_strip(a, PREVIEW_MAX_SIDE // 2)), cache_dir, "preview.png")
 
 
 # ---------------------------------------------------------------- a case

@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "models" / "segmenter" / "config.json"
 REQUEST_TIMEOUT = 60  # seconds: any request that takes longer counts as a hang
 JSON_KEYS = {"tumor_probability", "tumor_detected", "tumor_area_px", "tumor_area_pct_brain", "brain_area_px",
-             "input_shape", "input_dtype", "channels_replicated", "threshold", "detection_threshold", "dice", "models"}
+             "input_shape", "input_dtype", "channels_replicated", "threshold", "detection_threshold", "dice", "models",
+             "input_check", "uncertain", "review_reasons"}
 
 
 def free_port() -> int:

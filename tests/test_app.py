@@ -250,8 +250,8 @@ def test_api_documents_the_two_endpoints(client):
     api = client.view_api(print_info=False, return_format="dict")
     assert sorted(api["named_endpoints"]) == ["/predict", "/predict_case"]
     params = api["named_endpoints"]["/predict"]["parameters"]
-    assert [p["parameter_name"] for p in params] == ["image", "threshold"]
-    assert params[1]["parameter_has_default"]
+    assert [p["parameter_name"] for p in params] == ["image", "threshold", "channels"]
+    assert params[1]["parameter_has_default"] and params[2]["parameter_has_default"]
 
 
 def test_api_names_are_short_distinct_and_described(client):
@@ -307,7 +307,7 @@ def test_out_of_range_threshold_is_an_error(client, files):
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
 def test_non_finite_threshold_is_refused_over_raw_http(server, files, value):
     url = server[1]
-    stream = raw_call(url, "predict", [file_data(upload(url, files["png"])), value])
+    stream = raw_call(url, "predict", [file_data(upload(url, files["png"])), value, "pre,flair,post"])
     assert "event: error" in stream and "finite" in stream, stream[-300:]
     assert "threshold nan" not in stream.lower()
 
@@ -524,7 +524,7 @@ def test_expired_upload_gets_a_clear_error_without_logging_its_name(server, file
     with httpx.Client(timeout=REQUEST_TIMEOUT) as c:
         path = c.post(url + "upload", files={"files": (secret.name, secret.read_bytes(), "image/png")}).json()[0]
         Path(path).unlink()
-        body = {"data": [{"path": path, "meta": {"_type": "gradio.FileData"}}, 0.5]}
+        body = {"data": [{"path": path, "meta": {"_type": "gradio.FileData"}}, 0.5, "pre,flair,post"]}
         event = c.post(url + "call/predict", json=body).json()["event_id"]
         stream = c.get(url + f"call/predict/{event}").text
     assert "event: error" in stream and "no longer on the server" in stream

@@ -69,7 +69,7 @@ def test_examples_work_after_the_cache_has_aged(predictor):
         probe = upload(url, app.EXAMPLES_DIR / "TCGA_CS_4943_20000902_17.png")  # an upload still goes on schedule
         assert wait_until_gone([probe], CASE_AGE + 6) == []
         for path in slices[:2]:
-            stream = raw_call(url, "predict", [file_data(path), 0.5])
+            stream = raw_call(url, "predict", [file_data(path), 0.5, "pre,flair,post"])
             assert "event: complete" in stream, stream[-400:]
         stream = raw_call(url, "predict_case", [[file_data(cases[0])], 0.5, "", ""])
         assert "event: complete" in stream and "TCGA_HT_A616_19991226" in stream, stream[-400:]
@@ -82,7 +82,7 @@ def test_a_folder_is_refused_and_deletion_goes_on(predictor, case_zip, tmp_path)
     with serve(predictor, tmp_path, delete_cache=(1, AGE)) as (demo, url):
         folder = Path(upload(url, case_zip)).parent
         time.sleep(AGE + 1)  # older than the age: Gradio's own task would now try to remove it
-        for endpoint, data in (("predict_case", [[file_data(folder)], 0.5, "", ""]), ("predict", [file_data(folder), 0.5])):
+        for endpoint, data in (("predict_case", [[file_data(folder)], 0.5, "", ""]), ("predict", [file_data(folder), 0.5, "pre,flair,post"])):
             stream = raw_call(url, endpoint, data)
             assert "event: error" in stream and "folder" in stream, stream[-300:]
         assert not any(os.path.isdir(p) for s in demo.temp_file_sets for p in list(s))

@@ -158,14 +158,14 @@ def hostile_call(url: str, tmp_path: Path, name: str) -> tuple:
             sent.append(file_data(upload(url, path)))
     threshold = rest[0] if rest else 0.5
     args = [sent[0] if endpoint == "predict" else sent, threshold] + ([rest[1] if len(rest) > 1 else "", ""]
-                                                                        if endpoint == "predict_case" else [])
+                                                                        if endpoint == "predict_case" else ["pre,flair,post"])
     return event(url, endpoint, args), words
 
 
 def still_serving(url: str, tmp_path: Path) -> dict:
     path = tmp_path / "good.png"
     path.write_bytes(png_bytes(3))
-    kind, out, _ = event(url, "predict", [file_data(upload(url, path)), 0.5])
+    kind, out, _ = event(url, "predict", [file_data(upload(url, path)), 0.5, "pre,flair,post"])
     assert kind == "complete", out
     return out[5]
 
@@ -188,7 +188,7 @@ def test_the_log_holds_no_name_path_or_result(server, tmp_path, caplog, capfd):
         hostile_call(url, tmp_path, name)
     secret_png = tmp_path / f"{SECRET}_7.png"
     secret_png.write_bytes(png_bytes(5))
-    kind, out, _ = event(url, "predict", [file_data(upload(url, secret_png)), 0.5])
+    kind, out, _ = event(url, "predict", [file_data(upload(url, secret_png)), 0.5, "pre,flair,post"])
     result = out[5]  # (detection, flair, overlay, mask, summary, result, and the page's state: null)
     case = tmp_path / f"{SECRET}_case.zip"
     case.write_bytes(zip_bytes([f"{SECRET}_{n}.png" for n in (1, 2, 3)]))
@@ -207,7 +207,7 @@ def test_result_and_upload_names_are_random_not_content_hashes(server, tmp_path)
     path.write_bytes(png_bytes(9))
     uploads = [upload(url, path) for _ in range(2)]
     assert Path(uploads[0]).parent != Path(uploads[1]).parent
-    outs = [event(url, "predict", [file_data(u), 0.5])[1] for u in uploads]
+    outs = [event(url, "predict", [file_data(u), 0.5, "pre,flair,post"])[1] for u in uploads]
     flair = [o[1]["path"] for o in outs]
     assert Path(flair[0]).parent != Path(flair[1]).parent and Path(flair[0]).read_bytes() == Path(flair[1]).read_bytes()
     assert hashlib.sha256(Path(flair[0]).read_bytes()).hexdigest() not in flair[0]
@@ -242,7 +242,7 @@ def test_a_full_or_read_only_temp_dir_gets_a_clear_answer(server, tmp_path, monk
         raise OSError(code, "No space left on device: /tmp/brainseg_app/secret")
 
     monkeypatch.setattr(webapp, "write_to_cache", full)
-    kind, payload, seconds = event(url, "predict", [file_data(uploaded), 0.5])
+    kind, payload, seconds = event(url, "predict", [file_data(uploaded), 0.5, "pre,flair,post"])
     assert kind == "error" and payload["error"] == serving.DISK_FULL and seconds < 2
     import gradio.routes
 
@@ -263,7 +263,7 @@ def test_an_unexpected_failure_is_a_message_without_a_traceback(server, tmp_path
     monkeypatch.setattr(webapp, "analyze_slice", boom)
     path = tmp_path / "slice.png"
     path.write_bytes(png_bytes(6))
-    kind, payload, _ = event(server[1], "predict", [file_data(upload(server[1], path)), 0.5])
+    kind, payload, _ = event(server[1], "predict", [file_data(upload(server[1], path)), 0.5, "pre,flair,post"])
     assert kind == "error" and "internal error, IndexError" in payload["error"] and SECRET not in payload["error"]
     err = "".join(capfd.readouterr())
     assert "Traceback" not in err and SECRET not in err

@@ -71,7 +71,10 @@ def site(tiny_checkpoints, tmp_path_factory):
         cv2.imwrite(str(examples / "TCGA_XX_0001_20000101_12.png"), img[..., ::-1])
         cv2.imwrite(str(examples / "TCGA_XX_0001_20000101_12_mask.png"), mask)
     upload = tmp_path_factory.mktemp("upload") / "slice.png"
-    cv2.imwrite(str(upload), make_slice(np.random.default_rng(6), 200, tumor=True)[0][..., ::-1])
+    if SHIPPED.exists():  # a real slice (re-encoded: not recognised as an example); the shipped input check refuses a disc
+        cv2.imwrite(str(upload), cv2.imread(str(app.find_examples(examples)[1].image))[8:-8, 8:-8])
+    else:
+        cv2.imwrite(str(upload), make_slice(np.random.default_rng(6), 200, tumor=True)[0][..., ::-1])
     demo = app.build_demo(predictor, examples)
     try:
         _, url, _ = app.launch(demo, port=free_port(), prevent_thread_lock=True, quiet=True)
@@ -206,3 +209,22 @@ def test_an_error_toast_reads_whole(site, page, tmp_path):
     toast = page.get_by_test_id("toast-text").first
     toast.wait_for()
     assert "holds no slice images (‹case›_‹n›.tif, .tiff, .png or .jpg) or DICOM files; it holds 'inner.txt'" in toast.inner_text()
+
+
+def test_input_check_shows_above_the_verdict(site, page, shots, tmp_path):
+    """Issue 32: a contrast-inverted slice gets no verdict, and the reason is shown above the Detection box;
+    the preview shows the three channels side by side."""
+    inverted = tmp_path / "inverted.png"
+    img = cv2.imread(str(site["examples"][0].image))
+    cv2.imwrite(str(inverted), 255 - img)
+    page.goto(site["url"])
+    page.set_input_files("#slice-file input[type=file]", str(inverted))
+    preview = loaded(page, "#preview img")
+    assert preview
+    page.wait_for_function("() => /NO VERDICT/.test(document.querySelector('#input-check').innerText)")
+    page.wait_for_function("() => /no verdict/.test(document.querySelector('#detection').innerText)")
+    assert box(page, "#input-check")["y"] + box(page, "#input-check")["height"] <= box(page, "#detection")["y"] + 1
+    shape = page.evaluate("() => { const i = document.querySelector('#preview img'); return [i.naturalWidth, i.naturalHeight]; }")
+    assert shape[0] == 3 * shape[1]  # three channels, side by side
+    page.screenshot(path=str(shots / "input_check.png"), full_page=True)
+    print(f"screenshot: {shots / 'input_check.png'}")

@@ -9,7 +9,8 @@ import torch
 
 from brainseg.calibrate import calibrate as calibrate_main, fit_fusion, fit_temperature, leave_one_case_out, main
 from brainseg.data import find_cases, make_split, read_image, save_split
-from brainseg.inference import Predictor, fuse_detection, segmenter_evidence
+from brainseg.decision import fuse_detection, segmenter_evidence
+from brainseg.inference import Predictor
 from brainseg.models import ResUNet, TumorClassifier
 from brainseg.preprocess import preprocess
 
@@ -163,7 +164,7 @@ def test_calibration_scores_the_masks_the_predictor_draws(tiny_checkpoints, synt
     assert r["det"]["threshold"] == report["classifier"]["fusion"]["threshold"] == round(r["det"]["threshold"], 4)
     # calibrate's own held-out evaluation JSON says what brainseg.evaluate says, in its layout
     held = json.loads((tmp_path / "eval_held_out.json").read_text())
-    assert set(held) == set(r) - {"slices_detail"}
+    assert set(held) == set(r) - {"slices_detail", "input_check"}  # the out-of-fold rows are not input-checked
     for block in ("seg", "det"):
         assert held[block] == pytest.approx(r[block], abs=1e-6)
     assert held["per_case"].keys() == r["per_case"].keys() and held["slices"] == r["slices"]
@@ -335,7 +336,7 @@ def test_out_of_fold_maps_are_the_maps_of_the_predictors_case_predictions(synth_
 
 
 def test_calibrate_decides_nothing_itself():
-    """Its candidates are scored through the Predictor's own functions (brainseg.inference: segment_passes,
+    """Its candidates are scored through the Predictor's own functions (brainseg.inference and brainseg.decision: segment_passes,
     combine_passes, classifier_probability, is_detected, upsample, draw_mask): no second threshold comparison,
     sigmoid, flip or resize of its own."""
     import inspect

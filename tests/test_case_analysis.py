@@ -15,7 +15,8 @@ from brainseg.case_analysis import (analyze_case, analyze_slice, case_summary_te
                                     verdict_text)
 from brainseg.case_io import CaseInput, load_case
 from brainseg.data import find_cases, read_image, read_mask
-from brainseg.inference import Prediction, Predictor
+from brainseg.decision import Prediction
+from brainseg.inference import Predictor
 from brainseg.metrics import dice_score
 from conftest import SHARED_DATA, FakePredictor, flair_map, make_slice, needs_shared_data
 

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from brainseg.case_io import CaseInput, load_case, write_case_outputs
+from brainseg.case_io import CaseInput, load_case
+from brainseg.exports import write_case_outputs
 from brainseg.case_analysis import analyze_case, summarize
 from brainseg.data import find_cases, read_image, read_mask
 from brainseg.images import Limits, decode_image, load_slice

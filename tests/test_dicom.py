@@ -11,7 +11,8 @@ import pytest
 from pydicom import uid
 
 from brainseg.case_analysis import analyze_case, case_summary_text, summarize
-from brainseg.case_io import load_case, write_case_outputs
+from brainseg.case_io import load_case
+from brainseg.exports import write_case_outputs
 from brainseg.dicom_write import series_datasets, to_bytes, write_series_zip
 from brainseg.inference import Predictor
 from brainseg.limits import Limits

@@ -10,7 +10,8 @@ import torch
 
 from brainseg.config import SegmenterConfig
 from brainseg.data import find_cases, read_image
-from brainseg.inference import Prediction, Predictor, check_threshold
+from brainseg.decision import Prediction, check_threshold
+from brainseg.inference import Predictor
 from brainseg.models import ResUNet, TumorClassifier
 from brainseg.postprocess import (evidence_region, postprocess_mask, remove_small_components,
                                   scaled_min_component_px)

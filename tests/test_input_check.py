@@ -1,0 +1,152 @@
+"""The input check: ok / warn / refuse on synthetic slices, through the Predictor into the JSON, and the
+shipped check on the shipped example slices (all ok)."""
+import numpy as np
+import pytest
+
+from brainseg.channels import map_channels, parse_channels
+from brainseg.fit_input_check import DevStats, fit
+from brainseg.input_check import CheckResult, InputCheck, InputCheckConfig, load_beside, slice_stats
+from brainseg.uncertainty import review_reasons
+from conftest import ROOT, FakePredictor, make_slice
+
+
+@pytest.fixture(scope="module")
+def check():
+    """A check fitted on 60 synthetic slices (image statistics only, no classifier features)."""
+    rng = np.random.default_rng(1)
+    stats = [slice_stats(make_slice(rng, 64, tumor=i % 2 == 0)[0]) for i in range(60)]
+    dev = DevStats(None, np.array([s.image for s in stats]), np.array([s.channels for s in stats]),
+                   np.array([f"c{i // 10}" for i in range(60)]), np.array([s.joint for s in stats]))
+    c = fit(dev, InputCheckConfig())
+    d = c.image.distance(dev.image)
+    c.config.image_warn = float(np.quantile(d, 0.99)) * 3  # far above every fitted slice
+    c.config.channel_margin = 1e9  # the channel regression is judged on real slices, in the benchmark
+    return c
+
+
+def test_a_slice_like_the_fitted_ones_is_ok(check):
+    image, _ = make_slice(np.random.default_rng(7), 64)
+    r = check.check(image)
+    assert r.status == "ok" and r.reasons == [] and 0 < r.score < 1
+
+
+def test_outside_the_warn_distance_warns_and_far_outside_refuses(check):
+    image, _ = make_slice(np.random.default_rng(8), 64)
+    d = float(check.image.distance(slice_stats(image).image)[0])
+    check.config.image_warn, saved = d / 2, check.config.image_warn  # score 2: warn (refuse from 4)
+    try:
+        r = check.check(image)
+        assert r.status == "warn" and r.score == pytest.approx(2.0) and "trust the answer less" in r.reasons[0]
+        check.config.image_warn = d / 10  # score 10: refuse
+        r = check.check(image)
+        assert r.status == "refuse" and "does not look like an axial brain MRI slice" in r.reasons[0]
+    finally:
+        check.config.image_warn = saved
+
+
+@pytest.mark.parametrize("image, why", [
+    (np.zeros((64, 64, 3), np.uint8), "blank"),
+    (np.full((64, 64, 3), 200, np.uint8), "blank"),
+    (255 - make_slice(np.random.default_rng(9), 64)[0], "background is bright"),
+])
+def test_blank_and_inverted_images_are_refused_with_the_reason(check, image, why):
+    r = check.check(image)
+    assert r.status == "refuse" and any(why in t for t in r.reasons), r.reasons
+
+
+def test_save_and_load_give_the_same_answers(check, tmp_path):
+    loaded = InputCheck.load(check.save(tmp_path / "input_check.safetensors"))
+    assert loaded.config == check.config
+    for seed in (10, 11):
+        image, _ = make_slice(np.random.default_rng(seed), 64)
+        a, b = check.check(image), loaded.check(image)
+        assert a.status == b.status and a.score == pytest.approx(b.score, rel=1e-4)
+    assert load_beside(tmp_path).config == check.config
+    assert load_beside(tmp_path / "nothing") is None  # no file: no check (logged), not an error
+
+
+def test_predictor_reports_the_check_and_a_refused_slice_has_no_verdict(check):
+    from brainseg.case_analysis import analyze_slice
+    from brainseg.images import DecodedImage
+
+    p = FakePredictor()
+    p.input_check = check
+    image, _ = make_slice(np.random.default_rng(12), 64)
+    ok = p.predict(image)
+    assert ok.input_check["status"] == "ok" and ok.detected is True and ok.mask.any()
+    blank = p.predict(np.zeros((64, 64, 3), np.uint8))
+    assert blank.input_check["status"] == "refuse" and blank.detected is None and not blank.mask.any()
+    assert blank.label == "no verdict"
+    r = analyze_slice(p, DecodedImage(np.zeros((64, 64, 3), np.uint8), "png", 3, False)).result
+    assert r["tumor_detected"] is None and r["tumor_probability"] is None
+    assert r["input_check"]["status"] == "refuse" and r["input_check"]["reasons"]
+    assert isinstance(r["input_check"]["score"], float)
+
+
+def test_case_check_counts_refused_slices_and_an_incoherent_stack(check):
+    from brainseg.case_analysis import analyze_case, summarize
+    from brainseg.case_io import CaseInput
+
+    rng = np.random.default_rng(13)
+    p = FakePredictor()
+    p.input_check = check
+    slices = [make_slice(rng, 64)[0] for _ in range(6)]
+    out = p.predict_case(slices)
+    assert out.input_check["status"] == "ok"
+    blank = [np.zeros((64, 64, 3), np.uint8)] * 4
+    refused = p.predict_case(slices[:2] + blank)
+    assert refused.input_check["status"] == "refuse" and "4 of 6 slices" in refused.input_check["reasons"][0]
+    summary = summarize(analyze_case(p, CaseInput("c", slices[:2] + blank, list(range(1, 7)))))
+    assert summary["input_check"]["status"] == "refuse"
+    assert [s["tumor_detected"] for s in summary["per_slice"]][2:] == [None] * 4
+    assert all(s["input_check"]["status"] == "refuse" for s in summary["per_slice"][2:])
+    small = []  # heads jumping between sizes: neighbours that are not neighbours
+    for i in range(8):
+        im = np.zeros((64, 64, 3), np.uint8)
+        r = 30 if i % 2 else 8
+        yy, xx = np.ogrid[:64, :64]
+        im[(yy - (10 if i % 2 else 50)) ** 2 + (xx - 32) ** 2 < r * r] = (60, 90, 70)
+        small.append(im)
+    assert any("neighbouring slices" in t for t in check.check_case(small, [CheckResult()] * 8).reasons)
+    order = ["FLAIR", "pre-contrast", "post-contrast"]
+    votes = [CheckResult(channel_order=order)] * 4 + [CheckResult(channel_order=check.config.channel_order)] * 2
+    r = check.check_case(slices, votes)
+    assert r.status == "warn" and "most slices (4 of 6) look like channels (FLAIR, pre-contrast" in r.reasons[0]
+    assert check.check_case(slices, votes[2:]).status == "ok"  # 2 of 4: no majority
+
+
+def test_channel_order_maps_to_the_models_order():
+    im = np.dstack([np.full((4, 4), v, np.uint8) for v in (1, 2, 3)])  # the upload: FLAIR, pre, post
+    assert map_channels(im, "flair,pre,post")[0, 0].tolist() == [2, 1, 3]
+    assert map_channels(im, None) is im and map_channels(im, "pre,flair,post") is im
+    assert map_channels(im, "flair,none,none").shape == (4, 4, 1) and map_channels(im, "flair,none,none")[0, 0, 0] == 1
+    grey = np.repeat(im[..., :1], 3, -1)
+    assert map_channels(grey, "flair").shape == (4, 4, 1)
+    with pytest.raises(ValueError, match="which is FLAIR"):
+        map_channels(im, "flair")
+    for bad in ("pre,post", "t2,flair,pre", "flair,flair,pre"):
+        with pytest.raises(ValueError, match="name each channel"):
+            parse_channels(bad)
+
+
+def test_review_marks_near_threshold_and_unstable_outlines():
+    assert review_reasons(0.40, 0.36, None, 0.3, True)
+    assert not review_reasons(0.99, 0.36, None, 0.3, True)
+    crisp = np.zeros((32, 32), np.float32)
+    crisp[8:24, 8:24] = 0.95
+    soft = np.zeros((32, 32), np.float32)
+    soft[8:24, 8:24] = 0.35  # all borderline: gone at 0.5, doubled at 0.1
+    soft[14:18, 14:18] = 0.9
+    assert not review_reasons(0.99, 0.36, crisp, 0.3, True)
+    assert any("unstable outline" in t for t in review_reasons(0.99, 0.36, soft, 0.3, True))
+
+
+@pytest.mark.slow
+def test_shipped_check_says_ok_to_every_shipped_example():
+    from brainseg.inference import Predictor
+
+    p = Predictor.from_sources()
+    assert p.input_check is not None
+    examples = sorted(x for x in (ROOT / "examples").glob("*.png") if not x.stem.endswith("_mask"))
+    preds = p.predict_batch(examples)
+    assert [q.input_check["status"] for q in preds] == ["ok"] * len(examples)
