@@ -166,7 +166,7 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
                     predict, inputs=[slice_file, threshold, channels], outputs=[*outputs, shown], api_name=api_name,
                     api_visibility=visibility, concurrency_id="slice").then(
                     w.check_markdown, inputs=[shown], outputs=[input_check], api_name=f"check_{api_name}",
-                    api_visibility="private", show_progress="hidden").then(
+                    api_visibility="private", show_progress="hidden", concurrency_id="draw").then(
                     show_overlay, inputs=[shown, opacity], outputs=[overlay_img], api_name=f"opacity_{api_name}",
                     api_visibility="private", show_progress="hidden", concurrency_id="draw")
 
@@ -263,7 +263,7 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
                     w.first_frame, inputs=[frames], outputs=[viewer_slider, viewer], api_name=f"viewer_{api_name}",
                     api_visibility="private", concurrency_id="draw").then(
                     w.case_check_markdown, inputs=[case_json], outputs=[case_check], api_name=f"check_{api_name}",
-                    api_visibility="private", show_progress="hidden").then(
+                    api_visibility="private", show_progress="hidden", concurrency_id="draw").then(
                     None, js="() => document.getElementById('case-summary')?.scrollIntoView({behavior: 'smooth'})",
                     api_name=f"scroll_{api_name}", api_visibility="private")
 

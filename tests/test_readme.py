@@ -91,7 +91,7 @@ def test_every_shell_command_runs(workdir):
 
 def test_every_python_block_runs(url, workdir, capsys):
     code = blocks("python")
-    assert len(code) == 8
+    assert len(code) == 7
     scopes = [run_python(b, url) for b in code]
     api = section("## Call the API")
     documented = json.loads(blocks("json", api)[0])
