@@ -64,3 +64,14 @@ def test_brainseg_has_no_import_cycles():
 def test_the_library_never_imports_the_scripts():
     offenders = {m: sorted(d & SCRIPTS) for m, d in graph().items() if d & SCRIPTS}
     assert not offenders
+
+
+def test_the_layout_page_names_every_module_and_no_removed_one():
+    """docs/layout.md is where a newcomer looks: each module of the package is listed, nothing that is gone."""
+    import re
+
+    text = (ROOT / "docs" / "layout.md").read_text(encoding="utf-8")
+    listed = set(re.findall(r"^  (\w+)\.py", text, flags=re.M))
+    mods = {p.stem for p in PKG.glob("*.py")} - {"__init__"}
+    assert mods - listed == set(), "not in docs/layout.md"
+    assert listed - mods == set(), "in docs/layout.md but gone"
