@@ -497,8 +497,10 @@ def test_package_is_installed_with_its_commands():
         pytest.skip("brainseg is not pip-installed here (make install does it)")
     assert dist.version == brainseg.__version__
     scripts = {e.name: e.value for e in dist.entry_points if e.group == "console_scripts"}
-    assert scripts == {"brainseg-evaluate": "brainseg.evaluate:main", "brainseg-predict": "brainseg.predict:main",
-                       "brainseg-card": "brainseg.hub:main"}
+    import tomllib
+
+    declared = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == declared and {"brainseg-predict", "brainseg-evaluate", "brainseg-app", "brainseg-train"} <= set(scripts)
     requires = {r.split("==")[0].lower() for r in dist.requires or []}
     assert {"torch", "timm", "huggingface_hub", "safetensors", "jinja2"} <= requires  # pins from requirements.txt
 
