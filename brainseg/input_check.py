@@ -137,7 +137,7 @@ class Gaussian:
 
     def distance(self, x: np.ndarray) -> np.ndarray:
         d = np.atleast_2d(np.asarray(x, np.float64)) - self.mean
-        return np.einsum("ij,jk,ik->i", d, self.precision, d)
+        return ((d @ self.precision) * d).sum(1)  # a BLAS product: einsum's three-operand loop is slower
 
 
 class Linear:
@@ -209,7 +209,7 @@ class InputCheck:
         ``features``: the classifier's pooled features of this slice (:class:`FeatureTap`); without
         them only the image statistics are scored.
         """
-        s = stats if stats is not None else slice_stats(image)
+        s = stats if stats is not None else slice_stats(image, joint=self.net is None)  # the CNN needs no joint
         r, cfg = CheckResult(), self.config
         if s.blank:
             r.add("refuse", "the image is blank (one value, or almost nothing above the background)")
