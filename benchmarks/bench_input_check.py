@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from brainseg.data import find_cases, read_image, read_mask  # noqa: E402
-from brainseg.fit_input_check import collect, fold_checks  # noqa: E402
+from brainseg.fit_input_check import DevStats, collect, fold_checks  # noqa: E402
 from brainseg.input_check import InputCheckConfig, slice_stats  # noqa: E402
 from brainseg.inference import Predictor  # noqa: E402
 from brainseg.metrics import CaseDiceAggregator, detection_metrics, dice_score  # noqa: E402
@@ -116,6 +116,7 @@ def main(argv=None) -> int:
     ap.add_argument("--every", type=int, default=4, help="OOD groups from every n-th slice of the fold")
     ap.add_argument("--net", help="input CNN state dict trained without the fold (brainseg.input_net)")
     ap.add_argument("--json", help="write the figures here")
+    ap.add_argument("--cache", help="keep the dev slices' statistics and features in this .npz (reused when present)")
     ap.add_argument("--cases-only", action="store_true", help="only the whole-case channel vote (no slice groups)")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
@@ -125,7 +126,13 @@ def main(argv=None) -> int:
     cases = find_cases(args.data)
     images = {c.name: [read_image(p) for p in c.images] for c in cases}
     t0 = time.perf_counter()
-    dev = collect(predictor, images)
+    if args.cache and Path(args.cache).is_file():
+        with np.load(args.cache) as z:
+            dev = DevStats(**{k: (z[k] if k != "features" or z[k].size else None) for k in z.files})
+    else:
+        dev = collect(predictor, images)
+        if args.cache:
+            np.savez(args.cache, **{k: (v if v is not None else np.zeros(0)) for k, v in vars(dev).items()})
     check = fold_checks(dev, folds, InputCheckConfig())[args.fold]
     if args.net:
         from brainseg.input_net import InputNet

@@ -7,6 +7,10 @@ import numpy as np
 
 SIZE = 128  # statistics are computed at this size: cheap, and independent of the upload's size
 QUANTILES = (5, 25, 50, 75, 95)
+# An integer image whose brightest value is this low is near-black (the empty slices above the head: noise of
+# a few grey levels), so no part of it is a bright background. The largest such real slice that the
+# bright-background rule refused on folds 0, 2 and 3 had a range of 12.25; 16 is 1/16 of the 8-bit range.
+FAINT_MAX = 16
 
 
 def _small(image: np.ndarray) -> np.ndarray:
@@ -84,7 +88,8 @@ def slice_stats(image: np.ndarray, joint: bool = True) -> SliceStats:
     channels = np.array(rows)
     px = rel[:, fg]  # (3, N)
     corr = np.ones(3) if replicated else _correlations(px)
-    bright_border = bool(np.median(edges(rel_max)) > 0.5)
+    faint = np.issubdtype(np.asarray(image).dtype, np.integer) and float(hi.max()) <= FAINT_MAX
+    bright_border = bool(np.median(edges(rel_max)) > 0.5) and not faint
     image_vec = np.concatenate([[float(fg.mean()), float(border.mean()), np.log(fg.sum() / max(inner.sum(), 1))],
                                 channels.ravel(), corr])
     return SliceStats(image_vec, channels, False, bright_border, float(border.mean()), replicated,

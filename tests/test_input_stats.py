@@ -41,3 +41,11 @@ def test_skipping_the_joint_statistics_changes_nothing_else():
     a, b = slice_stats(image), slice_stats(image, joint=False)
     np.testing.assert_array_equal(a.image, b.image)
     assert a.joint.any() and not b.joint.any()
+
+
+def test_a_near_black_slice_has_no_bright_background_but_its_inverse_has():
+    """The empty slices above the head (noise of a few grey levels) were refused as 'inverted'."""
+    noise = np.random.default_rng(4).integers(0, 6, (128, 128, 3)).astype(np.uint8)
+    assert not slice_stats(noise).bright_border
+    assert slice_stats(255 - noise).bright_border
+    assert slice_stats(noise.astype(np.float32) * 40).bright_border  # float: no absolute scale, the old rule holds
