@@ -47,7 +47,8 @@ class InputCheckConfig:
     ``warn_quantile`` of held-out real slices); ``feature_refuse``/``image_refuse``: the scores (in units
     of the warn distance) that refuse; ``entropy_min``: the fewest grey levels (bits) a channel may have;
     ``few_levels_refuse``: a slice outside a warn distance with a channel under this entropy (bits) is refused
-    (phantoms are; on fold 0 no real slice was that was not refused already); ``channel_margin``: the log-likelihood by which another channel order
+    (phantoms are; on fold 0 no real slice was that was not refused already), unless near-black (the empty
+    slices above the head); ``channel_margin``: the log-likelihood by which another channel order
     must beat the expected one to warn; ``flair_min``: the FLAIR probability a single-channel upload
     needs. With the input CNN (:mod:`brainseg.input_net`): an MRI logit under ``net_mri_refuse`` refuses,
     another channel order more likely by ``net_margin`` (log-odds) warns, and a single channel under
@@ -227,7 +228,7 @@ class InputCheck:
         r.score = max(sc.values())
         names = {"features": "what the classifier sees", "image": "its intensity and texture statistics"}
         refuse = {"features": cfg.feature_refuse, "image": cfg.image_refuse}
-        if r.score >= 1.0 and cfg.entropy_min <= entropy < cfg.few_levels_refuse:
+        if r.score >= 1.0 and cfg.entropy_min <= entropy < cfg.few_levels_refuse and not s.faint:
             r.add("refuse", f"this does not look like an axial brain MRI slice: unusual, and with few grey levels "
                             f"(entropy {entropy:.1f} bits): a drawing or a phantom?")
         for k, v in sorted(sc.items(), key=lambda kv: -kv[1]):

@@ -34,6 +34,7 @@ class SliceStats:
     border_foreground: float
     replicated: bool
     joint: np.ndarray = field(default_factory=lambda: np.zeros((3, 3, 3)))  # see joint_stats()
+    faint: bool = False  # near-black (FAINT_MAX): few grey levels and no bright background are expected
 
 
 def slice_stats(image: np.ndarray, joint: bool = True) -> SliceStats:
@@ -93,7 +94,7 @@ def slice_stats(image: np.ndarray, joint: bool = True) -> SliceStats:
     image_vec = np.concatenate([[float(fg.mean()), float(border.mean()), np.log(fg.sum() / max(inner.sum(), 1))],
                                 channels.ravel(), corr])
     return SliceStats(image_vec, channels, False, bright_border, float(border.mean()), replicated,
-                      joint_stats(px) if joint else np.zeros((3, 3, 3)))
+                      joint_stats(px) if joint else np.zeros((3, 3, 3)), faint)
 
 
 def _percentiles(s: np.ndarray, q) -> np.ndarray:

@@ -49,3 +49,4 @@ def test_a_near_black_slice_has_no_bright_background_but_its_inverse_has():
     assert not slice_stats(noise).bright_border
     assert slice_stats(255 - noise).bright_border
     assert slice_stats(noise.astype(np.float32) * 40).bright_border  # float: no absolute scale, the old rule holds
+    assert slice_stats(noise).faint and not slice_stats(255 - noise).faint
