@@ -228,6 +228,18 @@ def main(argv=None) -> int:
     print(f"latency: Predictor.predict {1000 * bare:.1f} ms bare, {1000 * with_check:.1f} ms with the check "
           f"(+{100 * (with_check / bare - 1):.1f} %); models/classifier/input_check.safetensors "
           f"{(ROOT / 'models/classifier/input_check.safetensors').stat().st_size / 1e6:.2f} MB")
+    if check.net is not None:  # where the check's time goes
+        from brainseg.input_net import net_input, predict as net_predict
+
+        def each(fn, n=50):
+            fn()
+            t = time.perf_counter()
+            for _ in range(n):
+                fn()
+            return 1000 * (time.perf_counter() - t) / n
+        x = net_input(sample)[None]
+        print(f"the check alone: image statistics {each(lambda: slice_stats(sample, joint=False)):.2f} ms, CNN input "
+              f"{each(lambda: net_input(sample)):.2f} ms, CNN {each(lambda: net_predict(check.net, x)):.2f} ms")
     if args.json:
         Path(args.json).write_text(json.dumps({k: v[0] for k, v in table.items()}, indent=2))
     return 0
