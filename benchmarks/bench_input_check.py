@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from brainseg.data import find_cases, read_image, read_mask  # noqa: E402
-from brainseg.fit_input_check import collect, fold_checks  # noqa: E402
+from brainseg.fit_input_check import DevStats, collect, fold_checks  # noqa: E402
 from brainseg.input_check import InputCheckConfig, slice_stats  # noqa: E402
 from brainseg.inference import Predictor  # noqa: E402
 from brainseg.metrics import CaseDiceAggregator, detection_metrics, dice_score  # noqa: E402
@@ -116,6 +116,7 @@ def main(argv=None) -> int:
     ap.add_argument("--every", type=int, default=4, help="OOD groups from every n-th slice of the fold")
     ap.add_argument("--net", help="input CNN state dict trained without the fold (brainseg.input_net)")
     ap.add_argument("--json", help="write the figures here")
+    ap.add_argument("--cache", help="keep the dev slices' statistics and features in this .npz (reused when present)")
     ap.add_argument("--cases-only", action="store_true", help="only the whole-case channel vote (no slice groups)")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
@@ -125,7 +126,13 @@ def main(argv=None) -> int:
     cases = find_cases(args.data)
     images = {c.name: [read_image(p) for p in c.images] for c in cases}
     t0 = time.perf_counter()
-    dev = collect(predictor, images)
+    if args.cache and Path(args.cache).is_file():
+        with np.load(args.cache) as z:
+            dev = DevStats(**{k: (z[k] if k != "features" or z[k].size else None) for k in z.files})
+    else:
+        dev = collect(predictor, images)
+        if args.cache:
+            np.savez(args.cache, **{k: (v if v is not None else np.zeros(0)) for k, v in vars(dev).items()})
     check = fold_checks(dev, folds, InputCheckConfig())[args.fold]
     if args.net:
         from brainseg.input_net import InputNet
@@ -142,6 +149,10 @@ def main(argv=None) -> int:
     vols = [np.stack(images[c.name]) for c in fold_cases[:6]]
     for name, (ims, kind) in ({} if args.cases_only else groups(sub, vols, rng)).items():
         table[name] = (rates(statuses(check, predictor, ims)), kind)
+    names = [Path(p).stem for c in fold_cases for p in c.images]
+    for name, r in zip(names, real_checks):  # which rule warns or refuses a real slice
+        if r.status != "ok":
+            print(f"real slice {name}: {r.status}: {'; '.join(r.reasons)}")
     print(f"\nfold {args.fold}: {len(fold_cases)} held-out cases, {len(real)} slices; OOD from every {args.every}-th")
     print(f"{'group':<26} {'n':>5} {'ok':>7} {'warn':>7} {'refuse':>7} {'warn+refuse':>12}  target")
     for name, (r, kind) in table.items():
@@ -204,18 +215,31 @@ def main(argv=None) -> int:
     # latency: the check's share of a bare Predictor.predict
     predictor.input_check = check
     sample = real[len(real) // 2]
-    def timed(n=30):
+    def timed(with_check, n=20):
+        predictor.input_check = check if with_check else None
         predictor.predict(sample)
         t = time.perf_counter()
         for _ in range(n):
             predictor.predict(sample)
         return (time.perf_counter() - t) / n
-    with_check = timed()
-    predictor.input_check = None
-    bare = timed()
+    # alternated rounds, the fastest of each: the cores are shared, and a busy spell would bias one side
+    rounds = [(timed(True), timed(False)) for _ in range(5)]
+    with_check, bare = min(r[0] for r in rounds), min(r[1] for r in rounds)
     print(f"latency: Predictor.predict {1000 * bare:.1f} ms bare, {1000 * with_check:.1f} ms with the check "
           f"(+{100 * (with_check / bare - 1):.1f} %); models/classifier/input_check.safetensors "
           f"{(ROOT / 'models/classifier/input_check.safetensors').stat().st_size / 1e6:.2f} MB")
+    if check.net is not None:  # where the check's time goes
+        from brainseg.input_net import net_input, predict as net_predict
+
+        def each(fn, n=50):
+            fn()
+            t = time.perf_counter()
+            for _ in range(n):
+                fn()
+            return 1000 * (time.perf_counter() - t) / n
+        x = net_input(sample)[None]
+        print(f"the check alone: image statistics {each(lambda: slice_stats(sample, joint=False)):.2f} ms, CNN input "
+              f"{each(lambda: net_input(sample)):.2f} ms, CNN {each(lambda: net_predict(check.net, x)):.2f} ms")
     if args.json:
         Path(args.json).write_text(json.dumps({k: v[0] for k, v in table.items()}, indent=2))
     return 0

@@ -45,7 +45,10 @@ class InputCheckConfig:
 
     ``feature_warn``/``image_warn``: the squared Mahalanobis distances that warn (quantile
     ``warn_quantile`` of held-out real slices); ``feature_refuse``/``image_refuse``: the scores (in units
-    of the warn distance) that refuse; ``entropy_min``: the fewest grey levels (bits) a channel may have; ``channel_margin``: the log-likelihood by which another channel order
+    of the warn distance) that refuse; ``entropy_min``: the fewest grey levels (bits) a channel may have;
+    ``few_levels_refuse``: a slice outside a warn distance with a channel under this entropy (bits) is refused
+    (phantoms are; on fold 0 no real slice was that was not refused already), unless near-black (the empty
+    slices above the head); ``channel_margin``: the log-likelihood by which another channel order
     must beat the expected one to warn; ``flair_min``: the FLAIR probability a single-channel upload
     needs. With the input CNN (:mod:`brainseg.input_net`): an MRI logit under ``net_mri_refuse`` refuses,
     another channel order more likely by ``net_margin`` (log-odds) warns, and a single channel under
@@ -57,6 +60,7 @@ class InputCheckConfig:
     feature_refuse: float = 2.0
     image_refuse: float = 4.0
     entropy_min: float = 0.0
+    few_levels_refuse: float = 2.0
     warn_quantile: float = 0.995
     channel_margin: float = 2.0
     flair_min: float = 0.5
@@ -137,7 +141,7 @@ class Gaussian:
 
     def distance(self, x: np.ndarray) -> np.ndarray:
         d = np.atleast_2d(np.asarray(x, np.float64)) - self.mean
-        return np.einsum("ij,jk,ik->i", d, self.precision, d)
+        return ((d @ self.precision) * d).sum(1)  # a BLAS product: einsum's three-operand loop is slower
 
 
 class Linear:
@@ -209,7 +213,7 @@ class InputCheck:
         ``features``: the classifier's pooled features of this slice (:class:`FeatureTap`); without
         them only the image statistics are scored.
         """
-        s = stats if stats is not None else slice_stats(image)
+        s = stats if stats is not None else slice_stats(image, joint=self.net is None)  # the CNN needs no joint
         r, cfg = CheckResult(), self.config
         if s.blank:
             r.add("refuse", "the image is blank (one value, or almost nothing above the background)")
@@ -224,6 +228,9 @@ class InputCheck:
         r.score = max(sc.values())
         names = {"features": "what the classifier sees", "image": "its intensity and texture statistics"}
         refuse = {"features": cfg.feature_refuse, "image": cfg.image_refuse}
+        if r.score >= 1.0 and cfg.entropy_min <= entropy < cfg.few_levels_refuse and not s.faint:
+            r.add("refuse", f"this does not look like an axial brain MRI slice: unusual, and with few grey levels "
+                            f"(entropy {entropy:.1f} bits): a drawing or a phantom?")
         for k, v in sorted(sc.items(), key=lambda kv: -kv[1]):
             if v >= refuse[k]:
                 r.add("refuse", f"this does not look like an axial brain MRI slice: {names[k]} lie far outside "

@@ -21,6 +21,7 @@ def check():
     d = c.image.distance(dev.image)
     c.config.image_warn = float(np.quantile(d, 0.99)) * 3  # far above every fitted slice
     c.config.channel_margin = 1e9  # the channel regression is judged on real slices, in the benchmark
+    c.config.few_levels_refuse = 0.0  # synthetic discs have few grey levels; that rule has its own test
     return c
 
 
@@ -150,3 +151,21 @@ def test_shipped_check_says_ok_to_every_shipped_example():
     examples = sorted(x for x in (ROOT / "examples").glob("*.png") if not x.stem.endswith("_mask"))
     preds = p.predict_batch(examples)
     assert [q.input_check["status"] for q in preds] == ["ok"] * len(examples)
+
+
+def test_an_unusual_slice_with_few_grey_levels_is_refused(check):
+    """Phantoms sat just past the warn distance with ~1.5 bits of grey levels: warned, now refused."""
+    image, _ = make_slice(np.random.default_rng(8), 64)
+    s = slice_stats(image)
+    entropy = float(s.channels[:, -2].min())
+    saved = check.config.image_warn, check.config.entropy_min, check.config.few_levels_refuse
+    check.config.image_warn = float(check.image.distance(s.image)[0]) / 1.5  # score 1.5: a warn on its own
+    check.config.entropy_min = 0.0
+    try:
+        check.config.few_levels_refuse = entropy - 0.01
+        assert check.check(image).status == "warn"
+        check.config.few_levels_refuse = entropy + 0.01
+        r = check.check(image)
+        assert r.status == "refuse" and "few grey levels" in r.reasons[0]
+    finally:
+        check.config.image_warn, check.config.entropy_min, check.config.few_levels_refuse = saved
