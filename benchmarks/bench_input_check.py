@@ -16,7 +16,6 @@ FLAIR-only accuracy, and the check's latency over a bare ``Predictor.predict``.
 """
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -114,7 +113,9 @@ def main(argv=None) -> int:
     ap.add_argument("--folds", default=str(ROOT / "splits/lgg_dev_4fold_seed42.json"))
     ap.add_argument("--fold", type=int, default=0)
     ap.add_argument("--every", type=int, default=4, help="OOD groups from every n-th slice of the fold")
-    ap.add_argument("--net", help="input CNN state dict trained without the fold (brainseg.input_net)")
+    ap.add_argument("--net", help="input CNN state dict trained without the fold (brainseg.input_net); a path that "
+                                  "does not exist yet gets one, trained on the other folds' slices")
+    ap.add_argument("--net-epochs", type=int, default=40, help="epochs when --net is trained here")
     ap.add_argument("--json", help="write the figures here")
     ap.add_argument("--cache", help="keep the dev slices' statistics and features in this .npz (reused when present)")
     ap.add_argument("--cases-only", action="store_true", help="only the whole-case channel vote (no slice groups)")
@@ -135,9 +136,14 @@ def main(argv=None) -> int:
             np.savez(args.cache, **{k: (v if v is not None else np.zeros(0)) for k, v in vars(dev).items()})
     check = fold_checks(dev, folds, InputCheckConfig())[args.fold]
     if args.net:
-        from brainseg.input_net import InputNet
+        from brainseg import input_net
 
-        check.net = InputNet()
+        if not Path(args.net).is_file():  # the held-out CNN: trained on every fold but this one, as the shipped one is on all
+            others = [im for c in cases if c.name not in folds[args.fold] for im in images[c.name]]
+            print(f"training the input CNN on {len(others)} slices of the other folds", file=sys.stderr)
+            torch.save(input_net.train(np.stack([input_net.net_input(im) for im in others]),
+                                       epochs=args.net_epochs).state_dict(), args.net)
+        check.net = input_net.InputNet()
         check.net.load_state_dict(torch.load(args.net))
         check.net.eval()
     print(f"fitted the fold checks in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
