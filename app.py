@@ -39,6 +39,7 @@ import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 
 from brainseg import webapp as w  # noqa: E402
+from brainseg.case_analysis import case_check_markdown, check_markdown  # noqa: E402
 from brainseg.channels import CHANNEL_CHOICES  # noqa: E402
 from brainseg.cli import add_model_args, add_runtime_args, predictor_from_args  # noqa: E402
 from brainseg.file_types import CASE_UPLOAD_TYPES, SLICE_EXTS  # noqa: E402
@@ -165,7 +166,7 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
                            concurrency_id="slice").then(
                     predict, inputs=[slice_file, threshold, channels], outputs=[*outputs, shown], api_name=api_name,
                     api_visibility=visibility, concurrency_id="slice").then(
-                    w.check_markdown, inputs=[shown], outputs=[input_check], api_name=f"check_{api_name}",
+                    check_markdown, inputs=[shown], outputs=[input_check], api_name=f"check_{api_name}",
                     api_visibility="private", show_progress="hidden", concurrency_id="draw").then(
                     show_overlay, inputs=[shown, opacity], outputs=[overlay_img], api_name=f"opacity_{api_name}",
                     api_visibility="private", show_progress="hidden", concurrency_id="draw")
@@ -262,7 +263,7 @@ def build_demo(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR, concurre
                            api_name=api_name, api_visibility=visibility, concurrency_id="case", concurrency_limit=1).then(
                     w.first_frame, inputs=[frames], outputs=[viewer_slider, viewer], api_name=f"viewer_{api_name}",
                     api_visibility="private", concurrency_id="draw").then(
-                    w.case_check_markdown, inputs=[case_json], outputs=[case_check], api_name=f"check_{api_name}",
+                    case_check_markdown, inputs=[case_json], outputs=[case_check], api_name=f"check_{api_name}",
                     api_visibility="private", show_progress="hidden", concurrency_id="draw").then(
                     None, js="() => document.getElementById('case-summary')?.scrollIntoView({behavior: 'smooth'})",
                     api_name=f"scroll_{api_name}", api_visibility="private")

@@ -29,7 +29,8 @@ sys.path.insert(0, str(ROOT))
 
 from brainseg.data import find_cases, read_image, read_mask  # noqa: E402
 from brainseg.fit_input_check import DevStats, collect, fold_checks  # noqa: E402
-from brainseg.input_check import InputCheckConfig, slice_stats  # noqa: E402
+from brainseg.input_check import InputCheckConfig  # noqa: E402
+from brainseg.input_stats import slice_stats  # noqa: E402
 from brainseg.inference import Predictor  # noqa: E402
 from brainseg.metrics import CaseDiceAggregator, detection_metrics, dice_score  # noqa: E402
 

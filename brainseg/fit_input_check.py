@@ -16,8 +16,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .input_check import (ENTROPY, FILENAME, ORDERS, Gaussian, InputCheck, InputCheckConfig, Linear, SliceStats,
-                          ordered, slice_stats)
+from .input_check import FILENAME, ORDERS, Gaussian, InputCheck, InputCheckConfig, Linear, ordered
+from .input_stats import ENTROPY, SliceStats, slice_stats
 
 
 @dataclass

@@ -24,7 +24,8 @@ from .decision import (Prediction, as_three_channels, check_threshold, classifie
                        fuse_detection, is_detected, segmenter_evidence, tidy, upsample)
 from .precision import inference_autocast, inference_precision
 from .preprocess import preprocess
-from .input_check import CheckResult, FeatureTap, load_beside, map_channels
+from .channels import map_channels
+from .input_check import CheckResult, FeatureTap, load_beside
 from .uncertainty import review_reasons
 from .volume import apply_case_rule
 
@@ -249,7 +250,7 @@ class Predictor:
             batch_size: slices per forward pass.
             prob_maps: keep each slice's pixel map in ``Prediction.prob_map`` (False saves memory on a case).
             channels: the images' channel order when it is not the checkpoint's, e.g. ``"flair,pre,post"``,
-                or ``"flair"`` for FLAIR alone (:func:`brainseg.input_check.map_channels`).
+                or ``"flair"`` for FLAIR alone (:func:`brainseg.channels.map_channels`).
         Returns:
             one :class:`Prediction` a slice, in order.
         """
@@ -297,14 +298,13 @@ class Predictor:
         so a detected slice keeps its outline. The slices must share one height and width.
         The list's ``input_check`` is the case's (:meth:`brainseg.input_check.InputCheck.check_case`).
         """
-        images = [_as_array(im) for im in images]
-        preds = self.predict_batch(images, threshold=threshold, batch_size=batch_size, prob_maps=prob_maps,
-                                   channels=channels)
+        images = [map_channels(_as_array(im), channels) for im in images]  # once, for the models and the case check
+        preds = self.predict_batch(images, threshold=threshold, batch_size=batch_size, prob_maps=prob_maps)
         check = None
         if self.input_check is not None:
             slices = [CheckResult(p.input_check["status"], p.input_check["reasons"], p.input_check["score"],
                                   p.input_check.get("likely_channel_order")) for p in preds]
-            check = self.input_check.check_case([map_channels(im, channels) for im in images], slices).as_dict()
+            check = self.input_check.check_case(images, slices).as_dict()
         cfg = self.seg_cfg
         if cfg.case_rule == "none" or not preds:
             return CasePrediction(preds, check)

@@ -30,9 +30,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .channels import map_channels, parse_channels  # noqa: F401  (the Predictor imports them from here)
 from .config import CHANNEL_ORDER
-from .input_stats import ENTROPY, N_CHANNEL_STATS, N_IMAGE_STATS, SliceStats, slice_stats, stack_coherence  # noqa: F401
+from .input_stats import ENTROPY, SliceStats, slice_stats, stack_coherence
 
 FILENAME = "input_check.safetensors"
 STATUSES = ("ok", "warn", "refuse")

@@ -1,6 +1,6 @@
 """The statistics the input check reads from a slice or a stack (no model: numpy and OpenCV at 128 px)."""
 from dataclasses import dataclass, field
-from typing import Optional, Sequence  # noqa: F401
+from typing import Optional, Sequence
 
 import cv2
 import numpy as np

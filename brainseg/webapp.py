@@ -29,7 +29,7 @@ from gradio_client import utils as client_utils
 
 from . import viz
 from . import case_analysis
-from .case_analysis import case_check_markdown, case_summary_text, check_markdown, summarize  # noqa: F401
+from .case_analysis import case_summary_text, summarize
 from .case_io import load_case
 from .exports import downloads, write_case_outputs
 from .file_types import SLICE_EXTS

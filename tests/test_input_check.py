@@ -5,7 +5,8 @@ import pytest
 
 from brainseg.channels import map_channels, parse_channels
 from brainseg.fit_input_check import DevStats, fit
-from brainseg.input_check import CheckResult, InputCheck, InputCheckConfig, load_beside, slice_stats
+from brainseg.input_check import CheckResult, InputCheck, InputCheckConfig, load_beside
+from brainseg.input_stats import slice_stats
 from brainseg.uncertainty import review_reasons
 from conftest import ROOT, FakePredictor, make_slice
 
