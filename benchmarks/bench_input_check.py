@@ -4,15 +4,17 @@
 
 In-distribution: the slices of fold ``--fold`` of ``splits/lgg_dev_4fold_seed42.json``, scored by a check
 fitted on the other three folds (distances, channel regressions; thresholds chosen without this fold's
-scores: :func:`brainseg.fit_input_check.fold_checks`) and, with ``--net``, an input CNN trained on the
-other folds only. Out of distribution, built from what is at hand (no downloads), from every
-``--every``-th slice of that fold: channel permutations, single channels, inverted contrast,
-sagittal/coronal reslices of its volumes, rotations and flips, heavy noise and blur, procedural
-phantoms, matplotlib's ``sample_data`` images, blank and gradient images.
+scores: :func:`brainseg.fit_input_check.fold_checks`) and, with ``--net`` / ``--single-net``, the input
+CNN and the single-channel CNN trained on the other folds only (trained and saved there when the files do
+not exist yet). Out of distribution, built from what is at hand (no downloads), from every ``--every``-th
+slice of that fold: channel permutations, single channels, inverted contrast, sagittal/coronal reslices
+of its volumes, rotations and flips, heavy noise and blur, procedural phantoms, matplotlib's
+``sample_data`` images, blank and gradient images.
 
-Also printed: per-case Dice and detection with and without the refusals (the shipped models, which
-saw every dev case: in-sample), the "uncertain - review" marks against the errors (in-sample too),
-FLAIR-only accuracy, and the check's latency over a bare ``Predictor.predict``.
+Also printed: how often a reordered or single channel changed the models' answer, and how often it did
+so without a warning; whole cases in each channel order; per-case Dice and detection with and without the
+refusals (the shipped models, which saw every dev case: in-sample), the "uncertain - review" marks against
+the errors (in-sample too), FLAIR-only accuracy, and the check's latency over a bare ``Predictor.predict``.
 """
 import argparse
 import json
@@ -102,6 +104,20 @@ def statuses(check, predictor, images):
     return out
 
 
+def answers(check, predictor, images):
+    """The Predictor's answers with ``check`` as its input check: (status, detected, mask) a slice."""
+    predictor.input_check = check
+    return [(p.input_check["status"], p.detected, p.mask) for p in predictor.predict_batch(images, prob_maps=False)]
+
+
+def changed(a, b) -> bool:
+    """Whether answer ``b`` differs from ``a`` (the same slice in the models' order): another verdict, or
+    outlines that overlap under Dice 0.5."""
+    if bool(a[1]) != bool(b[1]):
+        return True
+    return bool(a[1]) and dice_score(b[2], a[2]) < 0.5
+
+
 def rates(results):
     s = [r.status for r in results]
     n = max(len(s), 1)
@@ -117,6 +133,8 @@ def main(argv=None) -> int:
     ap.add_argument("--net", help="input CNN state dict trained without the fold (brainseg.input_net); a path that "
                                   "does not exist yet gets one, trained on the other folds' slices")
     ap.add_argument("--net-epochs", type=int, default=40, help="epochs when --net is trained here")
+    ap.add_argument("--single-net", help="single-channel CNN state dict trained without the fold; trained here when "
+                                         "the path does not exist yet")
     ap.add_argument("--json", help="write the figures here")
     ap.add_argument("--cache", help="keep the dev slices' statistics and features in this .npz (reused when present)")
     ap.add_argument("--cases-only", action="store_true", help="only the whole-case channel vote (no slice groups)")
@@ -147,6 +165,17 @@ def main(argv=None) -> int:
         check.net = input_net.InputNet()
         check.net.load_state_dict(torch.load(args.net))
         check.net.eval()
+    if args.single_net:  # the grey-upload CNN, likewise held out
+        from brainseg import input_net
+        from brainseg.fit_input_check import single_channel_slices
+
+        if not Path(args.single_net).is_file():
+            others = [im for c in cases if c.name not in folds[args.fold] for im in images[c.name]]
+            print("training the single-channel CNN on the other folds' slices", file=sys.stderr)
+            torch.save(input_net.train_single(single_channel_slices(others)).state_dict(), args.single_net)
+        check.single_net = input_net.SingleChannelNet()
+        check.single_net.load_state_dict(torch.load(args.single_net))
+        check.single_net.eval()
     print(f"fitted the fold checks in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     fold_cases = [c for c in cases if c.name in folds[args.fold]]
     real = [im for c in fold_cases for im in images[c.name]]
@@ -154,17 +183,42 @@ def main(argv=None) -> int:
     table = {"real held-out slices": (rates(real_checks), "real")}
     sub = real[:: args.every]
     vols = [np.stack(images[c.name]) for c in fold_cases[:6]]
+    # kaggle_3m replaced a missing sequence by FLAIR: on slices holding a channel twice, a reordered or single
+    # channel can be the very image a legitimate upload is; the rows marked * leave those slices out
+    from brainseg.input_net import ambiguous_order, net_input
+
+    distinct = ~ambiguous_order(np.stack([net_input(im) for im in sub]))
     for name, (ims, kind) in ({} if args.cases_only else groups(sub, vols, rng)).items():
-        table[name] = (rates(statuses(check, predictor, ims)), kind)
+        got = statuses(check, predictor, ims)
+        table[name] = (rates(got), kind)
+        if kind in ("permuted", "single non-FLAIR"):
+            table[f"{name} *"] = (rates([r for r, d in zip(got, distinct) if d]), kind)
+    # what the check is for: answers that a wrong channel order changed, and how many of those went unwarned
+    if not args.cases_only:
+        print(f"\n{'uploads of the same slices':<26} {'n':>5} {'answer changed':>15} {'changed, not warned':>20}")
+    right = [] if args.cases_only else answers(check, predictor, sub)
+    for name, ims in [] if args.cases_only else [(f"permuted {p}", [np.ascontiguousarray(im[..., list(p)]) for im in sub])
+                      for p in [(1, 0, 2), (0, 2, 1), (2, 1, 0), (1, 2, 0), (2, 0, 1)]] + \
+            [("single pre-contrast", [im[..., 0] for im in sub]), ("single post-contrast", [im[..., 2] for im in sub]),
+             ("single FLAIR (legit)", [im[..., 1] for im in sub])]:
+        got = answers(check, predictor, ims)
+        ch = [changed(a, b) for a, b in zip(right, got)]
+        silent = [c and b[0] == "ok" for c, b in zip(ch, got)]
+        print(f"{name:<26} {len(ch):>5} {np.mean(ch):>15.1%} {np.mean(silent):>20.1%}")
+        table[f"changed {name}"] = ({"n": len(ch), "changed": float(np.mean(ch)), "changed_unwarned": float(np.mean(silent))},
+                                    "answers")
     names = [Path(p).stem for c in fold_cases for p in c.images]
     for name, r in zip(names, real_checks):  # which rule warns or refuses a real slice
         if r.status != "ok":
             print(f"real slice {name}: {r.status}: {'; '.join(r.reasons)}")
     print(f"\nfold {args.fold}: {len(fold_cases)} held-out cases, {len(real)} slices; OOD from every {args.every}-th")
-    print(f"{'group':<26} {'n':>5} {'ok':>7} {'warn':>7} {'refuse':>7} {'warn+refuse':>12}  target")
+    print(f"{'group':<28} {'n':>5} {'ok':>7} {'warn':>7} {'refuse':>7} {'warn+refuse':>12}  target")
     for name, (r, kind) in table.items():
-        print(f"{name:<26} {r['n']:>5} {r['ok']:>7.1%} {r['warn']:>7.1%} {r['refuse']:>7.1%} "
+        if kind == "answers":
+            continue
+        print(f"{name:<28} {r['n']:>5} {r['ok']:>7.1%} {r['warn']:>7.1%} {r['refuse']:>7.1%} "
               f"{r['warn'] + r['refuse']:>12.1%}  {TARGETS.get(kind, '')}")
+    print("* the same, on the slices whose three channels differ (kaggle_3m holds FLAIR twice or thrice in some cases)")
 
     # whole cases: the slices' channel orders voted (InputCheck.check_case), real and permuted
     print(f"\n{'cases of the fold':<26} {'n':>5} {'ok':>7} {'warn':>7} {'refuse':>7}")
@@ -235,18 +289,23 @@ def main(argv=None) -> int:
     print(f"latency: Predictor.predict {1000 * bare:.1f} ms bare, {1000 * with_check:.1f} ms with the check "
           f"(+{100 * (with_check / bare - 1):.1f} %); models/classifier/input_check.safetensors "
           f"{(ROOT / 'models/classifier/input_check.safetensors').stat().st_size / 1e6:.2f} MB")
+    def each(fn, n=50):
+        fn()
+        t = time.perf_counter()
+        for _ in range(n):
+            fn()
+        return 1000 * (time.perf_counter() - t) / n
     if check.net is not None:  # where the check's time goes
         from brainseg.input_net import net_input, predict as net_predict
 
-        def each(fn, n=50):
-            fn()
-            t = time.perf_counter()
-            for _ in range(n):
-                fn()
-            return 1000 * (time.perf_counter() - t) / n
         x = net_input(sample)[None]
         print(f"the check alone: image statistics {each(lambda: slice_stats(sample, joint=False)):.2f} ms, CNN input "
               f"{each(lambda: net_input(sample)):.2f} ms, CNN {each(lambda: net_predict(check.net, x)):.2f} ms")
+    if check.single_net is not None:  # grey uploads only
+        from brainseg.input_net import predict_single, single_input
+
+        grey = single_input(sample[..., 1])[None]
+        print(f"a grey upload adds the single-channel CNN: {each(lambda: predict_single(check.single_net, grey), 20):.2f} ms")
     if args.json:
         Path(args.json).write_text(json.dumps({k: v[0] for k, v in table.items()}, indent=2))
     return 0

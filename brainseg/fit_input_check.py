@@ -121,6 +121,18 @@ def fold_checks(dev: DevStats, folds: Sequence[Sequence[str]], config: InputChec
     return checks
 
 
+def single_channel_slices(images: Sequence[np.ndarray]) -> np.ndarray:
+    """The single-channel CNN's training slices: (N, 128, 128, 3) float32, resized, without the slices that
+    hold a channel twice (their channel labels would be wrong: :func:`brainseg.input_net.ambiguous_order`)."""
+    import cv2
+
+    from .input_net import SINGLE_SIZE, ambiguous_order, net_input
+
+    keep = ~ambiguous_order(np.stack([net_input(im) for im in images]))
+    return np.stack([cv2.resize(np.asarray(im, np.float32), (SINGLE_SIZE, SINGLE_SIZE), interpolation=cv2.INTER_AREA)
+                     for im, k in zip(images, keep) if k])
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from .cli import add_data_arg, data_arg
     from .data import find_cases, read_image
@@ -135,6 +147,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--out", default="models/classifier", help="folder for input_check.safetensors")
     p.add_argument("--no-net", action="store_true", help="no input CNN: the channel regressions decide the order")
     p.add_argument("--net-epochs", type=int, default=40)
+    p.add_argument("--single-epochs", type=int, default=30)
     p.add_argument("--net-from", help="keep the input CNN of this input_check.safetensors (refit the statistics only)")
     args = p.parse_args(argv)
     import json
@@ -153,13 +166,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     config = choose(held, config)
     check = fit(dev, config)
     if args.net_from:
-        check.net = InputCheck.load(args.net_from).net
-    elif not args.no_net:  # the input CNN, on every slice (its thresholds: see InputCheckConfig)
+        kept = InputCheck.load(args.net_from)
+        check.net, check.single_net = kept.net, kept.single_net
+    elif not args.no_net:  # the input CNNs, on every slice (their thresholds: see InputCheckConfig)
         from . import input_net
 
+        slices = [im for ims in images.values() for im in ims]
         print("training the input CNN", file=sys.stderr)
-        check.net = input_net.train(np.stack([input_net.net_input(im) for ims in images.values() for im in ims]),
-                                    epochs=args.net_epochs)
+        check.net = input_net.train(np.stack([input_net.net_input(im) for im in slices]), epochs=args.net_epochs)
+        print("training the single-channel CNN", file=sys.stderr)
+        check.single_net = input_net.train_single(single_channel_slices(slices), epochs=args.single_epochs)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = check.save(out / FILENAME)

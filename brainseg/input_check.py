@@ -51,7 +51,9 @@ class InputCheckConfig:
     must beat the expected one to warn; ``flair_min``: the FLAIR probability a single-channel upload
     needs. With the input CNN (:mod:`brainseg.input_net`): an MRI logit under ``net_mri_refuse`` refuses,
     another channel order more likely by ``net_margin`` (log-odds) warns, and a single channel under
-    ``net_flair_min`` P(FLAIR) warns; chosen on fold 0's held-out slices (the benchmark reports fold 1). ``classifier_sha256`` ties the feature statistics to the classifier they were fitted on.
+    ``net_flair_min`` P(FLAIR) warns; chosen on fold 0's held-out slices (the benchmark reports fold 1). A grey upload
+    read by the single-channel net (:class:`brainseg.input_net.SingleChannelNet`) warns under ``single_flair_min``
+    P(FLAIR): 0.5, where a T1 channel is the likelier reading (not tuned on any fold). ``classifier_sha256`` ties the feature statistics to the classifier they were fitted on.
     """
 
     feature_warn: float = float("inf")
@@ -66,6 +68,7 @@ class InputCheckConfig:
     net_mri_refuse: float = -1.5
     net_margin: float = 4.0
     net_flair_min: float = 0.05
+    single_flair_min: float = 0.5
     case_warn_fraction: float = 0.2
     case_refuse_fraction: float = 0.5
     case_min_coherence: float = 0.5
@@ -192,9 +195,10 @@ class InputCheck:
     """
 
     def __init__(self, config: InputCheckConfig, features: Optional[Gaussian], image: Gaussian,
-                 order: Linear, single: Linear, net=None):
+                 order: Linear, single: Linear, net=None, single_net=None):
         self.config, self.features, self.image, self.order, self.single = config, features, image, order, single
         self.net = net  # brainseg.input_net.InputNet, or None: the channel regressions decide
+        self.single_net = single_net  # brainseg.input_net.SingleChannelNet for grey uploads, or None
 
     # ------------------------------------------------------------ one slice
 
@@ -253,8 +257,14 @@ class InputCheck:
                             f"{cfg.net_mri_refuse:g})")
             return
         if s.replicated:
-            single = np.exp(lp[len(ORDERS):] - np.logaddexp.reduce(lp[len(ORDERS):]))
-            if single[1] < cfg.net_flair_min:
+            if self.single_net is not None:
+                from .input_net import predict_single, single_input
+
+                single, least = predict_single(self.single_net, single_input(image)[None])[0], cfg.single_flair_min
+            else:
+                single, least = np.exp(lp[len(ORDERS):] - np.logaddexp.reduce(lp[len(ORDERS):])), cfg.net_flair_min
+            r.channel_order = [names[int(np.argmax(single))]]
+            if single[1] < least:
                 r.add("warn", f"a single channel that looks like {names[int(np.argmax(single))]}, not FLAIR "
                               f"(P(FLAIR) = {single[1]:.2f}); the models read FLAIR alone")
             return
@@ -298,9 +308,9 @@ class InputCheck:
         elif (refused + warned) / n >= cfg.case_warn_fraction:
             r.add("warn", f"{refused + warned} of {n} slices were warned about or refused")
         votes = [tuple(s.channel_order) for s in slices if s.channel_order]
-        if votes:  # one slice may be misread; most of a case's slices rarely are
+        if votes:  # one slice may be misread; most of a case's slices rarely are (a grey case votes for one name)
             top = max(set(votes), key=votes.count)
-            if list(top) != cfg.channel_order and votes.count(top) > len(votes) / 2:
+            if top not in (tuple(cfg.channel_order), ("FLAIR",)) and votes.count(top) > len(votes) / 2:
                 r.add("warn", f"most slices ({votes.count(top)} of {len(votes)}) look like channels ({', '.join(top)}), "
                               f"not ({', '.join(cfg.channel_order)}): set the channel order")
         coherence = stack_coherence(images)
@@ -319,8 +329,9 @@ class InputCheck:
                   **self.order.arrays("order"), **self.single.arrays("single")}
         if self.features is not None:
             arrays.update(feature_mean=self.features.mean, feature_precision=self.features.precision)
-        if self.net is not None:
-            arrays.update({f"net.{k}": v.detach().float().numpy() for k, v in self.net.state_dict().items()})
+        for prefix, net in (("net", self.net), ("single_net", self.single_net)):
+            if net is not None:
+                arrays.update({f"{prefix}.{k}": v.detach().float().numpy() for k, v in net.state_dict().items()})
         path = Path(path)
         save_file({k: np.ascontiguousarray(v, np.float32) for k, v in arrays.items()}, str(path),
                   metadata={"config": json.dumps(asdict(self.config))})
@@ -339,14 +350,17 @@ class InputCheck:
             raise ValueError(f"{path}: no valid input-check config in its metadata ({e})") from None
         lin = lambda p: Linear(*(a[f"{p}_{k}"] for k in ("coef", "intercept", "mean", "scale")))  # noqa: E731
         feats = Gaussian(a["feature_mean"], a["feature_precision"]) if "feature_mean" in a else None
-        net = None
-        if any(k.startswith("net.") for k in a):
-            from .input_net import InputNet
+        from .input_net import InputNet, SingleChannelNet
 
-            net = InputNet()
-            net.load_state_dict({k[4:]: torch.from_numpy(v) for k, v in a.items() if k.startswith("net.")})
-            net.eval()
-        return cls(config, feats, Gaussian(a["image_mean"], a["image_precision"]), lin("order"), lin("single"), net)
+        nets = {}
+        for prefix, kind in (("net", InputNet), ("single_net", SingleChannelNet)):
+            state = {k[len(prefix) + 1:]: torch.from_numpy(v) for k, v in a.items() if k.startswith(prefix + ".")}
+            if state:
+                nets[prefix] = kind()
+                nets[prefix].load_state_dict(state)
+                nets[prefix].eval()
+        return cls(config, feats, Gaussian(a["image_mean"], a["image_precision"]), lin("order"), lin("single"),
+                   nets.get("net"), nets.get("single_net"))
 
 
 def load_beside(source, classifier_sha256: str = "") -> Optional[InputCheck]:

@@ -2,6 +2,7 @@
 shipped check on the shipped example slices (all ok)."""
 import numpy as np
 import pytest
+import torch
 
 from brainseg.channels import map_channels, parse_channels
 from brainseg.fit_input_check import DevStats, fit
@@ -170,3 +171,36 @@ def test_an_unusual_slice_with_few_grey_levels_is_refused(check):
         assert r.status == "refuse" and "few grey levels" in r.reasons[0]
     finally:
         check.config.image_warn, check.config.entropy_min, check.config.few_levels_refuse = saved
+
+
+def _biased(net, layer, bias):
+    """``net`` whose ``layer`` ignores its input and outputs ``bias``: a fixed answer without training."""
+    with torch.no_grad():
+        getattr(net, layer).weight.zero_()
+        getattr(net, layer).bias.copy_(torch.tensor(bias, dtype=torch.float32))
+    return net.eval()
+
+
+def test_a_grey_upload_is_read_by_the_single_channel_net_and_a_grey_case_votes(check, tmp_path):
+    from brainseg.input_net import InputNet, SingleChannelNet
+
+    grey = make_slice(np.random.default_rng(21), 64)[0][..., 1]
+    saved = check.net, check.single_net, check.config.image_warn
+    try:
+        check.config.image_warn = float("inf")  # fitted on three-channel discs: a grey one is far from them
+        check.net = _biased(InputNet(), "mri", [10.0])  # an MRI slice, surely
+        check.single_net = _biased(SingleChannelNet(), "head", [3.0, -3.0, 0.0])  # P(FLAIR) about 0.005
+        r = check.check(grey)
+        assert r.status == "warn" and "looks like pre-contrast, not FLAIR" in r.reasons[0]
+        assert r.channel_order == ["pre-contrast"]
+        loaded = InputCheck.load(check.save(tmp_path / "input_check.safetensors"))
+        assert loaded.single_net is not None and loaded.check(grey).reasons == r.reasons
+        votes = [r] * 3 + [CheckResult()]
+        case = check.check_case([grey] * 4, votes)
+        assert any("most slices (3 of 3) look like channels (pre-contrast)" in t for t in case.reasons)
+        check.single_net = _biased(SingleChannelNet(), "head", [0.0, 3.0, 0.0])  # FLAIR: ok, and a FLAIR case too
+        r = check.check(grey)
+        assert r.status == "ok" and r.channel_order == ["FLAIR"]
+        assert check.check_case([grey] * 4, [r] * 4).status == "ok"
+    finally:
+        check.net, check.single_net, check.config.image_warn = saved
