@@ -124,6 +124,41 @@ def rates(results):
     return {"n": len(s), "ok": s.count("ok") / n, "warn": s.count("warn") / n, "refuse": s.count("refuse") / n}
 
 
+def latency(predictor, check, sample) -> None:
+    """Print the check's share of a bare ``Predictor.predict`` on ``sample``, and where its time goes."""
+    def timed(with_check, n=20):
+        predictor.input_check = check if with_check else None
+        predictor.predict(sample)
+        t = time.perf_counter()
+        for _ in range(n):
+            predictor.predict(sample)
+        return (time.perf_counter() - t) / n
+    # alternated rounds, the fastest of each: the cores are shared, and a busy spell would bias one side
+    rounds = [(timed(True), timed(False)) for _ in range(10)]
+    with_check, bare = min(r[0] for r in rounds), min(r[1] for r in rounds)
+    print(f"latency: Predictor.predict {1000 * bare:.1f} ms bare, {1000 * with_check:.1f} ms with the check "
+          f"(+{100 * (with_check / bare - 1):.1f} %, {1000 * (with_check - bare):.1f} ms); models/classifier/input_check.safetensors "
+          f"{(ROOT / 'models/classifier/input_check.safetensors').stat().st_size / 1e6:.2f} MB")
+    def each(fn, n=50):
+        fn()
+        t = time.perf_counter()
+        for _ in range(n):
+            fn()
+        return 1000 * (time.perf_counter() - t) / n
+    if check.net is not None:  # where the check's time goes
+        from brainseg.input_net import net_input, predict as net_predict
+
+        x = net_input(sample)[None]
+        print(f"the check alone: image statistics {each(lambda: slice_stats(sample, joint=False)):.2f} ms, CNN input "
+              f"{each(lambda: net_input(sample)):.2f} ms, CNN {each(lambda: net_predict(check.net, x)):.2f} ms")
+    if check.single_net is not None:  # grey uploads only
+        from brainseg.input_net import predict_single, single_input
+
+        grey = single_input(sample[..., 1])[None]
+        print(f"a grey upload adds the single-channel CNN: {each(lambda: predict_single(check.single_net, grey), 20):.2f} ms")
+    predictor.input_check = check
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="../shared/data/lgg/kaggle_3m")
@@ -137,8 +172,15 @@ def main(argv=None) -> int:
                                          "the path does not exist yet")
     ap.add_argument("--json", help="write the figures here")
     ap.add_argument("--cache", help="keep the dev slices' statistics and features in this .npz (reused when present)")
+    ap.add_argument("--latency-only", action="store_true", help="only the latency lines (the shipped check)")
     ap.add_argument("--cases-only", action="store_true", help="only the whole-case channel vote (no slice groups)")
     args = ap.parse_args(argv)
+    if args.latency_only:  # the shipped check on a shipped example slice: no data needed
+        from brainseg.images import load_slice
+
+        predictor = Predictor.from_sources(precision="fp32")
+        latency(predictor, predictor.input_check, load_slice(ROOT / "examples/TCGA_CS_4943_20000902_17.png"))
+        return 0
     torch.manual_seed(0)
     rng = np.random.default_rng(12345)
     folds = json.loads(Path(args.folds).read_text())["folds"]
@@ -218,7 +260,8 @@ def main(argv=None) -> int:
             continue
         print(f"{name:<28} {r['n']:>5} {r['ok']:>7.1%} {r['warn']:>7.1%} {r['refuse']:>7.1%} "
               f"{r['warn'] + r['refuse']:>12.1%}  {TARGETS.get(kind, '')}")
-    print("* the same, on the slices whose three channels differ (kaggle_3m holds FLAIR twice or thrice in some cases)")
+    print("* the same, leaving out slices with two channels alike (correlation > 0.99 at 64 px: kaggle_3m holds FLAIR "
+          "twice or thrice in some cases; in a few other slices two channels are nearly the same image)")
 
     # whole cases: the slices' channel orders voted (InputCheck.check_case), real and permuted
     print(f"\n{'cases of the fold':<26} {'n':>5} {'ok':>7} {'warn':>7} {'refuse':>7}")
@@ -273,39 +316,7 @@ def main(argv=None) -> int:
           f"unmarked {wrong[~marked].mean():.2%}, marked {wrong[marked].mean() if marked.any() else float('nan'):.2%}; "
           f"{wrong[marked].sum()} of {wrong.sum()} errors are marked")
 
-    # latency: the check's share of a bare Predictor.predict
-    predictor.input_check = check
-    sample = real[len(real) // 2]
-    def timed(with_check, n=20):
-        predictor.input_check = check if with_check else None
-        predictor.predict(sample)
-        t = time.perf_counter()
-        for _ in range(n):
-            predictor.predict(sample)
-        return (time.perf_counter() - t) / n
-    # alternated rounds, the fastest of each: the cores are shared, and a busy spell would bias one side
-    rounds = [(timed(True), timed(False)) for _ in range(5)]
-    with_check, bare = min(r[0] for r in rounds), min(r[1] for r in rounds)
-    print(f"latency: Predictor.predict {1000 * bare:.1f} ms bare, {1000 * with_check:.1f} ms with the check "
-          f"(+{100 * (with_check / bare - 1):.1f} %); models/classifier/input_check.safetensors "
-          f"{(ROOT / 'models/classifier/input_check.safetensors').stat().st_size / 1e6:.2f} MB")
-    def each(fn, n=50):
-        fn()
-        t = time.perf_counter()
-        for _ in range(n):
-            fn()
-        return 1000 * (time.perf_counter() - t) / n
-    if check.net is not None:  # where the check's time goes
-        from brainseg.input_net import net_input, predict as net_predict
-
-        x = net_input(sample)[None]
-        print(f"the check alone: image statistics {each(lambda: slice_stats(sample, joint=False)):.2f} ms, CNN input "
-              f"{each(lambda: net_input(sample)):.2f} ms, CNN {each(lambda: net_predict(check.net, x)):.2f} ms")
-    if check.single_net is not None:  # grey uploads only
-        from brainseg.input_net import predict_single, single_input
-
-        grey = single_input(sample[..., 1])[None]
-        print(f"a grey upload adds the single-channel CNN: {each(lambda: predict_single(check.single_net, grey), 20):.2f} ms")
+    latency(predictor, check, real[len(real) // 2])
     if args.json:
         Path(args.json).write_text(json.dumps({k: v[0] for k, v in table.items()}, indent=2))
     return 0

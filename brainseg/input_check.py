@@ -53,7 +53,8 @@ class InputCheckConfig:
     another channel order more likely by ``net_margin`` (log-odds) warns, and a single channel under
     ``net_flair_min`` P(FLAIR) warns; chosen on fold 0's held-out slices (the benchmark reports fold 1). A grey upload
     read by the single-channel net (:class:`brainseg.input_net.SingleChannelNet`) warns under ``single_flair_min``
-    P(FLAIR): 0.5, where a T1 channel is the likelier reading (not tuned on any fold). ``classifier_sha256`` ties the feature statistics to the classifier they were fitted on.
+    P(FLAIR): the 1 % quantile of fold 0's held-out FLAIR channels alone (a net trained without fold 0), so about
+    1 % of FLAIR-alone uploads are warned. ``classifier_sha256`` ties the feature statistics to the classifier they were fitted on.
     """
 
     feature_warn: float = float("inf")
@@ -68,7 +69,7 @@ class InputCheckConfig:
     net_mri_refuse: float = -1.5
     net_margin: float = 4.0
     net_flair_min: float = 0.05
-    single_flair_min: float = 0.5
+    single_flair_min: float = 0.025
     case_warn_fraction: float = 0.2
     case_refuse_fraction: float = 0.5
     case_min_coherence: float = 0.5
