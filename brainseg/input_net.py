@@ -66,6 +66,19 @@ class SingleChannelNet(nn.Module):
         return self.head(self.body(x).mean((2, 3)))
 
 
+def _optimiser(net: nn.Module, steps: int):
+    """AdamW with a one-cycle schedule peaking at 3e-3, as both input CNNs train."""
+    opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-4)
+    return opt, torch.optim.lr_scheduler.OneCycleLR(opt, 3e-3, total_steps=steps)
+
+
+def _step(opt, sched, loss: torch.Tensor) -> None:
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    sched.step()
+
+
 def _zscore(x: np.ndarray) -> np.ndarray:
     """One channel z-scored over its foreground (above 5 % of its range), clipped to +-5."""
     fg = x > x.min() + 0.05 * (np.ptp(x) + 1e-6)
@@ -88,8 +101,7 @@ def train_single(x: np.ndarray, epochs: int = 30, seed: int = 0, batch: int = 64
     torch.manual_seed(seed)
     np.random.seed(seed)
     net = SingleChannelNet(width)
-    opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 3e-3, total_steps=epochs * (len(x) // batch))
+    opt, sched = _optimiser(net, epochs * (len(x) // batch))
     net.train()
     for _ in range(epochs):
         order = np.random.permutation(len(x))
@@ -103,11 +115,7 @@ def train_single(x: np.ndarray, epochs: int = 30, seed: int = 0, batch: int = 64
                 v = top * (v / top) ** np.exp(np.random.uniform(-0.3, 0.3))
                 xs.append(_zscore(np.ascontiguousarray(v))[None].astype(np.float32))
                 ys.append(c)
-            loss = F.cross_entropy(net(torch.from_numpy(np.stack(xs))), torch.tensor(ys))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
+            _step(opt, sched, F.cross_entropy(net(torch.from_numpy(np.stack(xs))), torch.tensor(ys)))
     return net.eval()
 
 
@@ -259,9 +267,7 @@ def train(x: np.ndarray, epochs: int = 40, seed: int = 0, batch: int = 64, width
     rng = np.random.default_rng(seed)
     np.random.seed(seed)
     net = InputNet(width)
-    opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-4)
-    steps = epochs * (len(x) // batch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 3e-3, total_steps=steps)
+    opt, sched = _optimiser(net, epochs * (len(x) // batch))
     net.train()
     neg = torch.from_numpy(negatives(len(x), rng))  # made once: drawing them is most of an epoch's time
     known = ambiguous_order(x) == 0
@@ -277,11 +283,7 @@ def train(x: np.ndarray, epochs: int = 40, seed: int = 0, batch: int = 64, width
             logits, mri = net(torch.cat([xb, nb]))
             target = torch.cat([torch.ones(len(xb)), torch.zeros(len(nb))])
             order_loss = (F.cross_entropy(logits[:len(xb)], yb, reduction="none") * wb).sum() / wb.sum().clamp(min=1)
-            loss = order_loss + F.binary_cross_entropy_with_logits(mri, target)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
+            _step(opt, sched, order_loss + F.binary_cross_entropy_with_logits(mri, target))
     return net.eval()
 
 

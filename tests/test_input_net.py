@@ -26,3 +26,15 @@ def test_negatives_hold_photographs_and_logo_marks_at_net_size():
     assert neg.shape == (40, 3, input_net.NET_SIZE, input_net.NET_SIZE) and np.isfinite(neg).all()
     again = input_net.negatives(40, np.random.default_rng(1))
     assert np.array_equal(neg, again)  # drawn from the seed alone
+
+
+def test_both_nets_train_and_answer_in_their_shapes():
+    rng = np.random.default_rng(2)
+    slices = [make_slice(rng, 64)[0] for _ in range(66)]
+    net = input_net.train(np.stack([input_net.net_input(a) for a in slices]), epochs=1)
+    lp, mri = input_net.predict(net, np.stack([input_net.net_input(a) for a in slices[:3]]))
+    assert lp.shape == (3, input_net.N_ORDER) and mri.shape == (3,) and np.allclose(np.exp(lp).sum(1), 1, atol=1e-5)
+    small = np.stack([np.asarray(a, np.float32).repeat(2, 0).repeat(2, 1) for a in slices])  # 128 px
+    single = input_net.train_single(small, epochs=1)
+    p = input_net.predict_single(single, np.stack([input_net.single_input(a[..., 1]) for a in slices[:3]]))
+    assert p.shape == (3, 3) and np.allclose(p.sum(1), 1, atol=1e-5)
