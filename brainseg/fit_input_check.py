@@ -121,14 +121,17 @@ def fold_checks(dev: DevStats, folds: Sequence[Sequence[str]], config: InputChec
     return checks
 
 
-def single_channel_slices(images: Sequence[np.ndarray]) -> np.ndarray:
+def single_channel_slices(images: Sequence[np.ndarray], net_inputs: Optional[np.ndarray] = None) -> np.ndarray:
     """The single-channel CNN's training slices: (N, 128, 128, 3) float32, resized, without the slices that
-    hold a channel twice (their channel labels would be wrong: :func:`brainseg.input_net.ambiguous_order`)."""
+    hold a channel twice (their channel labels would be wrong: :func:`brainseg.input_net.ambiguous_order`).
+    ``net_inputs``: the slices' :func:`brainseg.input_net.net_input` arrays when already made."""
     import cv2
 
     from .input_net import SINGLE_SIZE, ambiguous_order, net_input
 
-    keep = ~ambiguous_order(np.stack([net_input(im) for im in images]))
+    if net_inputs is None:
+        net_inputs = np.stack([net_input(im) for im in images])
+    keep = ~ambiguous_order(net_inputs)
     return np.stack([cv2.resize(np.asarray(im, np.float32), (SINGLE_SIZE, SINGLE_SIZE), interpolation=cv2.INTER_AREA)
                      for im, k in zip(images, keep) if k])
 
@@ -173,9 +176,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         slices = [im for ims in images.values() for im in ims]
         print("training the input CNN", file=sys.stderr)
-        check.net = input_net.train(np.stack([input_net.net_input(im) for im in slices]), epochs=args.net_epochs)
+        x = np.stack([input_net.net_input(im) for im in slices])
+        check.net = input_net.train(x, epochs=args.net_epochs)
         print("training the single-channel CNN", file=sys.stderr)
-        check.single_net = input_net.train_single(single_channel_slices(slices), epochs=args.single_epochs)
+        check.single_net = input_net.train_single(single_channel_slices(slices, x), epochs=args.single_epochs)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = check.save(out / FILENAME)

@@ -54,7 +54,8 @@ class InputCheckConfig:
     ``net_flair_min`` P(FLAIR) warns; chosen on fold 0's held-out slices (the benchmark reports fold 1). A grey upload
     read by the single-channel net (:class:`brainseg.input_net.SingleChannelNet`) warns under ``single_flair_min``
     P(FLAIR): the 1 % quantile of fold 0's held-out FLAIR channels alone (a net trained without fold 0), so about
-    1 % of FLAIR-alone uploads are warned. ``classifier_sha256`` ties the feature statistics to the classifier they were fitted on.
+    1 % of FLAIR-alone uploads are warned. ``classifier_sha256`` ties the feature statistics to the classifier
+    they were fitted on.
     """
 
     feature_warn: float = float("inf")
@@ -266,7 +267,7 @@ class InputCheck:
                 single, least = np.exp(lp[len(ORDERS):] - np.logaddexp.reduce(lp[len(ORDERS):])), cfg.net_flair_min
             r.channel_order = [names[int(np.argmax(single))]]
             if single[1] < least:
-                r.add("warn", f"a single channel that looks like {names[int(np.argmax(single))]}, not FLAIR "
+                r.add("warn", f"a single channel that looks like {r.channel_order[0]}, not FLAIR "
                               f"(P(FLAIR) = {single[1]:.2f}); the models read FLAIR alone")
             return
         orders = lp[:len(ORDERS)]
