@@ -14,7 +14,8 @@ reasons and a lowered-trust label) or ``refuse`` (no verdict). Three questions, 
   is not (pre-contrast, FLAIR, post-contrast), or a single channel that does not look like FLAIR,
   is warned about.
 - *Is it a picture of a head at all?* Rules no MRI slice breaks: a blank image, a bright
-  background (an inverted or photographic image), a foreground touching most of the border.
+  background (an inverted or photographic image), a foreground touching most of the border, a shape
+  more than twice as wide as high (a banner or a strip of panels, not one slice).
 
 The fitted statistics ship as ``input_check.safetensors`` beside the classifier whose features
 they describe (its config, with the classifier's weights fingerprint, in the file's metadata).
@@ -54,7 +55,9 @@ class InputCheckConfig:
     ``net_flair_min`` P(FLAIR) warns; chosen on fold 0's held-out slices (the benchmark reports fold 1). A grey upload
     read by the single-channel net (:class:`brainseg.input_net.SingleChannelNet`) warns under ``single_flair_min``
     P(FLAIR): the 1 % quantile of fold 0's held-out FLAIR channels alone (a net trained without fold 0), so about
-    1 % of FLAIR-alone uploads are warned. ``classifier_sha256`` ties the feature statistics to the classifier
+    1 % of FLAIR-alone uploads are warned. An image more than ``max_aspect`` times as wide as high (or high as wide)
+    is refused: an axial section of a head is about square (kaggle_3m's are 256 x 256; scanners' fields of view
+    run to about 1.3 : 1), a banner, a strip of panels or a page is not one slice. ``classifier_sha256`` ties the feature statistics to the classifier
     they were fitted on.
     """
 
@@ -74,6 +77,7 @@ class InputCheckConfig:
     case_warn_fraction: float = 0.2
     case_refuse_fraction: float = 0.5
     case_min_coherence: float = 0.5
+    max_aspect: float = 2.0
     classifier_sha256: str = ""
     channel_order: List[str] = field(default_factory=lambda: list(CHANNEL_ORDER))
     fitted_on: str = ""
@@ -223,6 +227,11 @@ class InputCheck:
         if s.blank:
             r.add("refuse", "the image is blank (one value, or almost nothing above the background)")
             return r
+        h, w = np.shape(image)[:2]
+        if max(h, w) > cfg.max_aspect * min(h, w):
+            r.add("refuse", f"the image is {w} x {h} pixels, {max(h, w) / min(h, w):.1f} times as "
+                            f"{'wide as high' if w > h else 'high as wide'}: an axial brain MRI slice is about square "
+                            f"(crop one slice)")
         if s.bright_border:
             r.add("refuse", "the background is bright, not black: an inverted-contrast image, or not an MRI slice")
         entropy = float(s.channels[:, ENTROPY].min())
@@ -252,7 +261,8 @@ class InputCheck:
     def _check_net(self, image: np.ndarray, s: SliceStats, r: CheckResult) -> None:
         from .input_net import net_input, predict
 
-        lp, mri = predict(self.net, net_input(image)[None])
+        small = s.small if s.small is not None else image  # the statistics' 128 px copy: no second resize of the upload
+        lp, mri = predict(self.net, net_input(small)[None])
         lp, mri, cfg, names = lp[0], float(mri[0]), self.config, self.config.channel_order
         if mri < cfg.net_mri_refuse:
             r.add("refuse", f"this does not look like an MRI slice (the input model's MRI score {mri:.1f} is under "
@@ -262,7 +272,7 @@ class InputCheck:
             if self.single_net is not None:
                 from .input_net import predict_single, single_input
 
-                single, least = predict_single(self.single_net, single_input(image)[None])[0], cfg.single_flair_min
+                single, least = predict_single(self.single_net, single_input(small)[None])[0], cfg.single_flair_min
             else:
                 single, least = np.exp(lp[len(ORDERS):] - np.logaddexp.reduce(lp[len(ORDERS):])), cfg.net_flair_min
             r.channel_order = [names[int(np.argmax(single))]]

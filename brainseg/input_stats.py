@@ -14,11 +14,20 @@ FAINT_MAX = 16
 
 
 def _small(image: np.ndarray) -> np.ndarray:
-    """HxWxC (any dtype) -> SIZExSIZEx3 float32 (a single channel replicated)."""
+    """HxWxC (any dtype) -> SIZExSIZEx3 float32 (a single channel replicated), OpenCV's area average."""
     a = np.asarray(image)
     if a.ndim == 2:
         a = a[..., None]
-    a = cv2.resize(np.ascontiguousarray(a, dtype=np.float32), (SIZE, SIZE), interpolation=cv2.INTER_AREA)
+    f = a.shape[0] // SIZE
+    if a.dtype == np.uint8 and a.shape[0] == a.shape[1] == f * SIZE and 1 < f <= 16:
+        # an 8-bit slice f times the size (256 x 256 is kaggle_3m's): scaled by f*f, each block's mean is its sum,
+        # exact in 16 bits, so the same figures come from a 16-bit resize without a float copy of the upload
+        a = a.astype(np.uint16)
+        a *= f * f
+        a = cv2.resize(a, (SIZE, SIZE), interpolation=cv2.INTER_AREA)
+        a = a.astype(np.float32) * np.float32(1 / (f * f))
+    else:
+        a = cv2.resize(np.ascontiguousarray(a, dtype=np.float32), (SIZE, SIZE), interpolation=cv2.INTER_AREA)
     a = a.reshape(SIZE, SIZE, -1)
     return np.repeat(a, 3, axis=-1) if a.shape[-1] == 1 else a[..., :3]
 
@@ -35,6 +44,7 @@ class SliceStats:
     replicated: bool
     joint: np.ndarray = field(default_factory=lambda: np.zeros((3, 3, 3)))  # see joint_stats()
     faint: bool = False  # near-black (FAINT_MAX): few grey levels and no bright background are expected
+    small: Optional[np.ndarray] = None  # the slice at SIZE x SIZE x 3, float32: the input CNNs start from it
 
 
 def slice_stats(image: np.ndarray, joint: bool = True) -> SliceStats:
@@ -47,54 +57,64 @@ def slice_stats(image: np.ndarray, joint: bool = True) -> SliceStats:
     has few grey levels), the share of edge pixels, and how bright the rim is against the inside.
     ``joint=False`` skips :func:`joint_stats` (only the channel regressions read it, not the input CNN).
     """
-    # channel planes (3, SIZE, SIZE): per-channel reductions run over contiguous memory
-    planes = np.ascontiguousarray(_small(image).transpose(2, 0, 1))
-    flat = planes.reshape(3, -1)
-    lo, hi = flat.min(1), flat.max(1)
-    rel = (planes - lo[:, None, None]) / np.maximum(hi - lo, 1e-6)[:, None, None]  # 0 = darkest, 1 brightest
-    fg_c = rel > 0.05
+    # one 2-D plane a channel: per-channel work runs on contiguous memory, and each array stays small
+    # (64 kB: a (SIZE, SIZE, 3) temporary is past malloc's mmap threshold, and paying its page faults
+    # a dozen times a call cost more than the statistics themselves)
+    small = _small(image)
+    planes = cv2.split(small)
+    ranges = [cv2.minMaxLoc(x)[:2] for x in planes]
+    lo, hi = np.array([r[0] for r in ranges]), np.array([r[1] for r in ranges])
+    rel = [(x - np.float32(a)) / np.float32(max(b - a, 1e-6)) for x, (a, b) in zip(planes, ranges)]  # 0 darkest, 1 brightest
+    flat_rel = [x.ravel() for x in rel]
+    fg_c = [x > 0.05 for x in flat_rel]
     rel_max = np.maximum(np.maximum(rel[0], rel[1]), rel[2])
     fg = rel_max > 0.05  # above the background in any channel
     edges = lambda x: np.concatenate([x[:3].ravel(), x[-3:].ravel(), x[:, :3].ravel(), x[:, -3:].ravel()])  # noqa: E731
     border = edges(fg)
     replicated = bool(np.array_equal(planes[0], planes[1]) and np.array_equal(planes[1], planes[2]))
-    share_c = fg_c.reshape(3, -1).mean(1)
+    share_c = np.array([m.mean() for m in fg_c])
     if float((hi - lo).max()) <= 1e-6 * max(1.0, float(np.abs(hi).max())) or fg.mean() < 0.02 or share_c.min() < 0.005:
         return SliceStats(np.zeros(N_IMAGE_STATS), np.zeros((3, N_CHANNEL_STATS)), True, False,
-                          float(border.mean()), replicated)
+                          float(border.mean()), replicated, small=small)
     inner = cv2.erode(fg.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
     rim = fg & ~inner
-    flat_rel = rel.reshape(3, -1)
-    rim_mean = _masked_mean(flat_rel, rim) if rim.any() else None
-    inner_mean = _masked_mean(flat_rel, inner) if inner.any() else None
     rows = []
     for c in range(3):
         x, sel = rel[c], fg_c[c]
-        xv = x[sel]
-        p = _percentiles(np.sort(xv), (99, *QUANTILES))  # one sort for the 99th and the quantiles
+        xv = np.sort(flat_rel[c][sel])  # sorted once: the quantiles and the dark and saturated shares read it
+        p = _percentiles(xv, (99, *QUANTILES))
         p99 = max(float(p[0]), 1e-6)
         v = xv / p99
         q = p[1:] / p99
         d = v - v.mean()
-        skew = float((d * d * d).mean()) / (float(v.std()) + 1e-6) ** 3
+        d2 = d * d
+        skew = float((d2 * d).mean()) / (float(np.sqrt(d2.mean())) + 1e-6) ** 3
         hist = np.bincount(np.minimum((np.clip(v, 0, 1) * 32).astype(np.int64), 31), minlength=32) / v.size
         entropy = -float((hist[hist > 0] * np.log2(hist[hist > 0])).sum())
-        lap = float(np.abs(cv2.Laplacian(x, cv2.CV_32F)[sel]).mean()) / (float(xv.mean()) + 1e-6)
+        texture = float(np.abs(cv2.Laplacian(x, cv2.CV_32F).ravel()[sel]).mean()) / (float(xv.mean()) + 1e-6)
         smooth = cv2.GaussianBlur(x, (0, 0), 1.0)  # |gradient| > 0.1, compared squared (no square root)
-        grad2 = (cv2.Sobel(smooth, cv2.CV_32F, 1, 0)[sel] ** 2 + cv2.Sobel(smooth, cv2.CV_32F, 0, 1)[sel] ** 2)
-        rim_ratio = (float(rim_mean[c]) if rim_mean is not None else 1.0) / \
-            (float(inner_mean[c]) + 1e-6 if inner_mean is not None else 1.0)
-        rows.append([*q, skew, float((v < 0.2).mean()), float((v > 0.95).mean()),
-                     np.log(lap + 1e-3), np.log(rim_ratio + 1e-3), entropy, float((grad2 > 0.01).mean())])
+        grad2 = cv2.magnitude(cv2.Sobel(smooth, cv2.CV_32F, 1, 0), cv2.Sobel(smooth, cv2.CV_32F, 0, 1)).ravel()[sel]
+        rim_ratio = (float(x[rim].mean()) if rim.any() else 1.0) / (float(x[inner].mean()) + 1e-6 if inner.any() else 1.0)
+        dark, saturated = np.searchsorted(v, 0.2, "left") / v.size, 1 - np.searchsorted(v, 0.95, "right") / v.size
+        rows.append([*q, skew, dark, saturated, np.log(texture + 1e-3), np.log(rim_ratio + 1e-3), entropy,
+                     float((grad2 > 0.1).mean())])
     channels = np.array(rows)
-    px = rel[:, fg]  # (3, N)
+    keep = fg.ravel()
+    px = np.stack([f[keep] for f in flat_rel])  # (3, N)
     corr = np.ones(3) if replicated else _correlations(px)
     faint = np.issubdtype(np.asarray(image).dtype, np.integer) and float(hi.max()) <= FAINT_MAX
-    bright_border = bool(np.median(edges(rel_max)) > 0.5) and not faint
+    bright_border = bool(_median(edges(rel_max)) > 0.5) and not faint
     image_vec = np.concatenate([[float(fg.mean()), float(border.mean()), np.log(fg.sum() / max(inner.sum(), 1))],
                                 channels.ravel(), corr])
     return SliceStats(image_vec, channels, False, bright_border, float(border.mean()), replicated,
-                      joint_stats(px) if joint else np.zeros((3, 3, 3)), faint)
+                      joint_stats(px) if joint else np.zeros((3, 3, 3)), faint, small)
+
+
+def _median(x: np.ndarray) -> float:
+    """``np.median`` of a 1-D array, without its overhead (a few hundred values)."""
+    s = np.sort(x)
+    k = s.size // 2
+    return float(s[k]) if s.size % 2 else float((s[k - 1] + s[k]) / 2)
 
 
 def _percentiles(s: np.ndarray, q) -> np.ndarray:
@@ -106,15 +126,9 @@ def _percentiles(s: np.ndarray, q) -> np.ndarray:
     return a + (b - a) * (pos - lo)
 
 
-def _masked_mean(flat: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Each row's mean of (C, N) ``flat`` over the boolean ``mask`` (one matrix-vector product)."""
-    m = mask.ravel().astype(flat.dtype)
-    return (flat @ m).astype(np.float64) / float(m.sum())
-
-
 def _correlations(px: np.ndarray) -> np.ndarray:
     """The (0,1), (0,2), (1,2) correlations of the rows of (3, N) ``px`` (1 for a constant row)."""
-    d = px - px.mean(1, dtype=np.float64)[:, None].astype(px.dtype)
+    d = px - px.mean(1, keepdims=True)
     cov = np.array([[float(np.dot(d[i], d[j])) for j in range(3)] for i in range(3)])  # 1-D dots beat a gemm here
     sd = np.sqrt(np.diag(cov))
     with np.errstate(divide="ignore", invalid="ignore"):

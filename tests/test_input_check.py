@@ -57,6 +57,32 @@ def test_blank_and_inverted_images_are_refused_with_the_reason(check, image, why
     assert r.status == "refuse" and any(why in t for t in r.reasons), r.reasons
 
 
+def test_an_image_far_from_square_is_refused_as_not_one_slice(check):
+    image, _ = make_slice(np.random.default_rng(12), 64)
+    banner = np.zeros((64, 160, 3), np.uint8)  # the slice on a wide black strip: 2.5 times as wide as high
+    banner[:, 48:112] = image
+    r = check.check(banner)
+    assert r.status == "refuse" and "160 x 64 pixels, 2.5 times as wide as high" in r.reasons[0], r.reasons
+    assert "times as high as wide" in check.check(np.ascontiguousarray(banner.transpose(1, 0, 2))).reasons[0]
+    wide = np.zeros((64, 96, 3), np.uint8)  # 1.5 : 1, as some scanners' fields of view: not refused for its shape
+    wide[:, 16:80] = image
+    assert not any("about square" in t for t in check.check(wide).reasons)
+
+
+@pytest.mark.slow
+def test_shipped_check_refuses_the_matplotlib_logo():
+    """Issue 32: matplotlib's logo (a 542 x 130 banner that ships with matplotlib) was 'ok', 'tumour detected'."""
+    import matplotlib
+
+    from brainseg.images import load_slice
+    from brainseg.inference import Predictor
+
+    logo = load_slice(f"{matplotlib.get_data_path()}/sample_data/logo2.png")
+    for image in (logo, np.ascontiguousarray(logo[:, ::-1])):
+        r = Predictor.from_sources().predict(image)
+        assert r.input_check["status"] == "refuse" and r.detected is None, r.input_check
+
+
 def test_save_and_load_give_the_same_answers(check, tmp_path):
     loaded = InputCheck.load(check.save(tmp_path / "input_check.safetensors"))
     assert loaded.config == check.config

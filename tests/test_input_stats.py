@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from brainseg.input_stats import _correlations, _masked_mean, _percentiles, joint_stats, slice_stats
+from brainseg.input_stats import _correlations, _median, _percentiles, _small, joint_stats, slice_stats
 from conftest import make_slice
 
 
@@ -14,15 +14,32 @@ def test_percentiles_of_a_sorted_array_match_numpy(n):
     np.testing.assert_allclose(_percentiles(np.sort(x), q), np.percentile(x, q), rtol=1e-6)
 
 
-def test_correlations_and_masked_mean_match_numpy():
+def test_correlations_and_median_match_numpy():
     rng = np.random.default_rng(0)
     px = rng.random((3, 500)).astype(np.float32)
     px[2] = 0.5 * px[0] + 0.1 * px[2]
     c = np.corrcoef(px)
     np.testing.assert_allclose(_correlations(px), [c[0, 1], c[0, 2], c[1, 2]], atol=1e-5)
     assert _correlations(np.stack([px[0], np.ones(500, np.float32), px[1]]))[0] == 1.0  # a flat channel: 1
-    mask = rng.random(500) > 0.6
-    np.testing.assert_allclose(_masked_mean(px, mask), px[:, mask].mean(1), rtol=1e-5)
+    for n in (1, 2, 9, 1536):
+        x = rng.random(n).astype(np.float32)
+        assert _median(x) == pytest.approx(float(np.median(x)), rel=1e-6)
+
+
+def test_channel_statistics_match_plain_numpy():
+    """The per-channel statistics, recomputed the plain way (boolean masks, np.percentile, np.std)."""
+    image, _ = make_slice(np.random.default_rng(5), 256, tumor=True)
+    got = slice_stats(image).channels
+    a = _small(image)
+    for c in range(3):
+        x = a[..., c]
+        rel = (x - x.min()) / (x.max() - x.min())
+        v = rel[rel > 0.05]
+        v = v / np.percentile(v, 99)
+        q = np.percentile(rel[rel > 0.05], [5, 25, 50, 75, 95]) / np.percentile(rel[rel > 0.05], 99)
+        skew = ((v - v.mean()) ** 3).mean() / (v.std() + 1e-6) ** 3
+        np.testing.assert_allclose(got[c, :6], [*q, skew], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(got[c, 6:8], [(v < 0.2).mean(), (v > 0.95).mean()], atol=1e-9)
 
 
 def test_joint_stats_match_a_plain_loop():
@@ -50,3 +67,14 @@ def test_a_near_black_slice_has_no_bright_background_but_its_inverse_has():
     assert slice_stats(255 - noise).bright_border
     assert slice_stats(noise.astype(np.float32) * 40).bright_border  # float: no absolute scale, the old rule holds
     assert slice_stats(noise).faint and not slice_stats(255 - noise).faint
+
+
+@pytest.mark.parametrize("shape", [(256, 256, 3), (512, 512, 3), (256, 256), (300, 300, 3), (200, 320, 3)])
+def test_the_128_px_copy_is_opencvs_area_average(shape):
+    """8-bit slices 2-16 times the size take a 16-bit shortcut: the same figures as the float resize."""
+    import cv2
+
+    a = np.random.default_rng(0).integers(0, 256, shape).astype(np.uint8)
+    b = a.reshape(*a.shape[:2], -1).astype(np.float32)
+    want = cv2.resize(b, (128, 128), interpolation=cv2.INTER_AREA).reshape(128, 128, -1)
+    np.testing.assert_allclose(_small(a), np.broadcast_to(want, (128, 128, 3)), atol=1e-4)
