@@ -256,6 +256,8 @@ class InputCheck:
             self._check_net(image, s, r)
         elif r.status != "refuse":
             self._check_channels(s, r)
+        if r.status == "refuse":  # not an MRI slice: which channel is which means nothing, and a case does not count it
+            r.channel_order = None
         return r
 
     def _check_net(self, image: np.ndarray, s: SliceStats, r: CheckResult) -> None:

@@ -120,6 +120,24 @@ def test_analyze_slice_json_and_text_agree_with_the_prediction():
         analyze_slice(p, _png(img), threshold=float("nan"))
 
 
+def test_a_refused_image_gets_no_area_line_in_the_summary():
+    """Issue 32: a refused photo read "0.0 % of the brain (307,200 px)", the whole photo counted as brain."""
+    from brainseg.input_check import CheckResult
+
+    class Refuses:
+        def check(self, image, features=None):
+            return CheckResult("refuse", ["the image is 160 x 64 pixels, 2.5 times as wide as high"])
+
+    img, _ = make_slice(np.random.default_rng(4), 64)
+    p = FakePredictor(detection=lambda im: 0.9)
+    p.input_check = Refuses()
+    a = analyze_slice(p, _png(img))
+    assert a.result["tumor_detected"] is None and a.result["input_check"]["status"] == "refuse"
+    assert "% of the brain" not in a.summary and "2.5 times as wide as high" in a.summary, a.summary
+    p.input_check = None
+    assert "% of the brain" in analyze_slice(p, _png(img)).summary
+
+
 def test_detected_slice_with_nothing_over_the_pixel_threshold_shows_its_peak():
     img, _ = make_slice(np.random.default_rng(2), 64)
 

@@ -81,6 +81,7 @@ def test_shipped_check_refuses_the_matplotlib_logo():
     for image in (logo, np.ascontiguousarray(logo[:, ::-1])):
         r = Predictor.from_sources().predict(image)
         assert r.input_check["status"] == "refuse" and r.detected is None, r.input_check
+        assert "likely_channel_order" not in r.input_check  # no channel order is read into a logo
 
 
 def test_save_and_load_give_the_same_answers(check, tmp_path):
