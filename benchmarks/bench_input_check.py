@@ -184,9 +184,9 @@ def shipped_non_brain(predictor) -> None:
     status = [p.input_check["status"] for p in preds]
     names = [f"{n} {v}" for n in ("logo2", "grace_hopper", "Minduka") for v in ("full", "top half", "left half",
                                                                                 "256 x 256", "crop", "mirrored")]
+    passed = ", ".join(f"{n} ({s}, detected {p.detected})" for n, s, p in zip(names, status, preds) if s != "refuse")
     print(f"shipped check on matplotlib's {len(images)} images: refused {status.count('refuse')}, warned "
-          f"{status.count('warn')}, ok {status.count('ok')}; not refused: "
-          f"{', '.join(f'{n} ({s}, detected {p.detected})' for n, s, p in zip(names, status, preds) if s != 'refuse') or 'none'}")
+          f"{status.count('warn')}, ok {status.count('ok')}; not refused: {passed or 'none'}")
 
 
 def main(argv=None) -> int:

@@ -117,7 +117,8 @@ def analyze_slice(predictor, source, threshold: Optional[float] = None,
         result["tiff_multipage"] = True
     notes = [verdict_text(pred)]
     if not refused:  # a refused image has no verdict, and its "brain" would be whatever lies above its background
-        notes.append(f"Area {area:,} px, {pct:.1f} % of the brain ({brain:,} px); pixel threshold {pred.pixel_threshold:.2f}")
+        notes.append(f"Area {area:,} px, {pct:.1f} % of the brain ({brain:,} px); "
+                     f"pixel threshold {pred.pixel_threshold:.2f}")
     if image.channels_replicated or pred.channels_replicated:
         notes.append("FLAIR alone: its channel was replicated to the three input channels; the models are less "
                      "accurate on FLAIR alone than on three channels (docs/input_check.md).")

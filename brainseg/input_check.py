@@ -55,10 +55,10 @@ class InputCheckConfig:
     ``net_flair_min`` P(FLAIR) warns; chosen on fold 0's held-out slices (the benchmark reports fold 1). A grey upload
     read by the single-channel net (:class:`brainseg.input_net.SingleChannelNet`) warns under ``single_flair_min``
     P(FLAIR): the 1 % quantile of fold 0's held-out FLAIR channels alone (a net trained without fold 0), so about
-    1 % of FLAIR-alone uploads are warned. An image more than ``max_aspect`` times as wide as high (or high as wide)
-    is refused: an axial section of a head is about square (kaggle_3m's are 256 x 256; scanners' fields of view
-    run to about 1.3 : 1), a banner, a strip of panels or a page is not one slice. ``classifier_sha256`` ties the feature statistics to the classifier
-    they were fitted on.
+    1 % of FLAIR-alone uploads are warned. An image more than ``max_aspect`` times as wide as high (or high as
+    wide) is refused: an axial section of a head is about square (kaggle_3m's are 256 x 256; scanners' fields of
+    view run to about 1.3 : 1), a banner, a strip of panels or a page is not one slice. ``classifier_sha256`` ties
+    the feature statistics to the classifier they were fitted on.
     """
 
     feature_warn: float = float("inf")

@@ -64,7 +64,8 @@ def slice_stats(image: np.ndarray, joint: bool = True) -> SliceStats:
     planes = cv2.split(small)
     ranges = [cv2.minMaxLoc(x)[:2] for x in planes]
     lo, hi = np.array([r[0] for r in ranges]), np.array([r[1] for r in ranges])
-    rel = [(x - np.float32(a)) / np.float32(max(b - a, 1e-6)) for x, (a, b) in zip(planes, ranges)]  # 0 darkest, 1 brightest
+    # 0 = darkest, 1 = brightest, per channel
+    rel = [(x - np.float32(a)) / np.float32(max(b - a, 1e-6)) for x, (a, b) in zip(planes, ranges)]
     flat_rel = [x.ravel() for x in rel]
     fg_c = [x > 0.05 for x in flat_rel]
     rel_max = np.maximum(np.maximum(rel[0], rel[1]), rel[2])
@@ -92,12 +93,13 @@ def slice_stats(image: np.ndarray, joint: bool = True) -> SliceStats:
         hist = np.bincount(np.minimum((np.clip(v, 0, 1) * 32).astype(np.int64), 31), minlength=32) / v.size
         entropy = -float((hist[hist > 0] * np.log2(hist[hist > 0])).sum())
         texture = float(np.abs(cv2.Laplacian(x, cv2.CV_32F).ravel()[sel]).mean()) / (float(xv.mean()) + 1e-6)
-        smooth = cv2.GaussianBlur(x, (0, 0), 1.0)  # |gradient| > 0.1, compared squared (no square root)
-        grad2 = cv2.magnitude(cv2.Sobel(smooth, cv2.CV_32F, 1, 0), cv2.Sobel(smooth, cv2.CV_32F, 0, 1)).ravel()[sel]
-        rim_ratio = (float(x[rim].mean()) if rim.any() else 1.0) / (float(x[inner].mean()) + 1e-6 if inner.any() else 1.0)
+        smooth = cv2.GaussianBlur(x, (0, 0), 1.0)  # edge pixels: |gradient| > 0.1 after a light blur
+        grad = cv2.magnitude(cv2.Sobel(smooth, cv2.CV_32F, 1, 0), cv2.Sobel(smooth, cv2.CV_32F, 0, 1)).ravel()[sel]
+        rim_ratio = (float(x[rim].mean()) if rim.any() else 1.0) / \
+            (float(x[inner].mean()) + 1e-6 if inner.any() else 1.0)
         dark, saturated = np.searchsorted(v, 0.2, "left") / v.size, 1 - np.searchsorted(v, 0.95, "right") / v.size
         rows.append([*q, skew, dark, saturated, np.log(texture + 1e-3), np.log(rim_ratio + 1e-3), entropy,
-                     float((grad2 > 0.1).mean())])
+                     float((grad > 0.1).mean())])
     channels = np.array(rows)
     keep = fg.ravel()
     px = np.stack([f[keep] for f in flat_rel])  # (3, N)
