@@ -80,6 +80,9 @@ def groups(fold_images, volumes, rng):
                               for j in range(64, 200, 24)], "reslice")
     g["coronal reslice"] = ([cv2.resize(np.ascontiguousarray(v[:, j, :]), (256, 256)) for v in volumes
                              for j in range(64, 200, 24)], "reslice")
+    # what a volume read along the wrong axis gives: one row of the image per axial slice, not resampled
+    g["sagittal, as read"] = ([np.ascontiguousarray(v[:, :, j]) for v in volumes for j in range(64, 200, 24)], "reslice")
+    g["coronal, as read"] = ([np.ascontiguousarray(v[:, j, :]) for v in volumes for j in range(64, 200, 24)], "reslice")
     g["rotated 90"] = ([np.ascontiguousarray(np.rot90(im)) for im in ims], "rotated")
     g["rotated 180"] = ([np.ascontiguousarray(np.rot90(im, 2)) for im in ims], "rotated")
     g["flipped up-down"] = ([np.ascontiguousarray(im[::-1]) for im in ims], "rotated")

@@ -36,6 +36,7 @@ from .input_stats import ENTROPY, SliceStats, slice_stats, stack_coherence
 
 FILENAME = "input_check.safetensors"
 STATUSES = ("ok", "warn", "refuse")
+NOT_SQUARE = "an axial brain MRI slice is about square"  # in the shape rule's reason; a case counts it
 ORDERS = list(permutations(range(3)))  # ORDERS[0] is the expected one
 
 
@@ -230,8 +231,7 @@ class InputCheck:
         h, w = np.shape(image)[:2]
         if max(h, w) > cfg.max_aspect * min(h, w):
             r.add("refuse", f"the image is {w} x {h} pixels, {max(h, w) / min(h, w):.1f} times as "
-                            f"{'wide as high' if w > h else 'high as wide'}: an axial brain MRI slice is about square "
-                            f"(crop one slice)")
+                            f"{'wide as high' if w > h else 'high as wide'}: {NOT_SQUARE} (crop one slice)")
         if s.bright_border:
             r.add("refuse", "the background is bright, not black: an inverted-contrast image, or not an MRI slice")
         entropy = float(s.channels[:, ENTROPY].min())
@@ -318,7 +318,10 @@ class InputCheck:
         warned = sum(s.status == "warn" for s in slices)
         cfg = self.config
         if refused / n >= cfg.case_refuse_fraction:
-            r.add("refuse", f"{refused} of {n} slices do not look like axial brain MRI slices")
+            shape = sum(any(NOT_SQUARE in t for t in s.reasons) for s in slices)
+            hint = (f" ({shape} are far from square: a volume read along the wrong axis gives one image row per "
+                    f"axial slice; check its header)") if shape / n >= cfg.case_refuse_fraction else ""
+            r.add("refuse", f"{refused} of {n} slices do not look like axial brain MRI slices{hint}")
         elif (refused + warned) / n >= cfg.case_warn_fraction:
             r.add("warn", f"{refused + warned} of {n} slices were warned about or refused")
         votes = [tuple(s.channel_order) for s in slices if s.channel_order]

@@ -69,6 +69,17 @@ def test_an_image_far_from_square_is_refused_as_not_one_slice(check):
     assert not any("about square" in t for t in check.check(wide).reasons)
 
 
+def test_a_volume_read_along_the_wrong_axis_is_refused_with_a_hint(check):
+    """One image row per axial slice: 20 slices read sideways are 64 x 20 images."""
+    rng = np.random.default_rng(14)
+    volume = np.stack([make_slice(rng, 64)[0] for _ in range(20)])  # (20, 64, 64, 3): axial slices
+    sideways = [np.ascontiguousarray(volume[:, :, j]) for j in range(16, 48, 4)]  # (20, 64, 3) each
+    r = check.check_case(sideways, [check.check(im) for im in sideways])
+    assert r.status == "refuse" and "8 of 8 slices" in r.reasons[0] and "wrong axis" in r.reasons[0], r.reasons
+    axial = list(volume[:8])
+    assert "wrong axis" not in " ".join(check.check_case(axial, [check.check(im) for im in axial]).reasons)
+
+
 @pytest.mark.slow
 def test_shipped_check_refuses_the_matplotlib_logo():
     """Issue 32: matplotlib's logo (a 542 x 130 banner that ships with matplotlib) was 'ok', 'tumour detected'."""
