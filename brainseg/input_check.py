@@ -256,8 +256,6 @@ class InputCheck:
             self._check_net(image, s, r)
         elif r.status != "refuse":
             self._check_channels(s, r)
-        if r.status == "refuse":  # not an MRI slice: which channel is which means nothing, and a case does not count it
-            r.channel_order = None
         return r
 
     def _check_net(self, image: np.ndarray, s: SliceStats, r: CheckResult) -> None:
@@ -269,6 +267,7 @@ class InputCheck:
         if mri < cfg.net_mri_refuse:
             r.add("refuse", f"this does not look like an MRI slice (the input model's MRI score {mri:.1f} is under "
                             f"{cfg.net_mri_refuse:g})")
+        if r.status == "refuse":  # not an MRI slice: which channel is which means nothing, and a case does not count it
             return
         if s.replicated:
             if self.single_net is not None:
