@@ -1,4 +1,4 @@
-"""The research scripts (research/) that docs/training.md quotes, run on synthetic cases."""
+"""The research scripts (research/) that the docs quote, run on synthetic cases."""
 import importlib.util
 import json
 import shutil
@@ -77,3 +77,37 @@ def test_compare_segmenters_pairs_runs_of_one_fold_case_by_case(tiny_checkpoints
     with pytest.raises(SystemExit):  # another fold's run: nothing to pair
         compare.main(argv)
     assert "hold out different cases" in capsys.readouterr().err
+
+
+def test_channel_similarity_probe_tells_a_flair_like_pre_contrast_channel(tmp_path, capsys):
+    """Case by case: one whose pre-contrast channel is built from FLAIR, one whose is built from post-contrast."""
+    import cv2
+    import numpy as np
+    import torch
+
+    from brainseg.input_net import InputNet
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:64, :64]
+    head = (yy - 32) ** 2 + (xx - 32) ** 2 < 26 ** 2
+    for name, like in (("TCGA_CS_0001_20000101", 1), ("TCGA_CS_0002_20000101", 2)):
+        folder = tmp_path / "data" / name
+        folder.mkdir(parents=True)
+        for i in range(1, 5):
+            flair, post = (rng.uniform(40, 200, (64, 64)) * head for _ in range(2))
+            chans = {1: flair, 2: post}
+            pre = 0.8 * chans[like] + rng.normal(0, 15, (64, 64)) * head  # alike, not the same image
+            img = np.clip(np.stack([pre, flair, post], -1), 0, 255).astype(np.uint8)
+            cv2.imwrite(str(folder / f"{name}_{i}.tif"), img[..., ::-1])
+            cv2.imwrite(str(folder / f"{name}_{i}_mask.tif"), np.zeros((64, 64), np.uint8))
+    (tmp_path / "splits.json").write_text(json.dumps({"folds": [["TCGA_CS_0001_20000101", "TCGA_CS_0002_20000101"]]}))
+    torch.save(InputNet().state_dict(), tmp_path / "net.pt")
+
+    probe = load_script("channel_similarity_probe")
+    assert probe.main(["--data", str(tmp_path / "data"), "--every", "1", "--net", str(tmp_path / "net.pt"),
+                       "--fold", "0", "--splits", str(tmp_path / "splits.json")]) == 0
+    out = capsys.readouterr().out
+    assert "8 slices of 2 cases" in out
+    assert "pre-contrast is at least as like FLAIR as like post-contrast: 50.0%" in out
+    assert "cases whose median slice has it so: 1 of 2" in out
+    assert "of 4" in out.split("FLAIR and pre-contrast swapped")[1].splitlines()[0]  # 4 held-out slices each side
