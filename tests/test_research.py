@@ -85,7 +85,7 @@ def test_channel_similarity_probe_tells_a_flair_like_pre_contrast_channel(tmp_pa
     import numpy as np
     import torch
 
-    from brainseg.input_net import InputNet
+    from brainseg.input_net import InputNet, SingleChannelNet
 
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:64, :64]
@@ -102,12 +102,14 @@ def test_channel_similarity_probe_tells_a_flair_like_pre_contrast_channel(tmp_pa
             cv2.imwrite(str(folder / f"{name}_{i}_mask.tif"), np.zeros((64, 64), np.uint8))
     (tmp_path / "splits.json").write_text(json.dumps({"folds": [["TCGA_CS_0001_20000101", "TCGA_CS_0002_20000101"]]}))
     torch.save(InputNet().state_dict(), tmp_path / "net.pt")
+    torch.save(SingleChannelNet().state_dict(), tmp_path / "single.pt")
 
     probe = load_script("channel_similarity_probe")
     assert probe.main(["--data", str(tmp_path / "data"), "--every", "1", "--net", str(tmp_path / "net.pt"),
-                       "--fold", "0", "--splits", str(tmp_path / "splits.json")]) == 0
+                       "--single-net", str(tmp_path / "single.pt"), "--fold", "0", "--splits", str(tmp_path / "splits.json")]) == 0
     out = capsys.readouterr().out
     assert "8 slices of 2 cases" in out
     assert "pre-contrast is at least as like FLAIR as like post-contrast: 50.0%" in out
     assert "cases whose median slice has it so: 1 of 2" in out
-    assert "of 4" in out.split("FLAIR and pre-contrast swapped")[1].splitlines()[0]  # 4 held-out slices each side
+    for row in ("FLAIR and pre-contrast swapped", "pre-contrast alone"):  # 4 held-out slices each side
+        assert out.split(row)[1].splitlines()[0].count("of 4") == 2
