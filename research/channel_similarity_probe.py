@@ -1,7 +1,7 @@
 """How alike kaggle_3m's three channels are, slice by slice and case by case (2026-12-07; not in brainseg).
 
     python research/channel_similarity_probe.py [--data DIR] [--every 2]
-    python research/channel_similarity_probe.py --net NET_FOLD1.pt --fold 1   # + the held-out order CNN's warnings
+    python research/channel_similarity_probe.py --net NET_FOLD1.pt --single-net SINGLE_FOLD1.pt --fold 1
 
 Why per-slice channel order stays hard for the input check (issue 32): if the pre-contrast channel were a T1
 image like the post-contrast one, the two T1 channels would be the most alike pair and FLAIR's place would be
@@ -22,6 +22,7 @@ from brainseg.data import find_cases, read_image
 from brainseg.input_check import InputCheckConfig
 from brainseg.input_net import (InputNet, SingleChannelNet, ambiguous_order, net_input, predict, predict_single,
                                 single_input)
+
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

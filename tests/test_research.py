@@ -105,8 +105,8 @@ def test_channel_similarity_probe_tells_a_flair_like_pre_contrast_channel(tmp_pa
     torch.save(SingleChannelNet().state_dict(), tmp_path / "single.pt")
 
     probe = load_script("channel_similarity_probe")
-    assert probe.main(["--data", str(tmp_path / "data"), "--every", "1", "--net", str(tmp_path / "net.pt"),
-                       "--single-net", str(tmp_path / "single.pt"), "--fold", "0", "--splits", str(tmp_path / "splits.json")]) == 0
+    assert probe.main(["--data", str(tmp_path / "data"), "--every", "1", "--net", str(tmp_path / "net.pt"), "--single-net",
+                       str(tmp_path / "single.pt"), "--fold", "0", "--splits", str(tmp_path / "splits.json")]) == 0
     out = capsys.readouterr().out
     assert "8 slices of 2 cases" in out
     assert "pre-contrast is at least as like FLAIR as like post-contrast: 50.0%" in out
